@@ -1,0 +1,459 @@
+"""The YAML config file and the PROBE_* environment, as validated pydantic models.
+
+Every model forbids unknown keys: a typo such as `timout:` must be an error, not a silently
+ignored line. Errors are reported with their place in the file (`targets[1].expect.status`).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
+
+import yaml
+from pydantic import (
+    AliasChoices,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)\s*$")
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def parse_duration(value: object) -> float:
+    """`250ms`, `5s`, `2m`, `1h` (or a bare number of seconds) -> seconds."""
+    if isinstance(value, bool):
+        raise ValueError(f"expected a duration such as 250ms, 5s or 2m, got {value!r}")
+    if isinstance(value, int | float):
+        seconds = float(value)
+    elif isinstance(value, str) and (m := _DURATION.match(value)):
+        seconds = float(m.group(1)) * _UNITS[m.group(2)]
+    else:
+        raise ValueError(f"expected a duration such as 250ms, 5s or 2m, got {value!r}")
+    if seconds <= 0:
+        raise ValueError(f"a duration must be positive, got {value!r}")
+    return seconds
+
+
+Duration = Annotated[float, BeforeValidator(parse_duration)]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+def _compile(pattern: str) -> str:
+    try:
+        re.compile(pattern)
+    except re.error as exc:
+        raise ValueError(f"invalid regular expression {pattern!r}: {exc}") from None
+    return pattern
+
+
+Regex = Annotated[str, BeforeValidator(lambda v: _compile(v) if isinstance(v, str) else v)]
+
+
+# --- credentials -----------------------------------------------------------------------------
+
+
+class BearerSpec(Strict):
+    """A static token: inline, from an environment variable, or from a file re-read on change."""
+
+    token: SecretStr | None = None
+    token_env: str | None = None
+    token_file: Path | None = None
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> BearerSpec:
+        given = [k for k in ("token", "token_env", "token_file") if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError("set exactly one of token, token_env, token_file")
+        return self
+
+
+class JwtSpec(Strict):
+    """A JWT minted by the prober, as the staging backend's own clients would get one."""
+
+    secret: SecretStr | None = None
+    private_key_file: Path | None = None
+    algorithm: Literal["HS256", "HS384", "HS512", "RS256", "RS384", "RS512", "ES256"] = "HS256"
+    ttl: Duration = 600.0
+    claims: dict[str, Any] = Field(default_factory=dict)
+    kid: str | None = None
+    cache: bool = True
+
+    @model_validator(mode="after")
+    def _key_fits_algorithm(self) -> JwtSpec:
+        if self.algorithm.startswith("HS"):
+            if self.secret is None or not self.secret.get_secret_value():
+                raise ValueError(f"algorithm {self.algorithm} needs a non-empty secret")
+        elif self.private_key_file is None:
+            raise ValueError(f"algorithm {self.algorithm} needs private_key_file")
+        return self
+
+
+class OAuth2Spec(Strict):
+    """OAuth2 client-credentials grant; the token is cached until shortly before it expires."""
+
+    token_url: str
+    client_id: str
+    client_secret: SecretStr
+    scopes: list[str] = Field(default_factory=list)
+    audience: str | None = None
+    timeout: Duration = 5.0
+
+    @field_validator("token_url")
+    @classmethod
+    def _http_url(cls, v: str) -> str:
+        if urlsplit(v).scheme not in ("http", "https"):
+            raise ValueError(f"token_url must be an http(s) URL, got {v!r}")
+        return v
+
+
+class CredentialSpec(Strict):
+    bearer: BearerSpec | None = None
+    jwt: JwtSpec | None = None
+    oauth2: OAuth2Spec | None = None
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> CredentialSpec:
+        given = [k for k in ("bearer", "jwt", "oauth2") if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError("a credential is exactly one of bearer, jwt, oauth2")
+        return self
+
+
+# --- targets ---------------------------------------------------------------------------------
+
+
+class Expect(Strict):
+    status: list[int] | None = None  # None: any 2xx
+    json_: dict[str, Any] = Field(default_factory=dict, alias="json")  # dotted path -> value
+    headers: dict[str, Regex] = Field(default_factory=dict)  # name -> regex (full match)
+    body_regex: Regex | None = None
+
+    @field_validator("status")
+    @classmethod
+    def _statuses(cls, v: list[int] | None) -> list[int] | None:
+        if v is not None:
+            if not v:
+                raise ValueError("status must list at least one code")
+            bad = [s for s in v if not 100 <= s <= 599]
+            if bad:
+                raise ValueError(f"not an HTTP status code: {bad}")
+        return v
+
+
+class Match(Strict):
+    """What a WebSocket message must look like."""
+
+    json_: dict[str, Any] = Field(default_factory=dict, alias="json")
+    regex: Regex | None = None
+
+    @model_validator(mode="after")
+    def _something(self) -> Match:
+        if not self.json_ and self.regex is None:
+            raise ValueError("a match needs json or regex")
+        return self
+
+
+class Step(Strict):
+    """One WebSocket exchange: send, then expect the next message or read `until` one matches."""
+
+    send: Any = None  # dict/list -> JSON text frame; str -> text frame
+    expect: Match | None = None
+    until: Match | None = None
+    timeout: Duration = 5.0
+
+    @model_validator(mode="after")
+    def _one_wait(self) -> Step:
+        if self.expect is not None and self.until is not None:
+            raise ValueError("a step has expect or until, not both")
+        if self.send is None and self.expect is None and self.until is None:
+            raise ValueError("a step needs send, expect or until")
+        return self
+
+
+Measure = Literal["total", "handshake", "rtt", "ttfb"]
+
+
+class LatencyTarget(Strict):
+    measure: Measure = "total"
+    p50: Duration | None = None
+    p95: Duration | None = None
+    p99: Duration | None = None
+    window: int = Field(default=100, ge=1, le=100_000)  # samples kept per measure
+    min_samples: int = Field(default=5, ge=1)
+
+    @model_validator(mode="after")
+    def _some_bound(self) -> LatencyTarget:
+        if self.p50 is None and self.p95 is None and self.p99 is None:
+            raise ValueError("a latency target needs at least one of p50, p95, p99")
+        if self.min_samples > self.window:
+            raise ValueError("min_samples cannot exceed window")
+        return self
+
+
+class TargetDefaults(Strict):
+    """Keys that may be set once under `defaults:` and overridden per target."""
+
+    interval: Duration = 10.0
+    timeout: Duration = 5.0
+    success_threshold: int = Field(default=2, ge=1, le=100)
+    failure_threshold: int = Field(default=3, ge=1, le=100)
+    critical: bool = True
+    follow_redirects: bool = False
+    max_redirects: int = Field(default=5, ge=0, le=50)
+    tls_verify: bool = True
+    ca_file: Path | None = None
+    body_limit: int = Field(default=1 << 20, ge=1)  # bytes; also the WebSocket message cap
+
+
+CredentialIn = Literal["header", "query", "subprotocol"]
+
+
+class Target(TargetDefaults):
+    name: str = Field(pattern=r"^[A-Za-z0-9_.:-]{1,100}$")
+    url: str
+    method: str = "GET"
+    headers: dict[str, str] = Field(default_factory=dict)
+    json_body: Any = None
+    body: str | None = None
+    credential: str | None = None
+    credential_in: CredentialIn = "header"
+    credential_name: str | None = None  # header / query parameter; default Authorization / access_token
+    credential_scheme: str = "Bearer"  # prefix in a header ("" sends the bare token)
+    expect: Expect = Field(default_factory=Expect)
+    version_path: str | None = None
+    latency: LatencyTarget | None = None
+    # WebSocket
+    subprotocols: list[str] = Field(default_factory=list)
+    origin: str | None = None
+    connections: int = Field(default=1, ge=1, le=1000)
+    messages: list[Step] = Field(default_factory=list)
+
+    @property
+    def kind(self) -> Literal["http", "websocket"]:
+        return "websocket" if urlsplit(self.url).scheme in ("ws", "wss") else "http"
+
+    @field_validator("url")
+    @classmethod
+    def _known_scheme(cls, v: str) -> str:
+        parts = urlsplit(v)
+        if parts.scheme not in ("http", "https", "ws", "wss"):
+            raise ValueError(f"URL scheme must be http, https, ws or wss, got {v!r}")
+        if not parts.hostname:
+            raise ValueError(f"URL has no host: {v!r}")
+        return v
+
+    @field_validator("method")
+    @classmethod
+    def _method(cls, v: str) -> str:
+        if not re.fullmatch(r"[A-Za-z]+", v):
+            raise ValueError(f"not an HTTP method: {v!r}")
+        return v.upper()
+
+    @model_validator(mode="after")
+    def _fits_kind(self) -> Target:
+        if self.json_body is not None and self.body is not None:
+            raise ValueError("set json_body or body, not both")
+        if self.kind == "http":
+            if self.messages:
+                raise ValueError("messages are for ws:// and wss:// targets only")
+            if self.subprotocols or self.connections != 1:
+                raise ValueError("subprotocols and connections are for WebSocket targets only")
+            if self.credential_in == "subprotocol":
+                raise ValueError("credential_in: subprotocol is for WebSocket targets only")
+        elif self.json_body is not None or self.body is not None or self.method != "GET":
+            raise ValueError("method, json_body and body are for http(s) targets only")
+        if self.latency is not None and self.latency.measure in ("handshake", "rtt"):
+            if self.kind != "websocket":
+                raise ValueError(f"latency measure {self.latency.measure} is for WebSocket targets")
+            if self.latency.measure == "rtt" and not self.messages:
+                raise ValueError("latency measure rtt needs messages to time")
+        if self.timeout > self.interval:
+            raise ValueError(
+                f"timeout ({self.timeout:g}s) must not exceed interval ({self.interval:g}s)"
+            )
+        return self
+
+
+class History(Strict):
+    """How much recent history the status page keeps per target (whichever is smaller)."""
+
+    results: int = Field(default=1000, ge=1, le=100_000)
+    span: Duration = 3600.0
+
+
+class Config(Strict):
+    defaults: TargetDefaults = Field(default_factory=TargetDefaults)
+    expect_version: str | None = None
+    credentials: dict[str, CredentialSpec] = Field(default_factory=dict)
+    targets: list[Target] = Field(min_length=1)
+    concurrency: int = Field(default=256, ge=1, le=100_000)  # probes in flight at once
+    history: History = Field(default_factory=History)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _inherit_defaults(cls, data: Any) -> Any:
+        """Copy `defaults:` into each target that does not set the key itself."""
+        if not isinstance(data, dict):
+            return data
+        raw = data.get("defaults") or {}
+        targets = data.get("targets")
+        if not isinstance(raw, dict) or not isinstance(targets, list):
+            return data
+        try:  # an invalid defaults block is reported once, at defaults.*
+            TargetDefaults.model_validate(raw)
+        except ValidationError:
+            return data
+        merged = [{**raw, **t} if isinstance(t, dict) else t for t in targets]
+        return {**data, "targets": merged}
+
+    @field_validator("expect_version", mode="before")
+    @classmethod
+    def _blank_is_none(cls, v: Any) -> Any:
+        return None if v == "" else v
+
+    @model_validator(mode="after")
+    def _references(self) -> Config:
+        seen: set[str] = set()
+        for i, t in enumerate(self.targets):
+            if t.name in seen:
+                raise ValueError(f"targets[{i}].name: duplicate target name {t.name!r}")
+            seen.add(t.name)
+            if t.credential is not None and t.credential not in self.credentials:
+                known = ", ".join(sorted(self.credentials)) or "none defined"
+                raise ValueError(
+                    f"targets[{i}].credential: unknown credential {t.credential!r} ({known})"
+                )
+        return self
+
+
+# --- loading ---------------------------------------------------------------------------------
+
+
+class ConfigError(Exception):
+    """A config file that cannot be used; `errors` are lines of `place: message`."""
+
+    def __init__(self, source: str, errors: list[str]) -> None:
+        self.source = source
+        self.errors = errors
+        super().__init__(f"{source}: " + "; ".join(errors))
+
+
+_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+def _place(loc: tuple[int | str, ...]) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out or "(top level)"
+
+
+def _expand(node: Any, loc: tuple[int | str, ...], env: dict[str, str], errors: list[str]) -> Any:
+    if isinstance(node, str):
+
+        def sub(m: re.Match[str]) -> str:
+            name, default = m.group(1), m.group(2)
+            if name in env:
+                return env[name]
+            if default is not None:
+                return default
+            errors.append(f"{_place(loc)}: environment variable {name} is not set")
+            return ""
+
+        return _VAR.sub(sub, node)
+    if isinstance(node, dict):
+        return {k: _expand(v, (*loc, str(k)), env, errors) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_expand(v, (*loc, i), env, errors) for i, v in enumerate(node)]
+    return node
+
+
+def _pydantic_errors(exc: ValidationError) -> list[str]:
+    lines = []
+    for err in exc.errors(include_url=False, include_input=False):
+        loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and "[" in p))
+        msg = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key (check its spelling)"
+        if msg.startswith("targets[") and ": " in msg and not loc:  # cross-field check
+            lines.append(msg)
+        else:
+            lines.append(f"{_place(loc)}: {msg}")
+    return lines
+
+
+def parse_config(text: str, source: str = "<config>", env: dict[str, str] | None = None) -> Config:
+    """Parse YAML text into a Config, or raise ConfigError listing every problem and its place."""
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "YAML"
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError(source, [f"{where}: {problem}"]) from None
+    if not isinstance(data, dict):
+        raise ConfigError(source, ["(top level): expected a mapping with a targets list"])
+    errors: list[str] = []
+    data = _expand(data, (), dict(os.environ) if env is None else env, errors)
+    if errors:
+        raise ConfigError(source, errors)
+    try:
+        return Config.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(source, _pydantic_errors(exc)) from None
+
+
+def load_config(path: str | Path, env: dict[str, str] | None = None) -> Config:
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(str(path), [f"cannot read the file: {exc.strerror or exc}"]) from None
+    except UnicodeDecodeError:
+        raise ConfigError(str(path), ["the file is not UTF-8 text"]) from None
+    return parse_config(text, str(path), env)
+
+
+# --- environment -----------------------------------------------------------------------------
+
+
+class Settings(BaseSettings):
+    """PROBE_* environment settings; PORT (set by Cloud Run) wins over PROBE_LISTEN's port."""
+
+    model_config = SettingsConfigDict(env_prefix="PROBE_", extra="ignore")
+
+    config: Path = Path("config/example.yaml")
+    listen: str = "0.0.0.0:9464"
+    port: int | None = Field(default=None, validation_alias=AliasChoices("PORT"))
+    log_format: Literal["json", "console"] = "json"
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    gate_token: SecretStr | None = None
+
+    @field_validator("log_level", "log_format", mode="before")
+    @classmethod
+    def _lower(cls, v: Any) -> Any:
+        return v.lower() if isinstance(v, str) else v
+
+    @property
+    def host_port(self) -> tuple[str, int]:
+        host, _, port = self.listen.rpartition(":")
+        host = host.strip("[]") or "0.0.0.0"
+        if self.port is not None:
+            return host, self.port
+        try:
+            return host, int(port)
+        except ValueError:
+            raise ValueError(f"PROBE_LISTEN must be HOST:PORT, got {self.listen!r}") from None
