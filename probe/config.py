@@ -282,6 +282,9 @@ class Target(TargetDefaults):
             if self.latency.measure == "rtt" and not self.messages:
                 raise ValueError("latency measure rtt needs messages to time")
         if self.timeout > self.interval:
+            if "timeout" not in self.model_fields_set:  # only the built-in 5s: clamp it
+                object.__setattr__(self, "timeout", self.interval)
+                return self
             raise ValueError(
                 f"timeout ({self.timeout:g}s) must not exceed interval ({self.interval:g}s)"
             )
