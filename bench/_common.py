@@ -1,0 +1,376 @@
+"""Shared plumbing for the benchmarks: processes, /proc readings, metrics scraping, tables.
+
+Everything here talks to loopback only. Every process a benchmark starts is registered with a
+`Procs` context and terminated (by its own pid) when the benchmark ends, whatever happened.
+CPU is read from /proc/PID/stat (utime + stime, all threads) so that every prober, Go or Python,
+is measured the same way.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+BENCH = Path(__file__).resolve().parent
+PY = sys.executable
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+PAGE = os.sysconf("SC_PAGE_SIZE")
+BLACKBOX = shutil.which("prometheus-blackbox-exporter") or "/usr/bin/prometheus-blackbox-exporter"
+NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
+HOST = "127.0.0.1"
+
+
+# --- machine and /proc -----------------------------------------------------------------------
+
+
+def machine() -> str:
+    model = "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    py = sys.version.split()[0]
+    return f"{os.cpu_count()} CPU(s), {model}, Python {py}, {sys.platform}"
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of a process (all its threads), in seconds."""
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    fields = stat[stat.rindex(")") + 2 :].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def rss_bytes(pid: int) -> int:
+    return int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * PAGE
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind((HOST, 0))
+        return int(s.getsockname()[1])
+
+
+def wait_until(pred: Callable[[], bool], timeout: float, what: str, step: float = 0.05) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if pred():
+                return
+        except OSError:
+            pass
+        time.sleep(step)
+    raise TimeoutError(f"gave up after {timeout:g}s waiting for {what}")
+
+
+def http_get(port: int, path: str, timeout: float = 30.0) -> tuple[int, bytes]:
+    conn = http.client.HTTPConnection(HOST, port, timeout=timeout)
+    try:
+        conn.request("GET", path)
+        resp = conn.getresponse()
+        return resp.status, resp.read()
+    finally:
+        conn.close()
+
+
+def port_open(port: int) -> bool:
+    with socket.socket() as s:
+        s.settimeout(0.2)
+        return s.connect_ex((HOST, port)) == 0
+
+
+# --- processes -------------------------------------------------------------------------------
+
+
+@dataclass
+class Procs:
+    """Owns the benchmark's child processes; ends each one, by pid, on exit."""
+
+    tmp: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="stageprobe-bench-")))
+    started: list[subprocess.Popen[bytes]] = field(default_factory=list)
+
+    def __enter__(self) -> Procs:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for p in reversed(self.started):
+            self.stop(p)
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+    def start(
+        self, argv: Sequence[str], name: str, cpu: str | None = None, env: dict[str, str] | None = None,
+        stdout: int | None = None,
+    ) -> subprocess.Popen[bytes]:
+        """Start argv (pinned to CPU list `cpu` with taskset when given), output to a log file."""
+        if cpu is not None and shutil.which("taskset"):
+            argv = ["taskset", "-c", cpu, *argv]
+        log = open(self.tmp / f"{name}.log", "ab")  # noqa: SIM115 - lives as long as the process
+        p = subprocess.Popen(
+            list(argv), stdout=stdout if stdout is not None else log, stderr=log,
+            env={**os.environ, **(env or {})}, cwd=ROOT, start_new_session=True,
+        )
+        self.started.append(p)
+        return p
+
+    def stop(self, p: subprocess.Popen[bytes], timeout: float = 10.0) -> None:
+        if p.poll() is None:
+            p.send_signal(signal.SIGTERM)
+            try:
+                p.wait(timeout)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait(5)
+        if p in self.started:
+            self.started.remove(p)
+
+    def log(self, name: str) -> str:
+        path = self.tmp / f"{name}.log"
+        return path.read_text(errors="replace") if path.exists() else ""
+
+
+def nginx(procs: Procs, cpu: str | None = "1") -> int:
+    """A Debian nginx on loopback answering `200 ok` to any path; returns its port.
+
+    One worker, no access log: the target must be cheap so that it is never the bottleneck.
+    """
+    port = free_port()
+    prefix = procs.tmp / "nginx"
+    (prefix / "logs").mkdir(parents=True, exist_ok=True)
+    conf = prefix / "nginx.conf"
+    conf.write_text(f"""
+daemon off;
+master_process off;
+worker_processes 1;
+pid {prefix}/nginx.pid;
+error_log {prefix}/logs/error.log warn;
+events {{ worker_connections 16384; }}
+worker_rlimit_nofile 32768;
+http {{
+  access_log off;
+  client_body_temp_path {prefix}/body;
+  proxy_temp_path {prefix}/proxy;
+  fastcgi_temp_path {prefix}/fastcgi;
+  uwsgi_temp_path {prefix}/uwsgi;
+  scgi_temp_path {prefix}/scgi;
+  server {{
+    listen {HOST}:{port} backlog=4096;
+    location / {{ default_type text/plain; return 200 "ok\\n"; }}
+  }}
+}}
+""")
+    if Path(NGINX).exists():
+        procs.start([NGINX, "-p", str(prefix), "-c", str(conf)], "nginx", cpu=cpu)
+    else:  # fallback: an aiohttp server in its own process
+        procs.start([PY, str(BENCH / "_servers.py"), "http", "--port", str(port)], "nginx", cpu=cpu)
+    wait_until(lambda: port_open(port), 10, "the HTTP target server")
+    return port
+
+
+def target_server_name() -> str:
+    return "nginx (Debian)" if Path(NGINX).exists() else "aiohttp server"
+
+
+def blackbox(procs: Procs, cpu: str | None = None) -> int:
+    """blackbox_exporter with an http_2xx module (IPv4 first: the targets are 127.0.0.1)."""
+    if not Path(BLACKBOX).exists():
+        raise SystemExit(f"{BLACKBOX} not found: apt-get install prometheus-blackbox-exporter")
+    port = free_port()
+    conf = procs.tmp / "blackbox.yml"
+    conf.write_text(
+        "modules:\n  http_2xx:\n    prober: http\n    timeout: 5s\n"
+        "    http:\n      preferred_ip_protocol: ip4\n"
+    )
+    procs.start(
+        [BLACKBOX, f"--config.file={conf}", f"--web.listen-address={HOST}:{port}",
+         "--log.level=warn"], "blackbox", cpu=cpu,
+    )
+    wait_until(lambda: http_get(port, "/-/healthy")[0] == 200, 15, "blackbox_exporter")
+    return port
+
+
+# --- the daemon ------------------------------------------------------------------------------
+
+
+def write_config(procs: Procs, name: str, targets: Iterable[str], **extra: str) -> Path:
+    """A YAML config; `targets` are already-rendered YAML list items (one or more lines each)."""
+    path = procs.tmp / f"{name}.yaml"
+    head = "".join(f"{k}: {v}\n" for k, v in extra.items())
+    path.write_text(head + "targets:\n" + "".join(targets))
+    return path
+
+
+def http_target(name: str, url: str, interval: str = "1s", timeout: str = "1s",
+                extra: str = "") -> str:
+    return f"  - {{name: {name}, url: '{url}', interval: {interval}, timeout: {timeout}{extra}}}\n"
+
+
+def daemon(procs: Procs, config: Path, cpu: str | None = None, name: str = "daemon",
+           env: dict[str, str] | None = None, ready_timeout: float = 60.0) -> tuple[int, int]:
+    """`probe run -c config` on a free loopback port; returns (pid, port) once /livez answers."""
+    port = free_port()
+    p = procs.start(
+        [PY, "-m", "probe", "run", "-c", str(config)], name, cpu=cpu,
+        env={"PROBE_LISTEN": f"{HOST}:{port}", "PROBE_LOG_LEVEL": "warning",
+             "PROBE_LOG_FORMAT": "json", "PYTHONPATH": str(ROOT), **(env or {})},
+    )
+
+    def up() -> bool:
+        if p.poll() is not None:
+            raise SystemExit(f"the daemon exited ({p.returncode}):\n{procs.log(name)[-3000:]}")
+        return http_get(port, "/livez", timeout=5)[0] == 200
+
+    wait_until(up, ready_timeout, "the daemon's /livez")
+    return p.pid, port
+
+
+# --- Prometheus text -------------------------------------------------------------------------
+
+_LINE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})?\s+(\S+)")
+_LABEL = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"')
+
+
+Sample = tuple[str, dict[str, str], float]
+
+
+def parse_metrics(text: str, prefixes: tuple[str, ...] = ("",)) -> list[Sample]:
+    out = []
+    for line in text.splitlines():
+        if not line or line[0] == "#" or not line.startswith(prefixes):
+            continue
+        m = _LINE.match(line)
+        if m:
+            labels = dict(_LABEL.findall(m.group(2) or ""))
+            out.append((m.group(1), labels, float(m.group(3))))
+    return out
+
+
+def scrape(port: int, prefixes: tuple[str, ...] = ("",)) -> list[Sample]:
+    status, body = http_get(port, "/metrics", timeout=60)
+    if status != 200:
+        raise RuntimeError(f"/metrics answered {status}")
+    return parse_metrics(body.decode(), prefixes)
+
+
+def total(samples: list[Sample], name: str, **match: str) -> float:
+    return sum(v for n, lab, v in samples if n == name and all(lab.get(k) == x
+                                                               for k, x in match.items()))
+
+
+def buckets(samples: list[Sample], name: str) -> dict[float, float]:
+    """Cumulative bucket counts of a label-less histogram `name` (le -> count)."""
+    out: dict[float, float] = {}
+    for n, lab, v in samples:
+        if n == f"{name}_bucket":
+            out[float(lab["le"])] = out.get(float(lab["le"]), 0.0) + v
+    return out
+
+
+def bucket_quantile(q: float, before: dict[float, float], after: dict[float, float]) -> float:
+    """histogram_quantile() over the increase between two scrapes (linear within a bucket)."""
+    les = sorted(after)
+    inc = [after[le] - before.get(le, 0.0) for le in les]
+    if not inc or inc[-1] <= 0:
+        return float("nan")
+    rank = q * inc[-1]
+    prev_le, prev_c = 0.0, 0.0
+    for le, c in zip(les, inc, strict=True):
+        if c >= rank:
+            if le == float("inf"):
+                return prev_le
+            return prev_le + (le - prev_le) * ((rank - prev_c) / (c - prev_c) if c > prev_c else 0)
+        prev_le, prev_c = le, c
+    return les[-1]
+
+
+def share_at_most(bound: float, before: dict[float, float], after: dict[float, float]) -> float:
+    """Fraction of observations <= bound (exact when bound is a bucket edge)."""
+    les = sorted(after)
+    n = after[les[-1]] - before.get(les[-1], 0.0)
+    if n <= 0:
+        return float("nan")
+    edge = max((le for le in les if le <= bound), default=None)
+    if edge is None:
+        return 0.0
+    return (after[edge] - before.get(edge, 0.0)) / n
+
+
+# --- statistics and output -------------------------------------------------------------------
+
+
+def pct(values: Sequence[float], q: float) -> float:
+    """Nearest-rank percentile (q in 0..100)."""
+    if not values:
+        return float("nan")
+    s = sorted(values)
+    k = max(0, min(len(s) - 1, int(round(q / 100 * len(s) + 0.5)) - 1))
+    return s[k]
+
+
+def table(title: str, rows: Sequence[Sequence[object]], header: Sequence[str]) -> str:
+    cells = [[str(c) for c in header]] + [[str(c) for c in r] for r in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
+    line = "| " + " | ".join("-" * w for w in widths) + " |"
+    fmt = [("| " + " | ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) + " |")
+           for r in cells]
+    return "\n".join([f"\n### {title}\n", fmt[0], line, *fmt[1:]])
+
+
+def emit(result: dict[str, object], out: Path | None) -> None:
+    """Machine-readable result, for run_all.py and docs/performance.md."""
+    if out is not None:
+        out.write_text(json.dumps(result, indent=2))
+
+
+def fmt(x: float, digits: int = 2) -> str:
+    return "n/a" if x != x else f"{x:.{digits}f}"
+
+
+def write_urls(procs: Procs, name: str, urls: Sequence[str]) -> Path:
+    path = procs.tmp / f"{name}.urls"
+    path.write_text("\n".join(urls) + "\n")
+    return path
+
+
+def run_load(procs: Procs, mode: str, urls: Path, args: Sequence[str], window: float,
+             warmup: float, cpu: str | None = None, env: dict[str, str] | None = None) -> dict:
+    """Run bench/_load.py in its own process and return its JSON result."""
+    argv = [PY, str(BENCH / "_load.py"), mode, "--urls", str(urls), "--warmup", str(warmup),
+            "--window", str(window), *args]
+    p = procs.start(argv, f"load-{mode}", cpu=cpu, env=env, stdout=subprocess.PIPE)
+    try:
+        out, _ = p.communicate(timeout=warmup + window + 90)
+    except subprocess.TimeoutExpired:
+        procs.stop(p)
+        raise RuntimeError(f"{mode} load did not finish; log:\n{procs.log(f'load-{mode}')[-2000:]}")
+    procs.stop(p)
+    lines = [ln for ln in out.decode().splitlines() if ln.startswith("{")]
+    if not lines:
+        raise RuntimeError(f"{mode} load printed no result; log:\n{procs.log(f'load-{mode}')[-2000:]}")
+    return json.loads(lines[-1])
+
+
+def uses_uvloop(pid: int) -> bool:
+    """Whether uvloop's extension is mapped into the process (evidence, not proof, of use)."""
+    try:
+        return "uvloop" in Path(f"/proc/{pid}/maps").read_text()
+    except OSError:
+        return False
+
+
+def daemon_available() -> bool:
+    return (ROOT / "probe" / "daemon.py").exists()

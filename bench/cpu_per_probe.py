@@ -1,0 +1,141 @@
+"""Benchmarks 1 and 2: CPU seconds per 1000 HTTP probes — the daemon, blackbox_exporter, and the
+bare aiohttp floor — at the same probe rate, in one run.
+
+Setup: one loopback HTTP target server (Debian nginx, one worker pinned to CPU 1; an aiohttp
+server in its own process when nginx is missing) serving K paths; every prober probes each of
+the K URLs once a second, spread evenly, with a fresh TCP connection per probe.
+
+- daemon: `probe run` with K http targets (interval 1s). CPU = utime+stime from /proc over the
+  window; probes = increase of probe_results_total. Its /metrics is scraped at both ends of the
+  window and once in the middle (a Prometheus scraping every window/2 seconds); the middle scrape
+  is inside the CPU window, as real scrapes would be.
+- blackbox_exporter: module http_2xx, driven by a separate process issuing
+  GET /probe?module=http_2xx&target=URL at the same rate. Only the exporter's CPU is counted: the
+  driver stands in for Prometheus, which pays for its scrapes of the daemon too.
+- floor: a bare aiohttp loop in its own process, a new TCPConnector(force_close=True) and
+  ClientSession per probe, as the issue defines it; and a second floor with one session whose
+  connector never reuses a connection (still a fresh TCP connection per probe).
+
+The probers run one after another (not at once), each for warmup + window seconds, so none of
+them competes with another for the CPU. Per-probe cost depends on the rate (at low rates every
+probe wakes an idle process), so each K given is a separate row set.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import (  # noqa: E402
+    Procs,
+    blackbox,
+    cpu_seconds,
+    daemon,
+    daemon_available,
+    emit,
+    fmt,
+    http_target,
+    machine,
+    nginx,
+    run_load,
+    scrape,
+    table,
+    target_server_name,
+    total,
+    uses_uvloop,
+    write_config,
+    write_urls,
+)
+
+
+def measure_daemon(procs: Procs, urls: list[str], warmup: float, window: float) -> dict:
+    cfg = write_config(procs, f"cpu-{len(urls)}",
+                       (http_target(f"t{i}", u) for i, u in enumerate(urls)))
+    pid, port = daemon(procs, cfg)
+    time.sleep(warmup)
+    s0 = scrape(port, ("probe_results_total",))
+    c0 = cpu_seconds(pid)
+    time.sleep(window / 2)
+    scrape(port, ("probe_results_total",))
+    time.sleep(window / 2)
+    c1 = cpu_seconds(pid)
+    s1 = scrape(port, ("probe_results_total",))
+    uv = uses_uvloop(pid)
+    procs.stop(procs.started[-1])
+    probes = total(s1, "probe_results_total") - total(s0, "probe_results_total")
+    ok = (total(s1, "probe_results_total", result="success")
+          - total(s0, "probe_results_total", result="success"))
+    return {"probes": probes, "errors": probes - ok, "cpu": c1 - c0, "uvloop": uv}
+
+
+def run(targets: int, warmup: float, window: float) -> dict:
+    out: dict[str, object] = {"targets": targets, "window": window}
+    with Procs() as procs:
+        port = nginx(procs)
+        urls = [f"http://127.0.0.1:{port}/t/{i}" for i in range(targets)]
+        url_file = write_urls(procs, "targets", urls)
+        if daemon_available():
+            out["daemon"] = measure_daemon(procs, urls, warmup, window)
+        bb_port = blackbox(procs)
+        bb = procs.started[-1]
+        out["blackbox"] = run_load(procs, "blackbox", url_file,
+                                   ["--bb-port", str(bb_port), "--bb-pid", str(bb.pid)],
+                                   window, warmup)
+        procs.stop(bb)
+        out["floor"] = run_load(procs, "floor", url_file, [], window, warmup)
+        out["floor_shared"] = run_load(procs, "floor", url_file, ["--shared"], window, warmup)
+    for key in ("daemon", "blackbox", "floor", "floor_shared"):
+        r = out.get(key)
+        if isinstance(r, dict):
+            r.pop("recorded", None)
+            r["cpu_per_1000"] = 1000 * r["cpu"] / r["probes"] if r["probes"] else float("nan")
+    return out
+
+
+def rows(res: dict) -> list[list[str]]:
+    bb = res["blackbox"]["cpu_per_1000"]
+    fl = res["floor"]["cpu_per_1000"]
+    names = {"daemon": "stageprobe daemon", "blackbox": "blackbox_exporter (exporter only)",
+             "floor": "floor: bare aiohttp, new session per probe",
+             "floor_shared": "floor: bare aiohttp, one session, force_close"}
+    out = []
+    for key, name in names.items():
+        r = res.get(key)
+        if not isinstance(r, dict):
+            out.append([str(res["targets"]), name, "not run", "", "", "", ""])
+            continue
+        c = r["cpu_per_1000"]
+        out.append([str(res["targets"]), name, f"{r['probes']:.0f}", f"{r['errors']:.0f}",
+                    fmt(c, 3), fmt(c / bb), fmt(c / fl)])
+    return out
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--targets", default="200,1000",
+                   help="comma-separated K values (probes per second), default 200,1000")
+    p.add_argument("--warmup", type=float, default=5.0)
+    p.add_argument("--window", type=float, default=20.0)
+    p.add_argument("--json", type=Path, default=None, help="also write the results here")
+    a = p.parse_args()
+    print(f"machine: {machine()}; target server: {target_server_name()}")
+    results = [run(int(k), a.warmup, a.window) for k in a.targets.split(",")]
+    all_rows = [r for res in results for r in rows(res)]
+    print(table("1+2. CPU per 1000 HTTP probes (fresh connection each, K probes/s)", all_rows,
+                ["K/s", "prober", "probes", "errors", "CPU s/1000", "x blackbox",
+                 "x floor(new session)"]))
+    for res in results:
+        d = res.get("daemon")
+        if isinstance(d, dict):
+            print(f"K={res['targets']}: daemon/blackbox = "
+                  f"{fmt(d['cpu_per_1000'] / res['blackbox']['cpu_per_1000'])} (goal <= 0.6), "
+                  f"daemon/floor = {fmt(d['cpu_per_1000'] / res['floor']['cpu_per_1000'])} "
+                  f"(goal <= 1.3); uvloop mapped in the daemon: {d['uvloop']}")
+    emit({"machine": machine(), "results": results}, a.json)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,394 @@
+"""Soak: the real daemon probing N mixed targets (healthy and faulty) for a long time.
+
+    python bench/soak.py --targets 200 --duration 10m
+
+What runs where, and why:
+- The fault servers (tests/faults: healthy HTTP/WebSocket plus one server per fault) run in a
+  child process, so every number measured here is the prober's alone.
+- The prober is the real `probe.daemon.Daemon` (scheduler, checks, metrics, readiness, history
+  and its aiohttp server) run in this process on uvloop, exactly as `probe run` runs it. In-process
+  rather than `probe run` as a subprocess because the asyncio task count can only be read from
+  inside; RSS (VmRSS of /proc/self/status) and open fds (/proc/self/fd) are read the same way
+  `ps` would. Sampling costs one /metrics scrape over loopback per sample.
+- Scheduler lag p99 comes from the daemon's own `probe_scheduler_lag_seconds` histogram on
+  /metrics (per sample window, to the bucket bound). Misclassifications come from
+  `probe_failures_total{target,failure}` and `probe_results_total`: a faulty target counted
+  under any class but its fault's (tests/faults HTTP_EXPECTED / WS_EXPECTED), or succeeding; a
+  healthy target failing at all.
+
+Verdict (exit 1 on any): after a warm-up (the first 10% of the run), the mean of the first third
+of samples is compared with the mean of the last third — RSS, fds and tasks must not grow past
+their thresholds, lag p99 must not blow up; no misclassification; no target probed at less than
+half its cadence (a dead or starved loop). Every request goes to 127.0.0.1 only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+from collections import defaultdict
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
+
+import aiohttp  # noqa: E402
+from faults import HTTP_EXPECTED, WS_EXPECTED  # noqa: E402
+from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
+
+from probe.config import Config, parse_duration  # noqa: E402
+from probe.daemon import Daemon, run_loop  # noqa: E402
+from probe.logging import configure  # noqa: E402
+
+# Faults that make sense over and over (every one ends within the probe timeout).
+HTTP_FAULTS = ["no_answer", "accept_no_read", "stall_body", "drip", "big_body", "big_body:length",
+               "garbage", "bad_chunk", "reset", "reset:chunked,fin", "redirect_loop", "refuse",
+               "status:500"]
+WS_FAULTS = ["ws_silent", "ws_no_upgrade", "ws_garbage", "ws_big", "ws_close:1000",
+             "ws_close:1001", "ws_close:1008", "ws_close:1011", "ws_close:4000", "ws_drop",
+             "ws_reject:403", "ws_reject:500"]
+PING = {"send": {"type": "ping"}, "expect": {"json": {"type": "pong"}}}
+
+
+@dataclass
+class Sample:
+    t: float
+    rss_mb: float
+    fds: int
+    tasks: int
+    lag_p99_ms: float | None
+    probes: int  # in this sample's window
+    misclassified: int  # cumulative
+
+
+@dataclass
+class Plan:
+    config: Config
+    expected: dict[str, str | None]  # target -> failure class its fault must produce
+    fault_of: dict[str, str]
+
+
+def rss_mb() -> float:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024.0
+    return math.nan
+
+
+def open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+# --- the servers (child process) -------------------------------------------------------------
+
+
+def start_servers(faults: list[str]) -> tuple[subprocess.Popen[str], dict[str, int]]:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "tests"), str(ROOT)])}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "faults", *faults], cwd=ROOT, env=env, text=True,
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+    )
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    if not line:
+        proc.kill()
+        raise SystemExit(f"fault servers did not start (exit {proc.wait()})")
+    return proc, json.loads(line)
+
+
+def stop_servers(proc: subprocess.Popen[str]) -> None:
+    try:
+        if proc.stdin is not None:
+            proc.stdin.close()  # the child serves until its stdin closes
+        proc.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+# --- the targets -----------------------------------------------------------------------------
+
+
+def plan_targets(n: int, faulty: float, interval: float, timeout: float,
+                 ports: dict[str, int]) -> Plan:
+    """Alternate HTTP and WebSocket; `faulty` of them cycle through the faults of their kind."""
+    targets: list[dict[str, Any]] = []
+    expected: dict[str, str | None] = {}
+    fault_of: dict[str, str] = {}
+    n_faulty = round(n * faulty)
+    counts: dict[str, int] = defaultdict(int)
+    for i in range(n):
+        ws = i % 2 == 1
+        if i < n_faulty:
+            pool = WS_FAULTS if ws else HTTP_FAULTS
+            fault = pool[(i // 2) % len(pool)]
+            table = WS_EXPECTED if ws else HTTP_EXPECTED
+            exp = table[fault]
+        else:
+            fault, exp = ("ws_ok" if ws else "ok"), None
+        counts[fault] += 1
+        name = f"{fault.replace(':', '-').replace(',', '-')}-{counts[fault]}"
+        scheme = "ws" if ws else "http"
+        t: dict[str, Any] = {"name": name, "url": f"{scheme}://127.0.0.1:{ports[fault]}/p{i}"}
+        if ws:
+            t["messages"] = [PING]
+        elif fault == "ok":
+            t["expect"] = {"json": {"status": "healthy"}}
+        targets.append(t)
+        expected[name] = exp
+        fault_of[name] = fault
+    config = Config.model_validate({
+        "defaults": {"interval": interval, "timeout": timeout},
+        "targets": targets,
+        "concurrency": max(256, n),
+    })
+    return Plan(config, expected, fault_of)
+
+
+# --- reading /metrics ------------------------------------------------------------------------
+
+
+@dataclass
+class Scrape:
+    results: dict[tuple[str, str], float]
+    failures: dict[tuple[str, str], float]
+    lag_buckets: list[tuple[float, float]]  # (le, cumulative count)
+
+
+def parse(text: str) -> Scrape:
+    results: dict[tuple[str, str], float] = {}
+    failures: dict[tuple[str, str], float] = {}
+    buckets: list[tuple[float, float]] = []
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            if s.name == "probe_results_total":
+                results[(s.labels["target"], s.labels["result"])] = s.value
+            elif s.name == "probe_failures_total":
+                failures[(s.labels["target"], s.labels["failure"])] = s.value
+            elif s.name == "probe_scheduler_lag_seconds_bucket":
+                buckets.append((float(s.labels["le"]), s.value))
+    return Scrape(results, failures, sorted(buckets))
+
+
+def lag_p99(before: list[tuple[float, float]], after: list[tuple[float, float]]) -> float | None:
+    """p99 of the lag observed between two scrapes, as the upper bound of its bucket."""
+    prev = dict(before)
+    window = [(le, count - prev.get(le, 0.0)) for le, count in after]
+    total = window[-1][1] if window else 0.0
+    if total <= 0:
+        return None
+    for le, count in window:
+        if count >= 0.99 * total:
+            return le
+    return math.inf
+
+
+def misclassified(plan: Plan, scrape: Scrape) -> dict[str, dict[str, float]]:
+    """target -> {class seen: count} for every result its fault should not have produced."""
+    wrong: dict[str, dict[str, float]] = {}
+    for name, exp in plan.expected.items():
+        bad: dict[str, float] = {}
+        if exp is None:
+            if n := scrape.results.get((name, "failure"), 0):
+                for (target, failure), count in scrape.failures.items():
+                    if target == name and count:
+                        bad[failure] = count
+                bad = bad or {"failure": n}
+        else:
+            if n := scrape.results.get((name, "success"), 0):
+                bad["success"] = n
+            for (target, failure), count in scrape.failures.items():
+                if target == name and failure != exp and count:
+                    bad[failure] = count
+        if bad:
+            wrong[name] = bad
+    return wrong
+
+
+def probes_total(scrape: Scrape) -> int:
+    return int(sum(scrape.results.values()))
+
+
+# --- the run ---------------------------------------------------------------------------------
+
+
+async def soak(args: argparse.Namespace, plan: Plan) -> tuple[list[Sample], Scrape, float]:
+    daemon = Daemon(plan.config)
+    url = await daemon.start("127.0.0.1", 0)
+    samples: list[Sample] = []
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    try:
+        async with aiohttp.ClientSession() as http:
+
+            async def scrape() -> Scrape:
+                async with http.get(f"{url}/metrics") as resp:
+                    return parse(await resp.text())
+
+            prev = await scrape()
+            k = 0
+            while True:
+                k += 1
+                await asyncio.sleep(max(0.0, start + k * args.sample_every - loop.time()))
+                cur = await scrape()
+                wrong = misclassified(plan, cur)
+                lag = lag_p99(prev.lag_buckets, cur.lag_buckets)
+                samples.append(Sample(
+                    t=loop.time() - start, rss_mb=rss_mb(), fds=open_fds(),
+                    tasks=len(asyncio.all_tasks()),
+                    lag_p99_ms=None if lag is None else lag * 1000.0,
+                    probes=probes_total(cur) - probes_total(prev),
+                    misclassified=int(sum(sum(v.values()) for v in wrong.values())),
+                ))
+                print(row(samples[-1]), flush=True)
+                prev = cur
+                if loop.time() - start >= args.duration:
+                    break
+    finally:
+        await daemon.stop()
+    return samples, prev, loop.time() - start
+
+
+# --- the verdict -----------------------------------------------------------------------------
+
+HEADER = f"{'t':>7} {'rss MB':>8} {'fds':>6} {'tasks':>6} {'lag p99':>9} {'probes':>7} {'miscl':>6}"
+
+
+def row(s: Sample) -> str:
+    lag = "-" if s.lag_p99_ms is None else f"{s.lag_p99_ms:.0f}ms"
+    return (f"{s.t:6.0f}s {s.rss_mb:8.1f} {s.fds:6d} {s.tasks:6d} {lag:>9} {s.probes:7d} "
+            f"{s.misclassified:6d}")
+
+
+def mean(xs: list[float]) -> float:
+    return sum(xs) / len(xs) if xs else math.nan
+
+
+def verdict(args: argparse.Namespace, plan: Plan, samples: list[Sample], final: Scrape,
+            elapsed: float) -> tuple[list[str], dict[str, Any]]:
+    problems: list[str] = []
+    steady = [s for s in samples if s.t >= 0.1 * args.duration] or samples
+    third = max(1, len(steady) // 3)
+    first, last = steady[:third], steady[-third:]
+    summary: dict[str, Any] = {"targets": len(plan.config.targets), "elapsed_s": round(elapsed)}
+    for field, floor, rel in (("rss_mb", args.max_rss_growth_mb, 0.15),
+                              ("fds", args.max_fd_growth, 0.10),
+                              ("tasks", args.max_task_growth, 0.10)):
+        a = mean([float(getattr(s, field)) for s in first])
+        b = mean([float(getattr(s, field)) for s in last])
+        limit = max(floor, rel * a)
+        summary[field] = {"start": getattr(samples[0], field), "end": getattr(samples[-1], field),
+                          "first_third_mean": round(a, 1), "last_third_mean": round(b, 1),
+                          "growth": round(b - a, 1), "limit": round(limit, 1)}
+        if b - a > limit:
+            problems.append(f"{field} grew from {a:.1f} to {b:.1f} (limit +{limit:.1f})")
+    lag_a = max((s.lag_p99_ms or 0.0) for s in first)
+    lag_b = max((s.lag_p99_ms or 0.0) for s in last)
+    summary["lag_p99_ms"] = {"first_third_max": lag_a, "last_third_max": lag_b,
+                             "overall_max": max((s.lag_p99_ms or 0.0) for s in samples)}
+    if lag_b > max(args.max_lag_ms, 2 * lag_a):
+        problems.append(f"scheduler lag p99 rose from {lag_a:.0f}ms to {lag_b:.0f}ms")
+    wrong = misclassified(plan, final)
+    summary["misclassified"] = {n: {**v, "fault": plan.fault_of[n]} for n, v in wrong.items()}
+    if wrong:
+        problems.append(f"{len(wrong)} target(s) misclassified: " + ", ".join(
+            f"{n} ({plan.fault_of[n]}: {v})" for n, v in sorted(wrong.items())[:5]))
+    interval = plan.config.targets[0].interval
+    floor_count = (elapsed / interval) * 0.5
+    starved = {t.name: int(final.results.get((t.name, "success"), 0)
+                           + final.results.get((t.name, "failure"), 0))
+               for t in plan.config.targets}
+    starved = {n: c for n, c in starved.items() if c < floor_count}
+    summary["starved"] = starved
+    summary["probes"] = probes_total(final)
+    if starved:
+        problems.append(f"{len(starved)} target(s) probed under half their cadence "
+                        f"(< {floor_count:.0f}): {sorted(starved)[:5]}")
+    return problems, summary
+
+
+def by_fault(plan: Plan, final: Scrape) -> str:
+    seen: dict[str, dict[str, float]] = defaultdict(lambda: defaultdict(float))
+    for name, fault in plan.fault_of.items():
+        seen[fault]["success"] += final.results.get((name, "success"), 0)
+        for (target, failure), count in final.failures.items():
+            if target == name and count:
+                seen[fault][failure] += count
+    lines = [f"{'fault':<20} {'expected':<16} seen"]
+    table = {**HTTP_EXPECTED, **WS_EXPECTED}
+    for fault in sorted(seen):
+        exp = table.get(fault)
+        got = ", ".join(f"{k} {v:.0f}" for k, v in sorted(seen[fault].items()) if v)
+        lines.append(f"{fault:<20} {exp or 'success':<16} {got}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--targets", type=int, default=200)
+    p.add_argument("--duration", type=parse_duration, default=600.0, help="e.g. 10m, 90s")
+    p.add_argument("--faulty", type=float, default=0.3, help="fraction of faulty targets")
+    p.add_argument("--interval", type=parse_duration, default=5.0)
+    p.add_argument("--timeout", type=parse_duration, default=2.0)
+    p.add_argument("--sample-every", type=parse_duration, default=None,
+                   help="default: duration/30, between 2s and 30s")
+    p.add_argument("--max-rss-growth-mb", type=float, default=16.0)
+    p.add_argument("--max-fd-growth", type=float, default=20.0)
+    p.add_argument("--max-task-growth", type=float, default=20.0)
+    p.add_argument("--max-lag-ms", type=float, default=250.0)
+    p.add_argument("--json", type=Path, default=None, help="also write the summary here")
+    args = p.parse_args(argv)
+    if args.sample_every is None:
+        args.sample_every = min(30.0, max(2.0, args.duration / 30))
+    if args.targets < 2 or not 0 <= args.faulty <= 1:
+        p.error("--targets must be >= 2 and --faulty between 0 and 1")
+    configure(level="error")  # transitions of 200 targets would drown the table
+    faults = sorted({"ok", "ws_ok", *HTTP_FAULTS, *WS_FAULTS})
+    proc, ports = start_servers(faults)
+    try:
+        plan = plan_targets(args.targets, args.faulty, args.interval, args.timeout, ports)
+        kinds = defaultdict(int)
+        for t in plan.config.targets:
+            kinds[t.kind] += 1
+        n_faulty = sum(1 for v in plan.expected.values() if v is not None)
+        print(f"soak: {len(plan.config.targets)} targets ({dict(kinds)}; {n_faulty} faulty), "
+              f"interval {args.interval:g}s, timeout {args.timeout:g}s, for {args.duration:g}s; "
+              f"fault servers in pid {proc.pid}", flush=True)
+        print(HEADER, flush=True)
+        samples, final, elapsed = run_loop(soak(args, plan))
+    finally:
+        stop_servers(proc)
+    problems, summary = verdict(args, plan, samples, final, elapsed)
+    print()
+    print(by_fault(plan, final))
+    print()
+    for key in ("rss_mb", "fds", "tasks"):
+        v = summary[key]
+        print(f"{key:>7}: start {v['start']}, end {v['end']}; mean first third "
+              f"{v['first_third_mean']}, last third {v['last_third_mean']} "
+              f"(growth {v['growth']:+}, limit +{v['limit']})")
+    print(f"lag p99: first third max {summary['lag_p99_ms']['first_third_max']}ms, "
+          f"last third max {summary['lag_p99_ms']['last_third_max']}ms")
+    print(f" probes: {summary['probes']} in {elapsed:.0f}s")
+    if args.json is not None:
+        summary["samples"] = [asdict(s) for s in samples]
+        summary["problems"] = problems
+        args.json.write_text(json.dumps(summary, indent=2))
+    if problems:
+        print("\nFAIL:\n  " + "\n  ".join(problems))
+        return 1
+    print("\nOK: nothing grew without bound, every fault classified as expected")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

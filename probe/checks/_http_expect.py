@@ -1,0 +1,297 @@
+"""What an HTTP answer must look like: compiled once per target, checked once per probe.
+
+A daemon probes the same targets every few seconds, so everything that depends only on the
+target (regexes, split JSON paths, the request body, the status set and its wording) is built
+into a `Plan` the first time a target is probed and reused while that Target object lives.
+A reload builds new Target objects, so a changed config never sees a stale plan.
+
+Semantics fixed here (and documented for config authors):
+- `expect.status`: the set of acceptable codes; unset means any 2xx.
+- `expect.json` / `version_path`: dotted paths; a segment indexes a list when the node is a list
+  (`items.0.id`, negative indices count from the end). Values compare as JSON: `1` is not `"1"`
+  and `true` is not `1`.
+- `expect.headers`: name -> regex that must match the WHOLE value (re.fullmatch); with several
+  values of one header, any one may match. Matching is case-sensitive.
+- `expect.body_regex`: re.search anywhere in the body, decoded with the response charset
+  (default UTF-8, undecodable bytes replaced).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import weakref
+from dataclasses import dataclass
+from typing import Any
+
+from multidict import CIMultiDict, CIMultiDictProxy
+from yarl import URL
+
+from probe import __version__
+from probe.config import Target
+from probe.outcome import Failure
+
+MISSING: Any = object()
+USER_AGENT = f"stageprobe/{__version__}"
+
+
+@dataclass(frozen=True, slots=True)
+class JsonCheck:
+    path: str
+    keys: tuple[str, ...]
+    expected: Any
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    url: URL
+    where: str  # host:port, the only part of the URL a detail may name
+    method: str
+    headers: CIMultiDict[str]
+    data: bytes | None
+    statuses: frozenset[int] | None  # None: any 2xx
+    expected_status: str  # "2xx", "200", "200 or 204", ...
+    allow_redirects: bool
+    max_redirects: int  # as aiohttp counts it (see plan_for)
+    json_checks: tuple[JsonCheck, ...]
+    header_checks: tuple[tuple[str, re.Pattern[str]], ...]
+    body_re: re.Pattern[str] | None
+    version_path: str | None
+    version_keys: tuple[str, ...] | None
+    keep_body: bool  # False: the body is only counted, never kept
+
+    def status_ok(self, code: int) -> bool:
+        return 200 <= code < 300 if self.statuses is None else code in self.statuses
+
+
+class _Entry:
+    __slots__ = ("plan", "ref")
+
+    def __init__(self, ref: weakref.ref[Target], plan: Plan) -> None:
+        self.ref, self.plan = ref, plan
+
+
+_PLANS: dict[int, _Entry] = {}
+
+
+def plan_for(target: Target) -> Plan:
+    """The target's Plan, built on first use and dropped when the Target is garbage collected."""
+    key = id(target)
+    entry = _PLANS.get(key)
+    if entry is not None and entry.ref() is target:
+        return entry.plan
+    plan = _build(target)
+
+    def forget(ref: weakref.ref[Target], key: int = key) -> None:
+        held = _PLANS.get(key)
+        if held is not None and held.ref is ref:
+            del _PLANS[key]
+
+    _PLANS[key] = _Entry(weakref.ref(target, forget), plan)
+    return plan
+
+
+def _build(t: Target) -> Plan:
+    url = URL(t.url)
+    host = f"[{url.host}]" if url.host and ":" in url.host else url.host
+    headers: CIMultiDict[str] = CIMultiDict(t.headers)
+    headers.setdefault("User-Agent", USER_AGENT)
+    data: bytes | None = None
+    if t.json_body is not None:
+        data = json.dumps(t.json_body, separators=(",", ":")).encode()
+        headers.setdefault("Content-Type", "application/json")
+    elif t.body is not None:
+        data = t.body.encode()
+        headers.setdefault("Content-Type", "text/plain; charset=utf-8")
+    expect = t.expect
+    statuses = frozenset(expect.status) if expect.status else None
+    json_checks = tuple(
+        JsonCheck(path, tuple(path.split(".")), _as_json(value))
+        for path, value in expect.json_.items()
+    )
+    # aiohttp raises TooManyRedirects when the Nth redirect ARRIVES; ours means "follow up to N".
+    follow = t.follow_redirects and t.max_redirects > 0
+    return Plan(
+        url=url,
+        where=f"{host}:{url.port}",
+        method=t.method,
+        headers=headers,
+        data=data,
+        statuses=statuses,
+        expected_status=_wording(sorted(statuses)) if statuses else "2xx",
+        allow_redirects=follow,
+        max_redirects=t.max_redirects + 1,
+        json_checks=json_checks,
+        header_checks=tuple((n, re.compile(p)) for n, p in expect.headers.items()),
+        body_re=re.compile(expect.body_regex) if expect.body_regex is not None else None,
+        version_path=t.version_path,
+        version_keys=tuple(t.version_path.split(".")) if t.version_path else None,
+        keep_body=bool(json_checks or expect.body_regex is not None or t.version_path),
+    )
+
+
+def _as_json(value: Any) -> Any:
+    """YAML may hand us dates and the like; compare what JSON would have carried."""
+    return json.loads(json.dumps(value, default=str))
+
+
+def _wording(codes: list[int]) -> str:
+    if len(codes) == 1:
+        return str(codes[0])
+    return ", ".join(map(str, codes[:-1])) + f" or {codes[-1]}"
+
+
+# --- formatting ------------------------------------------------------------------------------
+
+
+def clip(text: str, limit: int = 80) -> str:
+    """One line, at most `limit` characters."""
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def show(value: Any, limit: int = 60) -> str:
+    """A value as JSON text, short enough for a one-line detail."""
+    try:
+        text = json.dumps(value, ensure_ascii=False, separators=(",", ":"), default=str)
+    except ValueError:
+        text = repr(value)
+    return clip(text, limit)
+
+
+def quote(text: str, limit: int = 40) -> str:
+    """A piece of text, shortened first and then quoted, so the quotes always close."""
+    return json.dumps(clip(text, limit), ensure_ascii=False)
+
+
+def size(n: int) -> str:
+    if n >= 1 << 20 and n % (1 << 20) == 0:
+        return f"{n >> 20} MiB"
+    if n >= 1 << 10 and n % (1 << 10) == 0:
+        return f"{n >> 10} KiB"
+    return f"{n} bytes"
+
+
+# --- checking --------------------------------------------------------------------------------
+
+
+def resolve(doc: Any, keys: tuple[str, ...]) -> Any:
+    node = doc
+    for key in keys:
+        if isinstance(node, dict):
+            node = node.get(key, MISSING)
+            if node is MISSING:
+                return MISSING
+        elif isinstance(node, list):
+            try:
+                node = node[int(key)]
+            except (ValueError, IndexError):
+                return MISSING
+        else:
+            return MISSING
+    return node
+
+
+def same(expected: Any, actual: Any) -> bool:
+    """JSON equality: bools are not numbers, 1 == 1.0, containers compare deeply."""
+    if isinstance(expected, bool) or isinstance(actual, bool):
+        return type(expected) is type(actual) and expected == actual
+    if isinstance(expected, int | float) and isinstance(actual, int | float):
+        return expected == actual
+    if isinstance(expected, dict) and isinstance(actual, dict):
+        return expected.keys() == actual.keys() and all(
+            same(v, actual[k]) for k, v in expected.items()
+        )
+    if isinstance(expected, list) and isinstance(actual, list):
+        return len(expected) == len(actual) and all(map(same, expected, actual))
+    return type(expected) is type(actual) and expected == actual
+
+
+def _text(body: bytes, charset: str | None) -> str:
+    try:
+        return body.decode(charset or "utf-8", errors="replace")
+    except LookupError:
+        return body.decode("utf-8", errors="replace")
+
+
+def _not_json(exc: ValueError, body: bytes, charset: str | None) -> str:
+    if not body.strip():
+        return "body is not JSON: the body is empty"
+    why = f"{exc.msg} at line {exc.lineno} column {exc.colno}" if isinstance(
+        exc, json.JSONDecodeError
+    ) else str(exc)
+    return f"body is not JSON: {why} (body starts {quote(_text(body[:64], charset))})"
+
+
+def _version_text(value: Any) -> str:
+    return value if isinstance(value, str) else show(value, 100)
+
+
+def evaluate(
+    plan: Plan,
+    headers: CIMultiDictProxy[str],
+    body: bytes,
+    charset: str | None,
+    expect_version: str | None,
+) -> tuple[str | None, Failure | None, str]:
+    """(served version, failure or None, detail) for an answer whose status already passed.
+
+    Order: the version first (a gate waiting for a new build wants to hear "old build", not
+    whichever field the old build also gets wrong), then headers, body regex, JSON paths.
+    Without expect_version a missing version is not a failure: it is just not reported.
+    """
+    doc: Any = MISSING
+    json_error = ""
+    if plan.version_keys is not None or plan.json_checks:
+        try:
+            doc = json.loads(body)
+        except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError
+            json_error = _not_json(exc, body, charset)
+    version: str | None = None
+    if plan.version_keys is not None and doc is not MISSING:
+        found = resolve(doc, plan.version_keys)
+        if found is not MISSING and found is not None:
+            version = _version_text(found)
+    if expect_version is not None and plan.version_keys is not None:
+        if doc is MISSING:
+            return None, Failure.ASSERTION, f"{json_error} (version_path {plan.version_path})"
+        if version is None:
+            return None, Failure.ASSERTION, (
+                f"version_path {plan.version_path}: not found in the body"
+                f" (expected build {clip(expect_version, 40)})"
+            )
+        if version != expect_version:
+            return version, Failure.VERSION_MISMATCH, (
+                f"serving build {clip(version, 60)}, expected {clip(expect_version, 60)}"
+            )
+    for name, pattern in plan.header_checks:
+        values = headers.getall(name, [])
+        if not values:
+            return version, Failure.ASSERTION, (
+                f"header {name}: missing (expected /{clip(pattern.pattern, 40)}/)"
+            )
+        if not any(pattern.fullmatch(v) for v in values):
+            return version, Failure.ASSERTION, (
+                f"header {name}: expected /{clip(pattern.pattern, 40)}/, got {quote(values[0], 50)}"
+            )
+    if plan.body_re is not None:
+        text = _text(body, charset)
+        if plan.body_re.search(text) is None:
+            return version, Failure.ASSERTION, (
+                f"body does not match /{clip(plan.body_re.pattern, 40)}/"
+                f" (body starts {quote(text[:64])})"
+            )
+    if plan.json_checks:
+        if doc is MISSING:
+            return version, Failure.ASSERTION, json_error
+        for check in plan.json_checks:
+            actual = resolve(doc, check.keys)
+            if actual is MISSING:
+                return version, Failure.ASSERTION, (
+                    f"json {check.path}: missing (expected {show(check.expected)})"
+                )
+            if not same(check.expected, actual):
+                return version, Failure.ASSERTION, (
+                    f"json {check.path}: expected {show(check.expected)}, got {show(actual)}"
+                )
+    return version, None, ""

@@ -1,0 +1,244 @@
+"""`probe run`: probe continually, serve /metrics and /readyz, reload on SIGHUP, drain on SIGTERM.
+
+Shutdown order matters for a CI gate: on SIGTERM/SIGINT /readyz turns 503 `draining` at once
+(nobody should start a deploy against a prober that is going away), then in-flight probes are
+cancelled, then the listener closes; the process exits 0 well within 5 s.
+
+A reload never makes things worse: an invalid new file is logged with all its errors and the
+running config stays. A valid one starts added targets, stops removed ones and removes their
+series, and keeps the state and latency windows of targets that stayed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import signal
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import structlog
+from aiohttp import web
+from pydantic import ValidationError
+
+from probe import __version__
+from probe.checks import CheckContext
+from probe.config import Config, ConfigError, Settings, Target, load_config
+from probe.credentials import Credentials
+from probe.history import History
+from probe.logging import configure, log_transition
+from probe.metrics import Metrics
+from probe.outcome import Outcome
+from probe.readiness import Readiness
+from probe.scheduler import Scheduler
+from probe.server import Runtime, make_app
+
+log = structlog.get_logger("probe.daemon")
+SHUTDOWN_TIMEOUT = 1.0  # seconds the listener waits for open requests when closing
+
+
+def load_settings() -> Settings:
+    try:
+        return Settings()
+    except ValidationError as exc:
+        errors = [f"PROBE_{'.'.join(map(str, e['loc'])).upper()}: {e['msg']}"
+                  for e in exc.errors(include_url=False, include_input=False)]
+        raise ConfigError("environment", errors) from None
+
+
+def _context(config: Config) -> CheckContext:
+    return CheckContext(Credentials(config.credentials), config.expect_version)
+
+
+class Daemon:
+    """The running prober: config, scheduler, metrics, readiness, history and the HTTP server."""
+
+    def __init__(
+        self, config: Config, *, config_path: Path | None = None, gate_token: str | None = None
+    ) -> None:
+        self.config_path = config_path
+        self.ctx = _context(config)
+        self.metrics = Metrics()
+        self.history = History.from_config(config)
+        self.runtime = Runtime(
+            config=config, readiness=Readiness(config), metrics=self.metrics,
+            history=self.history, gate_token=gate_token,
+        )
+        self.scheduler = Scheduler(config, self.ctx, self._on_outcome, self.metrics.observe_lag)
+        self.runtime.scheduler = self.scheduler
+        for target in config.targets:
+            self.metrics.add_target(target)
+        self._runner: web.AppRunner | None = None
+        self._stopping = asyncio.Event()
+        self._closing: set[asyncio.Task[None]] = set()
+        self.url = ""
+
+    @property
+    def config(self) -> Config:
+        return self.runtime.config
+
+    def _on_outcome(self, outcome: Outcome, target: Target) -> None:
+        self.metrics.record(outcome, target)
+        self.history.record(outcome)
+        transition = self.runtime.readiness.observe(outcome, time.time())
+        if transition is not None:
+            self.history.transition(transition)
+            log_transition(transition)
+
+    async def start(self, host: str, port: int) -> str:
+        """Listen, then start probing; returns the base URL. OSError if the port is taken."""
+        self._runner = web.AppRunner(
+            make_app(self.runtime), access_log=None, shutdown_timeout=SHUTDOWN_TIMEOUT
+        )
+        await self._runner.setup()
+        try:
+            await web.TCPSite(self._runner, host, port, reuse_address=True).start()
+        except OSError:
+            await self._runner.cleanup()
+            raise
+        bound = self._runner.addresses[0][1]
+        shown = "127.0.0.1" if host in ("0.0.0.0", "") else host
+        self.url = f"http://{f'[{shown}]' if ':' in shown else shown}:{bound}"
+        await self.scheduler.start()
+        log.info("stageprobe started", version=__version__, listen=f"{host}:{bound}",
+                 targets=len(self.config.targets),
+                 config=str(self.config_path) if self.config_path else None)
+        return self.url
+
+    def request_stop(self, reason: str = "signal") -> None:
+        if not self._stopping.is_set():
+            log.info("draining", reason=reason)
+            self.runtime.draining = True
+            self._stopping.set()
+
+    async def wait_stopped(self) -> None:
+        await self._stopping.wait()
+
+    async def stop(self) -> None:
+        self.runtime.draining = True
+        await self.scheduler.stop()
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+        with contextlib.suppress(Exception):
+            await self.ctx.credentials.aclose()
+        for task in list(self._closing):
+            task.cancel()
+        log.info("stopped")
+
+    def reload(self) -> bool:
+        """Re-read the config file; on any error keep the running config. True if applied."""
+        if self.config_path is None:
+            log.warning("reload requested but there is no config file to re-read")
+            return False
+        try:
+            new = load_config(self.config_path)
+        except ConfigError as err:
+            log.error("config reload failed; the running config stays",
+                      source=err.source, errors=err.errors)
+            return False
+        self.apply(new)
+        return True
+
+    def apply(self, new: Config) -> None:
+        old = self.config
+        old_targets = {t.name: t for t in old.targets}
+        new_targets = {t.name: t for t in new.targets}
+        removed = sorted(old_targets.keys() - new_targets.keys())
+        added = sorted(new_targets.keys() - old_targets.keys())
+        changed = sorted(n for n in new_targets.keys() & old_targets.keys()
+                         if new_targets[n] != old_targets[n])
+        ctx = None
+        if new.credentials != old.credentials or new.expect_version != old.expect_version:
+            ctx, previous = _context(new), self.ctx
+            self.ctx = ctx
+            self._close_later(previous.credentials, max(t.timeout for t in old.targets) + 1)
+        self.runtime.config = new
+        self.runtime.readiness.reconfigure(new)
+        self.scheduler.reconfigure(new, ctx)
+        for name in removed:
+            self.metrics.forget(name)
+            self.history.forget(name)
+        for name in changed:  # a changed kind (http <-> ws) changes the series; add_target fixes
+            self.metrics.add_target(new_targets[name])
+        for name in added:
+            self.metrics.add_target(new_targets[name])
+        self.history.reconfigure(new.history.results, new.history.span)
+        log.info("config reloaded", added=added, removed=removed, changed=changed,
+                 targets=len(new.targets))
+
+    def _close_later(self, credentials: Credentials, after: float) -> None:
+        """Close replaced credentials once probes that may still use them are done."""
+        async def close() -> None:
+            try:
+                await asyncio.sleep(after)
+            finally:
+                with contextlib.suppress(Exception):
+                    await credentials.aclose()
+
+        task = asyncio.create_task(close())
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
+
+
+def install_signals(daemon: Daemon, reload: bool = True) -> None:
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, daemon.request_stop, sig.name)
+    if reload and hasattr(signal, "SIGHUP"):
+        loop.add_signal_handler(signal.SIGHUP, daemon.reload)
+
+
+async def serve(
+    config: Config, *, host: str, port: int, config_path: Path | None = None,
+    gate_token: str | None = None,
+    on_started: Callable[[Daemon], Awaitable[None] | None] | None = None,
+) -> int:
+    """Run a daemon until SIGTERM/SIGINT; the exit code. Also used by `probe demo`."""
+    daemon = Daemon(config, config_path=config_path, gate_token=gate_token)
+    install_signals(daemon, reload=config_path is not None)
+    try:
+        await daemon.start(host, port)
+    except OSError as exc:
+        log.error("cannot listen", listen=f"{host}:{port}", error=exc.strerror or str(exc))
+        await daemon.scheduler.stop()
+        return 2
+    try:
+        if on_started is not None:
+            result = on_started(daemon)
+            if asyncio.iscoroutine(result):
+                await result
+        await daemon.wait_stopped()
+    finally:
+        await daemon.stop()
+    return 0
+
+
+def run_loop(main: Awaitable[int]) -> int:
+    """Run `main` on uvloop when it is installed (fewer microseconds per probe), else asyncio."""
+    try:
+        import uvloop
+
+        factory: Callable[[], asyncio.AbstractEventLoop] | None = uvloop.new_event_loop
+    except ImportError:
+        factory = None
+    with asyncio.Runner(loop_factory=factory) as runner:
+        return runner.run(main)  # type: ignore[arg-type]
+
+
+def main(args: argparse.Namespace) -> int:
+    settings = load_settings()
+    configure(level=settings.log_level)
+    path = Path(args.config) if getattr(args, "config", None) else settings.config
+    config = load_config(path)
+    try:
+        host, port = settings.host_port
+    except ValueError as exc:
+        raise ConfigError("environment", [str(exc)]) from None
+    token = settings.gate_token.get_secret_value() if settings.gate_token else None
+    code = run_loop(serve(config, host=host, port=port, config_path=path, gate_token=token))
+    sys.stderr.flush()
+    return code

@@ -1,0 +1,122 @@
+"""`probe demo`: the twin and the daemon on loopback, so anyone can see stageprobe work in a minute.
+
+The config is generated here (not read from config/) because `probe demo` must work from a fresh
+`pip install`, where no repository files exist. The twin boots "starting" for a few seconds, so
+the first thing the demo shows is a target going from pending/failing to ready.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import secrets
+import sys
+
+import structlog
+
+from probe.config import Config, parse_config
+from probe.daemon import Daemon, run_loop, serve
+from probe.logging import configure
+from probe.twin import Twin
+
+log = structlog.get_logger("probe.demo")
+BOOT_SECONDS = 4.0
+
+_CONFIG = """\
+defaults: {{interval: 2s, timeout: 1s, success_threshold: 2, failure_threshold: 2}}
+credentials:
+  e2e-user:
+    jwt: {{secret: "${{DEMO_JWT_SECRET}}", algorithm: HS256, ttl: 10m,
+          claims: {{sub: demo-e2e-user, aud: staging}}}}
+targets:
+  - name: backend-health
+    url: {base}/health
+    expect: {{status: [200], json: {{status: healthy}}}}
+    version_path: version
+    latency: {{p95: 100ms, min_samples: 3, window: 20}}
+  - name: api-health
+    url: {base}/api/health
+    expect: {{json: {{status: ok}}}}
+  - name: agents-stop
+    url: {base}/api/agents/stop
+    method: POST
+    json_body: {{agent_id: demo-probe}}
+    credential: e2e-user
+    expect: {{status: [200], json: {{stopped: true}}}}
+"""
+
+_WS_TARGET = """\
+  - name: chat-ws
+    url: {ws}/ws
+    credential: e2e-user
+    messages:
+      - send: {{type: ping}}
+        expect: {{json: {{type: pong}}}}
+        timeout: 1s
+"""
+
+
+def _has_websocket(twin: Twin) -> bool:
+    """The WebSocket target is added once both the check and the twin's /ws endpoint exist."""
+    if importlib.util.find_spec("probe.checks.websocket") is None:
+        return False
+    return any(r.resource is not None and r.resource.canonical == "/ws"
+               for r in twin.app.router.routes())
+
+
+def demo_config(base: str, secret: str, websocket: bool = False) -> Config:
+    text = _CONFIG.format(base=base)
+    if websocket:
+        text += _WS_TARGET.format(ws="ws" + base.removeprefix("http"))
+    return parse_config(text, "<demo>", env={"DEMO_JWT_SECRET": secret})
+
+
+def _banner(daemon: Daemon, twin: Twin) -> str:
+    d, t = daemon.url, twin.url
+    return "\n".join([
+        "",
+        "stageprobe demo — a simulated staging backend (the twin) and the prober, on loopback",
+        f"  status page   {d}/status",
+        f"  metrics       {d}/metrics",
+        f"  gate          {d}/readyz      (or: probe gate {d})",
+        f"  the twin      {t}/health   (boots 'starting' for {BOOT_SECONDS:g}s)",
+        "",
+        "Switch a fault on, watch /status and /readyz name it, then switch it off:",
+        f"  curl -X POST {t}/_twin/fault -d '{{\"health\": \"503\"}}'",
+        f"  curl -X POST {t}/_twin/fault -d '{{\"delay_ms\": 150}}'      # latency target",
+        f"  curl -X POST {t}/_twin/fault -d '{{\"version\": \"other\"}}'",
+        f"  curl -X POST {t}/_twin/reset",
+        "Faults: health|api = ok starting 503 500 slow hang drop garbage degraded big;"
+        f" state: curl {t}/_twin/state",
+        "Ctrl-C stops the demo.",
+        "",
+    ])
+
+
+async def _run(args: argparse.Namespace) -> int:
+    secret = secrets.token_urlsafe(32)
+    twin = Twin(version="demo-1", jwt_secret=secret, starting=BOOT_SECONDS)
+    try:
+        base = await twin.start("127.0.0.1", args.twin_port)
+    except OSError as exc:
+        print(f"probe demo: cannot start the twin on port {args.twin_port}: {exc.strerror}",
+              file=sys.stderr)
+        return 2
+    config = demo_config(base, secret, websocket=_has_websocket(twin))
+
+    def started(daemon: Daemon) -> None:
+        print(_banner(daemon, twin), flush=True)
+
+    try:
+        code = await serve(config, host="127.0.0.1", port=args.port, on_started=started)
+    finally:
+        await twin.stop()
+    if code == 2:
+        print(f"probe demo: cannot listen on 127.0.0.1:{args.port} (try --port 0)",
+              file=sys.stderr)
+    return code
+
+
+def main(args: argparse.Namespace) -> int:
+    configure(level="info")
+    return run_loop(_run(args))

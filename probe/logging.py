@@ -1,0 +1,132 @@
+"""structlog setup: JSON with a `severity` field for Cloud Logging, console lines for a terminal.
+
+Two rules that shape this module:
+- a target's state change is one log line with its reason (log_transition), never one line per
+  probe: a prober that logs every probe buries the one line that matters;
+- nothing that looks like a credential reaches a log line: every event passes through `redact`,
+  which masks bearer tokens, JWTs and secret-looking query parameters, including in tracebacks.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import sys
+from typing import Any, Protocol, TextIO
+
+import structlog
+
+
+class TransitionLike(Protocol):
+    """readiness.Transition, structurally (this module must not import readiness)."""
+
+    target: str
+    old: str
+    new: str
+    failure: Any
+    detail: str
+
+_SEVERITY = {
+    "debug": "DEBUG", "info": "INFO", "warning": "WARNING", "warn": "WARNING",
+    "error": "ERROR", "critical": "CRITICAL", "exception": "ERROR",
+}
+_SECRETS = [
+    (re.compile(r"(?i)\b(bearer|basic)\s+[A-Za-z0-9._~+/=-]{6,}"), r"\1 [redacted]"),
+    (re.compile(r"\beyJ[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]*"), "[redacted-jwt]"),
+    (
+        re.compile(
+            r"(?i)\b(access_token|id_token|refresh_token|token|client_secret|secret|password|"
+            r"api_key|apikey|key)=([^&\s'\"]+)"
+        ),
+        r"\1=[redacted]",
+    ),
+]
+
+
+def scrub(text: str) -> str:
+    """`text` with anything credential-shaped masked."""
+    for pattern, repl in _SECRETS:
+        text = pattern.sub(repl, text)
+    return text
+
+
+def redact(_: Any, __: str, event: dict[str, Any]) -> dict[str, Any]:
+    for key, value in event.items():
+        if isinstance(value, str):
+            event[key] = scrub(value)
+        elif isinstance(value, list | tuple) and all(isinstance(v, str) for v in value):
+            event[key] = [scrub(v) for v in value]
+    return event
+
+
+def _severity(_: Any, method: str, event: dict[str, Any]) -> dict[str, Any]:
+    level = event.pop("level", method)
+    event["severity"] = _SEVERITY.get(str(level).lower(), str(level).upper())
+    return event
+
+
+def choose_format(explicit: str | None = None, stream: TextIO | None = None) -> str:
+    """PROBE_LOG_FORMAT when set, else console on a terminal and JSON everywhere else."""
+    fmt = explicit or os.environ.get("PROBE_LOG_FORMAT", "").strip().lower()
+    if fmt in ("json", "console"):
+        return fmt
+    stream = stream or sys.stderr
+    return "console" if hasattr(stream, "isatty") and stream.isatty() else "json"
+
+
+def configure(fmt: str | None = None, level: str = "info", stream: TextIO | None = None) -> None:
+    """Configure structlog and route stdlib logging (aiohttp, asyncio) through the same renderer."""
+    stream = stream or sys.stderr
+    fmt = choose_format(fmt, stream)
+    numeric = getattr(logging, level.upper(), logging.INFO)
+    shared: list[Any] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.processors.add_log_level,
+        # `time` (RFC 3339) is the field Cloud Logging takes as the entry's timestamp
+        structlog.processors.TimeStamper(fmt="iso", utc=True, key="time" if fmt == "json"
+                                         else "timestamp"),
+    ]
+    if fmt == "json":
+        tail: list[Any] = [
+            structlog.processors.format_exc_info, redact, _severity,
+            structlog.processors.EventRenamer("message"),
+            structlog.processors.JSONRenderer(),
+        ]
+    else:
+        tail = [redact, structlog.dev.ConsoleRenderer(colors=stream.isatty())]
+    structlog.configure(
+        processors=[*shared, *tail],
+        wrapper_class=structlog.make_filtering_bound_logger(numeric),
+        logger_factory=structlog.PrintLoggerFactory(file=stream),
+        cache_logger_on_first_use=False,
+    )
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(
+        structlog.stdlib.ProcessorFormatter(
+            processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, *tail],
+            foreign_pre_chain=[*shared, structlog.stdlib.ExtraAdder()],
+        )
+    )
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(max(numeric, logging.WARNING))  # libraries: warnings and up only
+    logging.getLogger("aiohttp.access").disabled = True
+
+
+def log_transition(transition: TransitionLike) -> None:
+    """One line per state change of a target, with the reason when it is a failure."""
+    log = structlog.get_logger("probe.readiness")
+    fields: dict[str, Any] = {
+        "target": transition.target, "old": transition.old, "new": transition.new,
+    }
+    if transition.failure is not None:
+        fields["failure"] = str(transition.failure)
+    if transition.detail:
+        fields["detail"] = transition.detail
+    if transition.new == "failing":
+        log.warning(f"target {transition.target} is failing", **fields)
+    elif transition.new == "ready":
+        log.info(f"target {transition.target} is ready", **fields)
+    else:
+        log.info(f"target {transition.target} is {transition.new}", **fields)

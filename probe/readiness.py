@@ -1,0 +1,363 @@
+"""From a stream of Outcomes to the one answer: is staging fit to deploy against, and if not, why.
+
+PURE: no I/O and no clock. Every `now` is passed in, so the daemon, `probe check` and the tests
+drive the same code with real or made-up times.
+
+Per target, Kubernetes-like hysteresis on consecutive results:
+
+    pending --success_threshold successes--> ready --failure_threshold failures--> failing
+    pending --failure_threshold failures---> failing --success_threshold successes--> ready
+
+`pending` also goes to `failing` after `failure_threshold` consecutive failures: a target that has
+never worked must say why (refused, dns, ...) rather than stay an uninformative "pending".
+Equivalently, the state is that of the most recent moment at which a run of >= success_threshold
+successes or >= failure_threshold failures was complete, and `pending` if there was none; so the
+state depends only on the sequence of success/failure (the property tests check exactly this).
+
+On top of the state, a `ready` target is still *not ready* when
+- its latency target is breached over the rolling window (failure `latency`), or
+- an expected version is set, the target has a `version_path`, and the version it last reported
+  differs (failure `version_mismatch`).
+The gate is ready when every critical target is ready. With no critical target at all the gate is
+vacuously ready: `critical: false` means "do not gate on me", and the report still lists them.
+
+Latency windows keep the last `latency.window` samples (default 100) of every measure a
+*successful* probe reported (`total` falls back to the probe's duration). Failed probes are judged
+by the hysteresis; their durations (often just the timeout) would only blur the percentiles.
+Percentiles are nearest-rank: the smallest sample with at least p% of the window at or below it,
+so a reported p95 is a latency that was really observed, never an interpolation. No latency
+verdict is given before `min_samples` samples.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+from probe.config import Config, Target
+from probe.outcome import Failure, Outcome
+
+State = Literal["pending", "ready", "failing"]
+STATES: tuple[State, ...] = ("pending", "ready", "failing")
+QUANTILES = (("p50", 50.0), ("p95", 95.0), ("p99", 99.0))
+DEFAULT_WINDOW = 100
+
+
+@dataclass(frozen=True)
+class Transition:
+    """A target's state changed; the daemon logs one line per transition, not one per probe."""
+
+    target: str
+    old: State
+    new: State
+    failure: Failure | None
+    detail: str
+    at: float
+
+
+@dataclass(frozen=True)
+class TargetVerdict:
+    name: str
+    kind: str
+    critical: bool
+    ready: bool
+    state: State
+    failure: str | None
+    detail: str
+    status_code: int | None
+    close_code: int | None
+    version: str | None
+    latency_ms: dict[str, float]  # p50/p95/p99 of the window, target_pXX for each bound set
+    since: float | None = None  # when the current state began (first probe, for pending)
+    last_probe_at: float | None = None
+    consecutive_successes: int = 0
+    consecutive_failures: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Any) -> TargetVerdict:
+        """Parse one entry of `/readyz` JSON; raises ValueError naming the bad field."""
+        if not isinstance(data, dict):
+            raise ValueError(f"a target entry must be an object, got {type(data).__name__}")
+        name = data.get("name")
+        if not isinstance(name, str) or not name:
+            raise ValueError("a target entry has no name")
+        state = data.get("state", "pending")
+        if state not in STATES:
+            raise ValueError(f"target {name!r}: unknown state {state!r}")
+        latency = data.get("latency_ms") or {}
+        if not isinstance(latency, dict):
+            raise ValueError(f"target {name!r}: latency_ms must be an object")
+        return cls(
+            name=name, kind=str(data.get("kind", "")), critical=bool(data.get("critical", True)),
+            ready=data.get("ready") is True, state=state,
+            failure=_opt(data.get("failure"), str), detail=str(data.get("detail") or ""),
+            status_code=_opt(data.get("status_code"), int),
+            close_code=_opt(data.get("close_code"), int), version=_opt(data.get("version"), str),
+            latency_ms={str(k): float(v) for k, v in latency.items()
+                        if isinstance(v, int | float) and not isinstance(v, bool)},
+            since=_opt(data.get("since"), float),
+            last_probe_at=_opt(data.get("last_probe_at"), float),
+            consecutive_successes=int(data.get("consecutive_successes") or 0),
+            consecutive_failures=int(data.get("consecutive_failures") or 0),
+        )
+
+
+def _opt(value: Any, kind: type) -> Any:
+    if value is None or isinstance(value, bool):
+        return None
+    try:
+        return kind(value)
+    except (TypeError, ValueError):
+        return None
+
+
+@dataclass(frozen=True)
+class Verdict:
+    ready: bool
+    targets: list[TargetVerdict]
+    since: float | None = None  # when the gate's current answer began
+
+    def to_dict(self) -> dict[str, Any]:
+        """The `--format json` / `/readyz` shape of DESIGN.md (plus the `since` fields)."""
+        return {"ready": self.ready, "since": self.since,
+                "targets": [t.to_dict() for t in self.targets]}
+
+    def not_ready(self) -> list[TargetVerdict]:
+        return [t for t in self.targets if not t.ready]
+
+    @classmethod
+    def from_dict(cls, data: Any) -> Verdict:
+        if not isinstance(data, dict) or not isinstance(data.get("ready"), bool):
+            raise ValueError('expected a JSON object with a boolean "ready"')
+        targets = data.get("targets") or []
+        if not isinstance(targets, list):
+            raise ValueError('"targets" must be a list')
+        return cls(ready=data["ready"], targets=[TargetVerdict.from_dict(t) for t in targets],
+                   since=_opt(data.get("since"), float))
+
+
+def percentile(samples: Iterable[float], p: float) -> float:
+    """Nearest-rank percentile (0 < p <= 100) of a non-empty collection."""
+    return _ranked(sorted(samples), p)
+
+
+def _ranked(ordered: Sequence[float], p: float) -> float:
+    if not ordered:
+        raise ValueError("percentile of no samples")
+    rank = max(1, math.ceil(p / 100.0 * len(ordered)))
+    return ordered[min(rank, len(ordered)) - 1]
+
+
+def fmt_ms(ms: float) -> str:
+    return f"{ms:.0f}ms" if ms >= 10 else f"{ms:.1f}ms"
+
+
+@dataclass
+class _Track:
+    """Mutable per-target state; only Readiness touches it."""
+
+    target: Target
+    state: State = "pending"
+    since: float | None = None
+    successes: int = 0
+    failures: int = 0
+    last: Outcome | None = None
+    last_failure: Outcome | None = None
+    last_probe_at: float | None = None
+    version: str | None = None
+    windows: dict[str, deque[float]] = field(default_factory=dict)
+
+    @property
+    def window_size(self) -> int:
+        return self.target.latency.window if self.target.latency else DEFAULT_WINDOW
+
+    @property
+    def measure(self) -> str:
+        return self.target.latency.measure if self.target.latency else "total"
+
+    def add_samples(self, outcome: Outcome) -> None:
+        samples = dict(outcome.latency)
+        samples.setdefault("total", outcome.duration)
+        for measure, seconds in samples.items():
+            window = self.windows.get(measure)
+            if window is None:
+                window = self.windows[measure] = deque(maxlen=self.window_size)
+            window.append(seconds)
+
+    def resize(self) -> None:
+        size = self.window_size
+        for measure, window in self.windows.items():
+            if window.maxlen != size:
+                self.windows[measure] = deque(window, maxlen=size)
+
+
+def _latency(track: _Track) -> tuple[dict[str, float], str | None]:
+    """Window percentiles in ms for the target's measure, and a breach detail (None if fine)."""
+    lat = track.target.latency
+    window: Sequence[float] = track.windows.get(track.measure, ())
+    out: dict[str, float] = {}
+    if window:
+        ordered = sorted(window)  # once, for all three quantiles
+        for label, p in QUANTILES:
+            out[label] = round(_ranked(ordered, p) * 1000.0, 3)
+    if lat is None:
+        return out, None
+    breaches = []
+    for label, _ in QUANTILES:
+        bound = getattr(lat, label)
+        if bound is None:
+            continue
+        out[f"target_{label}"] = round(bound * 1000.0, 3)
+        if len(window) >= lat.min_samples and out[label] > bound * 1000.0:
+            breaches.append(f"{label} {fmt_ms(out[label])} over target {fmt_ms(bound * 1000.0)}")
+    if not breaches:
+        return out, None
+    return out, f"{', '.join(breaches)} (measure {lat.measure}, {len(window)} samples)"
+
+
+def _judge(track: _Track, expect_version: str | None) -> TargetVerdict:
+    t = track.target
+    latency_ms, breach = _latency(track)
+    failure: str | None = None
+    detail = ""
+    ready = False
+    if track.state == "ready":
+        if expect_version and t.version_path and track.version != expect_version:
+            failure = Failure.VERSION_MISMATCH.value
+            detail = (f"serving build {track.version}, expected {expect_version}"
+                      if track.version is not None else
+                      f"no version reported at {t.version_path!r}, expected {expect_version}")
+        elif breach is not None:
+            failure, detail = Failure.LATENCY.value, breach
+        else:
+            ready = True
+    elif track.last_failure is not None:
+        assert track.last_failure.failure is not None
+        failure = track.last_failure.failure.value
+        detail = track.last_failure.detail
+        if track.successes:
+            detail += f" (recovering: {track.successes} of {t.success_threshold} successes)"
+    elif track.last is None:
+        detail = "not probed yet"
+    else:
+        detail = (f"pending: {track.successes} of {t.success_threshold} consecutive successes")
+    last = track.last
+    return TargetVerdict(
+        name=t.name, kind=t.kind, critical=t.critical, ready=ready, state=track.state,
+        failure=failure, detail=detail,
+        status_code=last.status_code if last else None,
+        close_code=last.close_code if last else None,
+        version=track.version, latency_ms=latency_ms, since=track.since,
+        last_probe_at=track.last_probe_at, consecutive_successes=track.successes,
+        consecutive_failures=track.failures,
+    )
+
+
+class Readiness:
+    """Per-target hysteresis and latency windows, and the gate over the critical targets.
+
+    `expect_version` given here (e.g. `probe check --expect-version`) wins over the config's.
+    """
+
+    def __init__(self, config: Config, expect_version: str | None = None) -> None:
+        self._override = expect_version or None
+        self._tracks: dict[str, _Track] = {}
+        self._blocking: set[str] = set()  # critical targets that are not ready
+        self._gate_ready = False
+        self._gate_since: float | None = None
+        self._last_now: float | None = None
+        self.reconfigure(config)
+
+    @property
+    def expect_version(self) -> str | None:
+        return self._expect
+
+    def observe(self, outcome: Outcome, now: float) -> Transition | None:
+        """Fold one probe result in; returns the Transition if the target's state changed.
+
+        Outcomes of targets not in the config (a probe finishing across a reload) are ignored.
+        """
+        track = self._tracks.get(outcome.target)
+        if track is None:
+            return None
+        self._last_now = now
+        t = track.target
+        track.last, track.last_probe_at = outcome, now
+        if track.since is None:
+            track.since = now
+        if outcome.version is not None:
+            track.version = outcome.version
+        if outcome.success:
+            track.successes, track.failures = track.successes + 1, 0
+            track.add_samples(outcome)
+        else:
+            track.successes, track.failures = 0, track.failures + 1
+            track.last_failure = outcome
+        old = track.state
+        if track.successes >= t.success_threshold:
+            track.state = "ready"
+        elif track.failures >= t.failure_threshold:
+            track.state = "failing"
+        self._refresh(track, now)
+        if track.state == old:
+            return None
+        track.since = now
+        return Transition(target=t.name, old=old, new=track.state, failure=outcome.failure,
+                          detail=outcome.detail, at=now)
+
+    def verdict(self, now: float) -> Verdict:
+        targets = [_judge(track, self._expect) for track in self._tracks.values()]
+        ready = all(v.ready for v in targets if v.critical)
+        return Verdict(ready=ready, targets=targets, since=self._gate_since)
+
+    def target(self, name: str) -> TargetVerdict | None:
+        """One target's verdict (None if unknown): cheaper than a whole verdict per result."""
+        track = self._tracks.get(name)
+        return _judge(track, self._expect) if track is not None else None
+
+    def reconfigure(self, config: Config) -> None:
+        """Adopt a new config; kept targets (same name) keep their state, counters and windows.
+
+        Changed thresholds take effect at the target's next result (there is no `now` here).
+        """
+        self._expect = self._override or config.expect_version or None
+        tracks: dict[str, _Track] = {}
+        for target in config.targets:
+            track = self._tracks.get(target.name) or _Track(target=target)
+            track.target = target
+            track.resize()
+            tracks[target.name] = track
+        self._tracks = tracks
+        self._blocking = set()
+        for track in tracks.values():
+            self._refresh(track, self._last_now)
+
+    def awaiting_latency(self, name: str) -> bool:
+        """True while a target with a latency target has fewer than min_samples samples.
+
+        `probe check` keeps probing such a target: "ready" before a latency verdict is premature.
+        """
+        track = self._tracks.get(name)
+        if track is None or track.target.latency is None:
+            return False
+        window = track.windows.get(track.measure, ())
+        return len(window) < track.target.latency.min_samples
+
+    def _refresh(self, track: _Track, now: float | None) -> None:
+        """Keep the set of blocking critical targets current, so the gate is O(1) per result."""
+        name = track.target.name
+        if track.target.critical and not _judge(track, self._expect).ready:
+            self._blocking.add(name)
+        else:
+            self._blocking.discard(name)
+        gate = not self._blocking
+        if gate != self._gate_ready:
+            self._gate_ready, self._gate_since = gate, now
+        elif self._gate_since is None and now is not None:
+            self._gate_since = now

@@ -1,0 +1,224 @@
+"""One asyncio loop per target: fixed cadence, start jitter, a hard timeout, bounded concurrency.
+
+Why each rule:
+- fixed cadence from the previous *scheduled* time, so probes do not drift later and later;
+- an overrun skips the missed slots instead of bursting to catch up (a burst after a stall would
+  hammer a struggling staging backend exactly when it is weakest);
+- a target never has two probes at once (its loop awaits each probe before scheduling the next);
+- asyncio.timeout(target.timeout + 0.5) around every check is a backstop: a check that ignores its
+  own budget still cannot hold its loop;
+- one global semaphore caps probes in flight, and the time a probe waits for it counts as lag;
+- an exception from a check becomes an Outcome (`protocol`), logged once per target with its
+  traceback, so a bug in one check never kills a loop or hides the other targets.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import time
+from collections.abc import Callable
+
+import structlog
+
+from probe.checks import Check, CheckContext, checker_for
+from probe.config import Config, Target
+from probe.outcome import Failure, Outcome
+
+log = structlog.get_logger("probe.scheduler")
+
+BACKSTOP = 0.5  # seconds past target.timeout before the scheduler cancels a check itself
+HEARTBEAT = 1.0  # seconds between heartbeat ticks (the /livez signal)
+STOP_GRACE = 2.0  # seconds stop() waits for cancelled probes to unwind
+
+OnOutcome = Callable[[Outcome, Target], None]
+OnLag = Callable[[float], None]
+
+
+class Scheduler:
+    """Runs every target of a config on its own loop until stop()."""
+
+    def __init__(
+        self, config: Config, ctx: CheckContext, on_outcome: OnOutcome, on_lag: OnLag,
+        *, checker: Callable[[Target], Check] = checker_for,
+    ) -> None:
+        """`checker` picks a target's check; tests pass their own to make checks raise or stall."""
+        self._config = config
+        self._checker = checker
+        self._ctx = ctx
+        self._on_outcome = on_outcome
+        self._on_lag = on_lag
+        self._sem = asyncio.Semaphore(config.concurrency)
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._targets: dict[str, Target] = {}
+        self._last_start: dict[str, float] = {}  # monotonic start of each target's last probe
+        self._crashed: set[str] = set()  # targets whose check raised (logged once each)
+        self._heartbeat: asyncio.Task[None] | None = None
+        self._running = False
+        self.last_tick = time.monotonic()
+
+    @property
+    def config(self) -> Config:
+        return self._config
+
+    @property
+    def running(self) -> bool:
+        return self._running
+
+    async def start(self) -> None:
+        if self._running:
+            return
+        self._running = True
+        self.last_tick = time.monotonic()
+        self._heartbeat = asyncio.create_task(self._beat(), name="probe-heartbeat")
+        for target in self._config.targets:
+            self._spawn(target)
+
+    async def stop(self) -> None:
+        """Cancel every loop and in-flight probe; wait (briefly) for them to unwind."""
+        self._running = False
+        tasks = list(self._tasks.values())
+        if self._heartbeat is not None:
+            tasks.append(self._heartbeat)
+            self._heartbeat = None
+        self._tasks.clear()
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.wait(tasks, timeout=STOP_GRACE)
+
+    def reconfigure(self, config: Config, ctx: CheckContext | None = None) -> None:
+        """Start added targets, stop removed ones, restart changed ones; keep unchanged loops."""
+        if ctx is not None:
+            self._ctx = ctx
+        if config.concurrency != self._config.concurrency:
+            self._sem = asyncio.Semaphore(config.concurrency)  # holders release the old one
+        old = self._targets
+        self._config = config
+        new = {t.name: t for t in config.targets}
+        if not self._running:
+            self._targets = new
+            return
+        for name in old.keys() - new.keys():
+            self._cancel(name)
+        for name, target in new.items():
+            if name not in old:
+                self._spawn(target)
+            elif old[name] != target:
+                previous = self._cancel(name)
+                self._spawn(target, after=previous)
+
+    def stuck(self, now: float | None = None, max_age: float = 10.0) -> list[str]:
+        """Why the scheduler is not healthy (empty: healthy). Read by /livez.
+
+        Stuck means: the heartbeat has not ticked for `max_age` seconds (the event loop is
+        blocked or the scheduler stopped), or a target loop is gone, or a target has not started
+        a probe for two intervals plus its timeout plus `max_age` (a loop wedged somewhere).
+        """
+        now = time.monotonic() if now is None else now
+        reasons = []
+        if not self._running:
+            reasons.append("scheduler is not running")
+        elif now - self.last_tick > max_age:
+            reasons.append(f"scheduler heartbeat is {now - self.last_tick:.1f}s old")
+        for name, task in self._tasks.items():
+            if task.done():
+                reasons.append(f"target {name}: its probe loop has ended")
+                continue
+            target = self._targets[name]
+            last = self._last_start.get(name)
+            limit = 2 * target.interval + target.timeout + max_age
+            if last is not None and now - last > limit:
+                reasons.append(f"target {name}: no probe started for {now - last:.0f}s")
+        return reasons
+
+    # --- internals ---------------------------------------------------------------------------
+
+    def _spawn(self, target: Target, after: asyncio.Task[None] | None = None) -> None:
+        self._targets[target.name] = target
+        self._last_start[target.name] = time.monotonic()
+        self._tasks[target.name] = asyncio.create_task(
+            self._loop(target, after), name=f"probe:{target.name}"
+        )
+
+    def _cancel(self, name: str) -> asyncio.Task[None] | None:
+        task = self._tasks.pop(name, None)
+        self._targets.pop(name, None)
+        self._last_start.pop(name, None)
+        self._crashed.discard(name)
+        if task is not None:
+            task.cancel()
+        return task
+
+    async def _beat(self) -> None:
+        while True:
+            self.last_tick = time.monotonic()
+            await asyncio.sleep(HEARTBEAT)
+
+    async def _loop(self, target: Target, after: asyncio.Task[None] | None) -> None:
+        if after is not None:  # a changed target: never overlap the old loop's last probe
+            await asyncio.wait([after])
+        loop = asyncio.get_running_loop()
+        period = target.interval
+        try:
+            check: Check | None = self._checker(target)
+            load_error: Exception | None = None
+        except Exception as exc:  # a missing or broken check module: report it, keep looping
+            check, load_error = None, exc
+        next_at = loop.time() + random.uniform(0, min(period, 1.0))
+        while True:
+            await asyncio.sleep(max(0.0, next_at - loop.time()))
+            async with self._sem:
+                started = loop.time()
+                self._last_start[target.name] = time.monotonic()
+                self._lag(started - next_at)
+                outcome = await self._probe(target, check, load_error)
+            if self._tasks.get(target.name) is not asyncio.current_task():
+                return  # removed or replaced while probing: its result no longer counts
+            self._deliver(outcome, target)
+            next_at += period
+            now = loop.time()
+            if next_at <= now:  # overran: skip the missed slots, keep the cadence
+                next_at += period * (int((now - next_at) // period) + 1)
+
+    async def _probe(
+        self, target: Target, check: Check | None, load_error: Exception | None
+    ) -> Outcome:
+        t0 = time.perf_counter()
+        started_at = time.time()
+        try:
+            if check is None:
+                raise load_error or RuntimeError("no check")
+            async with asyncio.timeout(target.timeout + BACKSTOP):
+                outcome = await check(target, self._ctx)
+            if not isinstance(outcome, Outcome):
+                raise TypeError(f"the check returned {type(outcome).__name__}, not an Outcome")
+            return outcome
+        except TimeoutError:
+            return Outcome.failed(
+                target.name, target.kind, Failure.TIMEOUT,
+                f"no complete answer within {target.timeout:g}s", time.perf_counter() - t0,
+                started_at=started_at,
+            )
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            if target.name not in self._crashed:
+                self._crashed.add(target.name)
+                log.error("check raised", target=target.name, kind=target.kind, exc_info=exc)
+            return Outcome.failed(
+                target.name, target.kind, Failure.PROTOCOL,
+                f"internal error in the {target.kind} check: {type(exc).__name__}",
+                time.perf_counter() - t0, started_at=started_at,
+            )
+
+    def _deliver(self, outcome: Outcome, target: Target) -> None:
+        try:
+            self._on_outcome(outcome, target)
+        except Exception as exc:  # a consumer bug must not stop probing
+            log.error("outcome handler raised", target=target.name, exc_info=exc)
+
+    def _lag(self, seconds: float) -> None:
+        with contextlib.suppress(Exception):
+            self._on_lag(max(0.0, seconds))

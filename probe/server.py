@@ -1,0 +1,176 @@
+"""The daemon's HTTP face: /metrics, /livez, /readyz, /api/v1/status and the /status page.
+
+/readyz is what CI gates on, so its status code alone is the answer (200 ready, 503 not); the
+JSON body names the cause per target. With PROBE_GATE_TOKEN set, anonymous callers still get the
+status code and `{"ready": bool}` (a load balancer or an uptime check needs no more), but the
+details — which name internal hosts and failures — need the bearer token.
+
+/livez means "the daemon is alive and its scheduler is not stuck" (see Scheduler.stuck): a
+blocked event loop or a wedged target loop turns it 503, so an orchestrator restarts us.
+"""
+
+from __future__ import annotations
+
+import hmac
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlsplit
+
+import structlog
+from aiohttp import web
+from prometheus_client.exposition import choose_encoder
+
+from probe import __version__
+from probe.config import Config, Target
+from probe.history import History
+from probe.metrics import Metrics
+from probe.readiness import Readiness
+from probe.scheduler import Scheduler
+
+log = structlog.get_logger("probe.server")
+RUNTIME = web.AppKey("runtime", object)
+MAX_POINTS = 1000
+
+
+@dataclass
+class Runtime:
+    """Everything the server reads; the daemon swaps `config` on reload and sets `draining`."""
+
+    config: Config
+    readiness: Readiness
+    metrics: Metrics
+    history: History
+    scheduler: Scheduler | None = None
+    gate_token: str | None = None
+    draining: bool = False
+    clock: Callable[[], float] = field(default=time.time)
+
+
+def public_url(url: str) -> str:
+    """scheme://host[:port]/path — no userinfo, query or fragment (where tokens hide)."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    port = f":{parts.port}" if parts.port else ""
+    return f"{parts.scheme}://{host}{port}{parts.path or '/'}"
+
+
+def _runtime(request: web.Request) -> Runtime:
+    return request.app[RUNTIME]  # type: ignore[return-value]
+
+
+def authorized(request: web.Request, token: str | None) -> bool:
+    if not token:
+        return True
+    scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+    if scheme.lower() != "bearer":
+        return False
+    return hmac.compare_digest(given.strip().encode(), token.encode())
+
+
+def _json(data: Any, status: int = 200, **headers: str) -> web.Response:
+    return web.json_response(
+        data, status=status, headers={"Cache-Control": "no-store", **headers}
+    )
+
+
+async def metrics_handler(request: web.Request) -> web.StreamResponse:
+    rt = _runtime(request)
+    rt.metrics.set_readiness(rt.readiness.verdict(rt.clock()))
+    encoder, content_type = choose_encoder(request.headers.get("Accept", ""))
+    resp = web.Response(body=encoder(rt.metrics.registry), headers={
+        "Content-Type": content_type, "Cache-Control": "no-store",
+    })
+    if "gzip" in request.headers.get("Accept-Encoding", ""):
+        resp.enable_compression()
+    return resp
+
+
+async def livez(request: web.Request) -> web.StreamResponse:
+    rt = _runtime(request)
+    if rt.draining:
+        return _json({"alive": True, "draining": True})
+    reasons = rt.scheduler.stuck() if rt.scheduler is not None else []
+    if reasons:
+        return _json({"alive": False, "reasons": reasons}, status=503)
+    return _json({"alive": True})
+
+
+async def readyz(request: web.Request) -> web.StreamResponse:
+    rt = _runtime(request)
+    if rt.draining:
+        return _json({"ready": False, "draining": True}, status=503)
+    verdict = rt.readiness.verdict(rt.clock())
+    status = 200 if verdict.ready else 503
+    if not authorized(request, rt.gate_token):
+        return _json({"ready": verdict.ready}, status=status)
+    return _json(verdict.to_dict(), status=status)
+
+
+def _int_param(request: web.Request, name: str, default: int, lo: int, hi: int) -> int:
+    try:
+        return min(hi, max(lo, int(request.query.get(name, default))))
+    except ValueError:
+        return default
+
+
+def _target_extra(target: Target) -> dict[str, Any]:
+    return {
+        "url": public_url(target.url), "interval": target.interval, "timeout": target.timeout,
+        "method": target.method if target.kind == "http" else None,
+        "success_threshold": target.success_threshold,
+        "failure_threshold": target.failure_threshold,
+        "latency_target": target.latency.model_dump(mode="json") if target.latency else None,
+    }
+
+
+async def status_api(request: web.Request) -> web.StreamResponse:
+    """Full state for the status page: verdicts plus URL, cadence and recent history per target."""
+    rt = _runtime(request)
+    if not authorized(request, rt.gate_token):
+        return _json({"error": "a bearer token is required"}, status=401,
+                     **{"WWW-Authenticate": 'Bearer realm="stageprobe"'})
+    now = rt.clock()
+    points = _int_param(request, "points", 120, 1, MAX_POINTS)
+    verdict = rt.readiness.verdict(now)
+    targets = {t.name: t for t in rt.config.targets}
+    out = []
+    for tv in verdict.targets:
+        entry = tv.to_dict()
+        target = targets.get(tv.name)
+        if target is not None:
+            entry.update(_target_extra(target))
+            measure = target.latency.measure if target.latency else "total"
+            entry["history"] = rt.history.snapshot(tv.name, now, max_points=points, measure=measure)
+        out.append(entry)
+    return _json({
+        "ready": verdict.ready and not rt.draining, "since": verdict.since, "generated_at": now,
+        "draining": rt.draining, "version": __version__, "targets": out,
+    })
+
+
+async def index(request: web.Request) -> web.StreamResponse:
+    if any(r.resource is not None and r.resource.canonical == "/status"
+           for r in request.app.router.routes()):
+        raise web.HTTPFound("/status")
+    return web.Response(text="stageprobe: /metrics /livez /readyz /api/v1/status\n")
+
+
+def make_app(runtime: Runtime) -> web.Application:
+    app = web.Application()
+    app[RUNTIME] = runtime
+    app.router.add_get("/", index)
+    app.router.add_get("/metrics", metrics_handler)
+    app.router.add_get("/livez", livez)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/api/v1/status", status_api)
+    try:
+        from probe.statuspage import add_status_routes
+
+        add_status_routes(app)
+    except (ImportError, OSError) as exc:  # a broken install must not take the prober down
+        log.warning("status page unavailable", error=f"{type(exc).__name__}: {exc}")
+    return app

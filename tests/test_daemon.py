@@ -1,0 +1,391 @@
+"""`probe run` as a real subprocess against the twin: metrics, readiness, SIGTERM, SIGHUP.
+
+Plus the server's endpoints in-process (gate token, /api/v1/status, /livez), where a subprocess
+would add nothing but time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+import yaml
+
+from probe.config import load_config, parse_config
+from probe.daemon import Daemon
+from probe.twin import DEV_JWT_SECRET, Twin
+
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLE = ROOT / "config" / "example.yaml"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def until(cond: Callable[[], Awaitable[Any]], what: str, within: float = 20.0) -> Any:
+    deadline = time.monotonic() + within
+    while True:
+        result = await cond()
+        if result:
+            return result
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.05)
+
+
+def example_for(twin: Twin, interval: str = "300ms", timeout: str = "250ms") -> str:
+    """config/example.yaml, pointed at this twin's port, with short intervals for a test."""
+    text = EXAMPLE.read_text().replace("127.0.0.1:8080", f"127.0.0.1:{twin.port}")
+    text = text.replace("interval: 5s", f"interval: {interval}")
+    return text.replace("timeout: 2s", f"timeout: {timeout}")
+
+
+class Proc:
+    """A `probe run` subprocess with its output in files (a full pipe must never block it)."""
+
+    def __init__(self, tmp: Path, config: Path, **env: str) -> None:
+        self.port = free_port()
+        self.base = f"http://127.0.0.1:{self.port}"
+        self.err_path = tmp / "stderr.log"
+        self._err = open(self.err_path, "wb")  # closed in close()
+        environ = {**os.environ, "PROBE_LISTEN": f"127.0.0.1:{self.port}",
+                   "PROBE_LOG_FORMAT": "json", **env}
+        environ.pop("PORT", None)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "probe", "run", "-c", str(config)],
+            stdout=subprocess.DEVNULL, stderr=self._err, env=environ, cwd=tmp,
+        )
+
+    @property
+    def stderr(self) -> str:
+        return self.err_path.read_text(errors="replace")
+
+    def logs(self) -> list[dict[str, Any]]:
+        return [json.loads(line) for line in self.stderr.splitlines() if line.startswith("{")]
+
+    def signal(self, sig: signal.Signals) -> None:
+        self.proc.send_signal(sig)
+
+    async def wait(self, within: float) -> int:
+        deadline = time.monotonic() + within
+        while self.proc.poll() is None:
+            assert time.monotonic() < deadline, f"still running {within}s later"
+            await asyncio.sleep(0.02)
+        return self.proc.returncode
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+        self._err.close()
+
+
+@pytest.fixture
+async def twin() -> AsyncIterator[Twin]:
+    t = Twin(version="twin-1", jwt_secret=DEV_JWT_SECRET)
+    await t.start()
+    yield t
+    await t.stop()
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as s:
+        yield s
+
+
+@pytest.fixture
+def procs(tmp_path: Path) -> Iterator[Callable[..., Proc]]:
+    started: list[Proc] = []
+
+    def start(config: Path, **env: str) -> Proc:
+        p = Proc(tmp_path, config, **env)
+        started.append(p)
+        return p
+
+    yield start
+    for p in started:
+        p.close()
+
+
+async def get_text(http: aiohttp.ClientSession, url: str) -> str | None:
+    try:
+        async with http.get(url) as r:
+            return await r.text()
+    except aiohttp.ClientError:
+        return None
+
+
+def metric(text: str | None, name: str, **labels: str) -> float | None:
+    """The value of one sample in Prometheus text, labels matched in any order."""
+    for line in (text or "").splitlines():
+        m = re.match(r"^(\w+)(?:\{(.*)\})? (\S+)$", line)
+        if not m or m.group(1) != name:
+            continue
+        got = dict(re.findall(r'(\w+)="([^"]*)"', m.group(2) or ""))
+        if got == labels:
+            return float(m.group(3))
+    return None
+
+
+async def test_run_example_against_the_twin(
+    twin: Twin, http: aiohttp.ClientSession, procs: Callable[..., Proc], tmp_path: Path
+) -> None:
+    cfg = tmp_path / "example.yaml"
+    cfg.write_text(example_for(twin))
+    p = procs(cfg)
+
+    async def healthy() -> bool:
+        text = await get_text(http, f"{p.base}/metrics")
+        return metric(text, "probe_success", target="backend-health") == 1
+
+    await until(healthy, "probe_success 1 for backend-health")
+    text = await get_text(http, f"{p.base}/metrics")
+    assert metric(text, "probe_success", target="api-health") == 1
+    assert metric(text, "probe_success", target="agents-stop") == 1  # a minted JWT was accepted
+    async with http.get(f"{p.base}/livez") as r:
+        assert r.status == 200
+
+    twin.set_fault(health="503")
+
+    async def failing() -> bool:
+        text = await get_text(http, f"{p.base}/metrics")
+        n = metric(text, "probe_failures_total", target="backend-health", failure="http_status")
+        return metric(text, "probe_success", target="backend-health") == 0 and (n or 0) > 0
+
+    await until(failing, "probe_success 0 and http_status failures")
+
+    async def gate_names_the_cause() -> dict[str, Any] | None:
+        async with http.get(f"{p.base}/readyz") as r:
+            body = await r.json()
+            if r.status != 503:
+                return None
+        health = {t["name"]: t for t in body["targets"]}["backend-health"]
+        return health if health["state"] == "failing" else None
+
+    health = await until(gate_names_the_cause, "/readyz 503 naming backend-health")
+    assert health["failure"] == "http_status" and "503" in health["detail"]
+    more = twin.requests("/health") + 3
+    await until(lambda: asyncio.sleep(0, twin.requests("/health") >= more), "more failing probes")
+
+    p.signal(signal.SIGTERM)
+    assert await p.wait(5) == 0
+    logs = p.logs()
+    assert all("severity" in line and "message" in line for line in logs)
+    changes = [line for line in logs if line.get("target") == "backend-health"
+               and line.get("new") == "failing"]
+    assert len(changes) == 1, changes  # one line per state change, not one per probe
+    assert changes[0]["failure"] == "http_status" and changes[0]["severity"] == "WARNING"
+    assert DEV_JWT_SECRET not in p.stderr and "eyJ" not in p.stderr
+    assert "Traceback" not in p.stderr
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+async def test_shutdown_with_probes_in_flight(
+    sig: signal.Signals, twin: Twin, http: aiohttp.ClientSession,
+    procs: Callable[..., Proc], tmp_path: Path,
+) -> None:
+    twin.set_fault(health="hang")
+    cfg = tmp_path / "hang.yaml"
+    cfg.write_text(yaml.safe_dump({"targets": [
+        {"name": f"hang{i}", "url": f"{twin.url}/health", "interval": "30s", "timeout": "25s"}
+        for i in range(5)]}))
+    p = procs(cfg)
+
+    async def all_in_flight() -> bool:
+        return twin.requests("/health") >= 5 and await get_text(http, f"{p.base}/livez") is not None
+
+    await until(all_in_flight, "five probes hanging on the twin")
+    t0 = time.monotonic()
+    p.signal(sig)
+    async with http.get(f"{p.base}/readyz") as r:  # still answering while it drains?
+        if r.status == 503:
+            body = await r.json()
+            assert body.get("draining") is True or body.get("ready") is False
+    code = await p.wait(5)
+    assert code == 0 and time.monotonic() - t0 < 5
+    assert "Traceback" not in p.stderr
+    assert any(line.get("message") == "draining" for line in p.logs())
+
+
+async def test_sighup_reload_add_remove_and_invalid(
+    twin: Twin, http: aiohttp.ClientSession, procs: Callable[..., Proc], tmp_path: Path
+) -> None:
+    def write(*names: str) -> None:
+        cfg.write_text(yaml.safe_dump({
+            "defaults": {"interval": "200ms", "timeout": "200ms", "success_threshold": 1},
+            "targets": [{"name": n, "url": f"{twin.url}/health"} for n in names]}))
+
+    cfg = tmp_path / "reload.yaml"
+    write("keep", "gone")
+    p = procs(cfg)
+
+    async def status() -> dict[str, Any] | None:
+        try:
+            async with http.get(f"{p.base}/api/v1/status") as r:
+                return await r.json() if r.status == 200 else None
+        except aiohttp.ClientError:
+            return None
+
+    async def both_ready() -> bool:
+        s = await status()
+        return bool(s and s["ready"] and len(s["targets"]) == 2)
+
+    await until(both_ready, "keep and gone ready")
+    before = {t["name"]: t for t in (await status() or {})["targets"]}["keep"]
+    write("keep", "added")
+    p.signal(signal.SIGHUP)
+
+    async def reloaded() -> str | None:
+        text = await get_text(http, f"{p.base}/metrics")
+        ok = (metric(text, "probe_success", target="added") == 1
+              and 'target="gone"' not in (text or ""))
+        return text if ok else None
+
+    text = await until(reloaded, "added probed and every series of gone removed")
+    assert metric(text, "probe_success", target="keep") == 1
+    keep = {t["name"]: t for t in (await status() or {})["targets"]}["keep"]
+    assert keep["state"] == "ready" and keep["since"] == before["since"]  # state kept
+    assert keep["consecutive_successes"] >= before["consecutive_successes"]
+    reload_line = next(line for line in p.logs() if line.get("message") == "config reloaded")
+    assert reload_line["removed"] == ["gone"] and reload_line["added"] == ["added"]
+
+    cfg.write_text("targets:\n  - name: keep\n    url: http://127.0.0.1:1/\n"
+                   "    expect: {status: []}\n")
+    probes = metric(text, "probe_results_total", target="keep", result="success") or 0
+    p.signal(signal.SIGHUP)
+
+    async def rejected() -> list[dict[str, Any]]:
+        return [line for line in p.logs() if line.get("message", "").startswith(
+            "config reload failed")]
+
+    failed = (await until(rejected, "the invalid file to be logged"))[0]
+    assert failed["severity"] == "ERROR"
+    assert any("targets[0].expect.status" in e for e in failed["errors"])
+
+    async def still_probing() -> bool:
+        text = await get_text(http, f"{p.base}/metrics")
+        n = metric(text, "probe_results_total", target="keep", result="success") or 0
+        return n > probes + 2 and metric(text, "probe_success", target="added") == 1
+
+    await until(still_probing, "the old config to keep running")
+    p.signal(signal.SIGTERM)
+    assert await p.wait(5) == 0
+    assert "Traceback" not in p.stderr
+
+
+def test_bad_config_and_busy_port_exit_2(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("targets:\n  - name: a\n    url: ftp://x/\n")
+    run = subprocess.run([sys.executable, "-m", "probe", "run", "-c", str(bad)],
+                         capture_output=True, text=True, timeout=30)
+    assert run.returncode == 2
+    assert "targets[0].url" in run.stderr and "Traceback" not in run.stderr
+
+    good = tmp_path / "good.yaml"
+    good.write_text("targets:\n  - {name: a, url: 'http://127.0.0.1:1/'}\n")
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        env = {**os.environ, "PROBE_LISTEN": f"127.0.0.1:{port}", "PROBE_LOG_FORMAT": "json"}
+        run = subprocess.run([sys.executable, "-m", "probe", "run", "-c", str(good)],
+                             capture_output=True, text=True, timeout=30, env=env)
+    assert run.returncode == 2
+    assert "cannot listen" in run.stderr and "Traceback" not in run.stderr
+
+    env = {**os.environ, "PROBE_LOG_LEVEL": "loud"}
+    run = subprocess.run([sys.executable, "-m", "probe", "run", "-c", str(good)],
+                         capture_output=True, text=True, timeout=30, env=env)
+    assert run.returncode == 2 and "PROBE_LOG_LEVEL" in run.stderr
+
+
+# --- the server in-process -------------------------------------------------------------------
+
+
+async def test_gate_token_and_status_api(twin: Twin, http: aiohttp.ClientSession) -> None:
+    config = parse_config(yaml.safe_dump({
+        "defaults": {"interval": "200ms", "timeout": "200ms", "success_threshold": 1},
+        "targets": [
+            {"name": "h", "url": f"{twin.url.replace('http://', 'http://user:pw@')}/health"
+                                 "?token=abc123"},
+            {"name": "n", "url": f"{twin.url}/api/health", "critical": False},
+        ]}), env={})
+    daemon = Daemon(config, gate_token="gate-secret-1")
+    base = await daemon.start("127.0.0.1", 0)
+    try:
+        auth = {"Authorization": "Bearer gate-secret-1"}
+
+        async def ready() -> bool:
+            async with http.get(f"{base}/readyz", headers=auth) as r:
+                return r.status == 200
+
+        await until(ready, "ready")
+        async with http.get(f"{base}/readyz") as r:
+            assert r.status == 200 and await r.json() == {"ready": True}
+        async with http.get(f"{base}/readyz", headers={"Authorization": "Bearer wrong"}) as r:
+            assert await r.json() == {"ready": True}
+        async with http.get(f"{base}/readyz", headers=auth) as r:
+            body = await r.json()
+        assert {t["name"] for t in body["targets"]} == {"h", "n"}
+        async with http.get(f"{base}/api/v1/status") as r:
+            assert r.status == 401 and r.headers["WWW-Authenticate"].startswith("Bearer")
+        async with http.get(f"{base}/api/v1/status?points=5", headers=auth) as r:
+            status = await r.json()
+        h = {t["name"]: t for t in status["targets"]}["h"]
+        assert h["url"] == f"{twin.url}/health"  # no userinfo, no query
+        assert h["interval"] == 0.2 and h["history"]["count"] >= 1
+        assert len(h["history"]["points"]) <= 5
+        assert status["draining"] is False and "generated_at" in status
+        for path in ("/metrics", "/readyz", "/api/v1/status"):
+            async with http.get(f"{base}{path}", headers=auth) as r:
+                text = await r.text()
+            assert "abc123" not in text and "gate-secret-1" not in text and "pw@" not in text
+
+        daemon.request_stop("test")
+        async with http.get(f"{base}/readyz", headers=auth) as r:
+            assert r.status == 503 and await r.json() == {"ready": False, "draining": True}
+        async with http.get(f"{base}/livez") as r:
+            assert r.status == 200
+    finally:
+        await daemon.stop()
+
+
+async def test_livez_turns_503_when_the_scheduler_is_stuck(
+    twin: Twin, http: aiohttp.ClientSession
+) -> None:
+    config = parse_config(yaml.safe_dump({"targets": [
+        {"name": "h", "url": f"{twin.url}/health", "interval": "1s"}]}), env={})
+    daemon = Daemon(config)
+    base = await daemon.start("127.0.0.1", 0)
+    try:
+        async with http.get(f"{base}/livez") as r:
+            assert r.status == 200
+        daemon.scheduler.last_tick -= 60  # as if the event loop had been blocked for a minute
+        async with http.get(f"{base}/livez") as r:
+            assert r.status == 503
+            assert "heartbeat" in (await r.json())["reasons"][0]
+    finally:
+        await daemon.stop()
+
+
+def test_example_and_staging_configs_validate() -> None:
+    assert load_config(EXAMPLE).targets
+    env = {"STAGING_HOST": "api.staging.example.com", "JWT_SECRET": "s" * 32,
+           "OAUTH_CLIENT_SECRET": "o"}
+    staging = load_config(ROOT / "config" / "staging.yaml", env=env)
+    assert {t.kind for t in staging.targets} == {"http", "websocket"}

@@ -1,0 +1,197 @@
+"""HTTP fault matrix: every misbehaviour a staging HTTP endpoint can show, probed for real.
+
+For each fault: the failure class and a probe bounded by its timeout plus a margin. Then:
+certificate faults, no task or fd left behind per probe, and a whole daemon (HTTP and WebSocket
+targets, healthy and faulty) whose healthy targets stay ready and on schedule while every faulty
+one is named correctly on /readyz and /metrics.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import aiohttp
+import pytest
+from faults import HTTP_EXPECTED, WS_EXPECTED
+from faults.fixtures import (  # noqa: F401  (fixtures are used by name)
+    PING_STEP,
+    assert_bounded,
+    config_of,
+    fault_server,
+    make_target,
+    open_fds,
+    other_tasks,
+    probe_once,
+    test_certs,
+    wait_until,
+)
+
+from probe.daemon import Daemon
+from probe.outcome import Failure
+
+
+@pytest.mark.parametrize("fault", sorted(HTTP_EXPECTED))
+async def test_http_fault_is_classified_on_time(fault: str, fault_server) -> None:  # noqa: F811
+    server = fault_server(fault)
+    target = make_target(server.url("/a"))
+    outcome, wall = await probe_once(target)
+    expected = HTTP_EXPECTED[fault]
+    assert outcome.failure == expected, (fault, outcome.failure, outcome.detail)
+    assert outcome.success is (expected is None)
+    assert_bounded(target, outcome, wall)
+    if expected is not None:
+        assert outcome.detail and "\n" not in outcome.detail
+
+
+async def test_redirect_loop_followed_stops_at_max_redirects(fault_server) -> None:  # noqa: F811
+    server = fault_server("redirect_loop")
+    target = make_target(server.url("/a"), follow_redirects=True, max_redirects=4)
+    outcome, wall = await probe_once(target)
+    assert outcome.failure == Failure.HTTP_STATUS
+    assert "4 redirects" in outcome.detail
+    assert outcome.status_code == 302
+    assert_bounded(target, outcome, wall)
+
+
+@pytest.mark.parametrize("fault", ["big_body", "big_body:length"])
+async def test_50mb_body_is_cut_at_the_cap(fault: str, fault_server) -> None:  # noqa: F811
+    """Chunked (cap enforced while reading) and declared (refused up front): either way the
+    probe stops long before 50 MB would have been read, with a generous timeout to prove it."""
+    target = make_target(fault_server(fault).url("/big"), timeout="5s", interval="10s")
+    outcome, wall = await probe_once(target)
+    assert outcome.failure == Failure.BODY_TOO_LARGE
+    assert "1 MiB" in outcome.detail or str(target.body_limit) in outcome.detail, outcome.detail
+    assert wall < 2.5, f"took {wall:.2f}s: the body was read, not cut"
+
+
+async def test_drip_is_timeout_naming_progress(fault_server) -> None:  # noqa: F811
+    target = make_target(fault_server("drip").url("/"), timeout="2s", interval="5s")
+    outcome, wall = await probe_once(target)
+    assert outcome.failure == Failure.TIMEOUT
+    assert "2s" in outcome.detail
+    assert_bounded(target, outcome, wall)
+
+
+async def test_stalled_body_is_timeout_after_headers(fault_server) -> None:  # noqa: F811
+    target = make_target(fault_server("stall_body").url("/"))
+    outcome, _ = await probe_once(target)
+    assert outcome.failure == Failure.TIMEOUT
+    assert outcome.status_code == 200
+    assert "body" in outcome.detail
+
+
+@pytest.mark.parametrize(("cert", "words"), [
+    ("expired", ("expired",)),
+    ("self_signed", ("self-signed", "self signed")),
+    ("wrong_host", ("hostname", "match")),
+])
+async def test_https_certificate_faults_are_tls(
+    cert: str, words: tuple[str, ...], fault_server, test_certs  # noqa: F811
+) -> None:
+    server = fault_server("ok", tls=getattr(test_certs, cert).server_context())
+    target = make_target(server.url("/health"), ca_file=str(test_certs.ca_file))
+    outcome, wall = await probe_once(target)
+    assert outcome.failure == Failure.TLS, outcome.detail
+    assert any(w in outcome.detail.lower() for w in words), outcome.detail
+    assert_bounded(target, outcome, wall)
+
+
+async def test_https_controls(fault_server, test_certs) -> None:  # noqa: F811
+    """The same CA with a valid leaf succeeds (so the faults above fail for their own reason),
+    and an expired certificate with verification off is not a failure."""
+    good = fault_server("ok", tls=test_certs.ok.server_context())
+    outcome, _ = await probe_once(make_target(good.url("/"), ca_file=str(test_certs.ca_file)))
+    assert outcome.success, outcome.detail
+    assert outcome.cert_expiry is not None and outcome.cert_expiry > time.time()
+    expired = fault_server("ok", tls=test_certs.expired.server_context())
+    outcome, _ = await probe_once(make_target(expired.url("/"), tls_verify=False))
+    assert outcome.success, outcome.detail
+    assert outcome.cert_expiry is not None and outcome.cert_expiry < time.time()
+
+
+async def test_http_probes_leave_no_tasks_or_sockets(fault_server) -> None:  # noqa: F811
+    faults = sorted(HTTP_EXPECTED)
+    servers = [fault_server(f) for f in faults]
+    targets = [make_target(s.url("/a")) for s in servers]
+    await asyncio.gather(*(probe_once(t) for t in targets))  # warm-up: lazy imports, resolver
+    for s in servers:
+        s.drop_connections()
+    await wait_until(lambda: not other_tasks(), 5, "tasks of the warm-up finished")
+    fds_before = open_fds()
+    for _ in range(3):
+        outcomes = await asyncio.gather(*(probe_once(t) for t in targets))
+        assert [o.failure for o, _ in outcomes] == [HTTP_EXPECTED[f] for f in faults]
+    await wait_until(lambda: not other_tasks(), 5, f"no task left: {other_tasks()}")
+    for s in servers:
+        s.drop_connections()
+    await wait_until(lambda: open_fds() <= fds_before, 5,
+                     f"fds back to {fds_before} (now {open_fds()})")
+
+
+HEALTHY_INTERVAL = 0.4
+
+
+async def test_daemon_healthy_targets_unaffected_by_faulty_ones(fault_server) -> None:  # noqa: F811
+    """A real daemon with one healthy HTTP and one healthy WebSocket target among a dozen
+    faulty ones: the healthy ones keep their cadence and stay ready, the gate names every
+    faulty critical target with its own class, and /metrics counts each under its class only."""
+    http_faults = ["accept_no_read", "no_answer", "drip", "big_body", "garbage", "reset",
+                   "refuse", "stall_body"]
+    ws_faults = ["ws_silent", "ws_garbage", "ws_big", "ws_close:1011", "ws_drop", "ws_no_upgrade"]
+    healthy = fault_server("ok")
+    interval = f"{HEALTHY_INTERVAL * 1000:.0f}ms"
+    targets: list[dict[str, Any]] = [
+        {"name": "ok-http", "url": healthy.url("/health"), "interval": interval,
+         "timeout": interval, "expect": {"json": {"status": "healthy"}}},
+        {"name": "ok-ws", "url": healthy.ws_url("/ws"), "interval": interval,
+         "timeout": interval, "messages": [PING_STEP]},
+    ]
+    expected: dict[str, str] = {}
+    for f in http_faults:
+        expected[name := f"http-{f}"] = str(HTTP_EXPECTED[f])
+        targets.append({"name": name, "url": fault_server(f).url("/"), "interval": "1s",
+                        "timeout": "1s"})
+    for f in ws_faults:
+        expected[name := f"ws-{f.replace(':', '-')}"] = str(WS_EXPECTED[f])
+        targets.append({"name": name, "url": fault_server(f).ws_url("/"), "interval": "1s",
+                        "timeout": "1s", "messages": [PING_STEP]})
+    daemon = Daemon(config_of(targets, defaults={"success_threshold": 2, "failure_threshold": 2}))
+    reg = daemon.metrics.registry
+
+    def results(name: str, result: str) -> float:
+        return reg.get_sample_value("probe_results_total", {"target": name, "result": result}) or 0
+
+    url = await daemon.start("127.0.0.1", 0)
+    start = time.monotonic()
+    try:
+        await wait_until(
+            lambda: all(results(n, "failure") >= 2 for n in expected)
+            and results("ok-http", "success") >= 8 and results("ok-ws", "success") >= 8,
+            30, "every faulty target failed twice and the healthy ones probed repeatedly",
+        )
+        elapsed = time.monotonic() - start
+        async with aiohttp.ClientSession() as http:
+            async with http.get(f"{url}/readyz") as resp:
+                assert resp.status == 503
+                verdict = await resp.json()
+            async with http.get(f"{url}/metrics") as resp:
+                exposition = await resp.text()
+    finally:
+        await daemon.stop()
+    for name in ("ok-http", "ok-ws"):
+        assert results(name, "failure") == 0, name
+        # cadence: a loop that waited on the faulty ones (1 s timeouts) would manage far fewer
+        assert results(name, "success") >= elapsed / HEALTHY_INTERVAL * 0.5, name
+    by_name = {t["name"]: t for t in verdict["targets"]}
+    assert by_name["ok-http"]["ready"] and by_name["ok-ws"]["ready"]
+    assert verdict["ready"] is False
+    for name, failure in expected.items():
+        assert by_name[name]["state"] == "failing", by_name[name]
+        assert by_name[name]["failure"] == failure, (name, by_name[name])
+        for other in Failure:
+            n = reg.get_sample_value("probe_failures_total", {"target": name, "failure": other})
+            assert (n or 0) == 0 or other == failure, (name, other, n)
+    assert 'probe_success{target="ok-http"} 1.0' in exposition
+    assert 'probe_success{target="http-drip"} 0.0' in exposition

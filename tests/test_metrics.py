@@ -1,0 +1,353 @@
+"""Metrics after real probes over loopback, their exposition, and a real Prometheus scraping."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import shutil
+import socket
+import time
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+import yaml
+from certs import make_self_signed
+from prometheus_client import generate_latest
+from prometheus_client.openmetrics.parser import text_string_to_metric_families as om_parse
+from prometheus_client.parser import text_string_to_metric_families
+
+from probe import __version__
+from probe.checks import CheckContext, checker_for
+from probe.config import Config, Target, parse_config
+from probe.history import History
+from probe.metrics import HTTP_PHASES, Metrics
+from probe.outcome import Failure, Outcome
+from probe.readiness import Readiness
+from probe.scheduler import Scheduler
+from probe.server import Runtime, make_app
+from probe.twin import Twin
+
+Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
+
+
+def samples(metrics: Metrics) -> Samples:
+    text = generate_latest(metrics.registry).decode()
+    out: Samples = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            out[(s.name, frozenset(s.labels.items()))] = s.value
+    return out
+
+
+def value(s: Samples, name: str, **labels: str) -> float | None:
+    return s.get((name, frozenset(labels.items())))
+
+
+def config_of(*targets: dict[str, Any]) -> Config:
+    return parse_config(yaml.safe_dump({"targets": list(targets)}), env={})
+
+
+def http_target(url: str, **extra: Any) -> Target:
+    return config_of({"name": "t", "url": url, "interval": "2s", "timeout": "1s", **extra}
+                     ).targets[0]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture
+async def twin() -> AsyncIterator[Twin]:
+    t = Twin(version="v1")
+    await t.start()
+    yield t
+    await t.stop()
+
+
+@contextlib.asynccontextmanager
+async def silent() -> AsyncIterator[int]:
+    """Accepts and reads, never answers."""
+    writers: list[asyncio.StreamWriter] = []
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writers.append(writer)
+        with contextlib.suppress(ConnectionError):
+            while await reader.read(4096):
+                pass
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    try:
+        yield server.sockets[0].getsockname()[1]
+    finally:
+        server.close()
+        for w in writers:
+            w.close()
+        await server.wait_closed()
+
+
+@pytest.fixture(autouse=True)
+def _needs_http_check() -> None:
+    pytest.importorskip("probe.checks.http")
+
+
+async def probe_once(metrics: Metrics, target: Target, ctx: CheckContext | None = None) -> Outcome:
+    outcome = await checker_for(target)(target, ctx or CheckContext())
+    metrics.record(outcome, target)
+    return outcome
+
+
+async def test_success_values(twin: Twin) -> None:
+    m = Metrics()
+    target = http_target(f"{twin.url}/health", version_path="version")
+    outcome = await probe_once(m, target)
+    assert outcome.success, outcome
+    s = samples(m)
+    assert value(s, "probe_success", target="t") == 1
+    assert value(s, "probe_http_status_code", target="t") == 200
+    assert 0 < value(s, "probe_duration_seconds", target="t") < 1  # type: ignore[operator]
+    phases = {p: value(s, "probe_http_duration_seconds", target="t", phase=p) for p in HTTP_PHASES}
+    assert all(v is not None for v in phases.values()), phases
+    assert phases["tls"] == 0 and phases["connect"] > 0 and phases["processing"] > 0  # type: ignore[operator]
+    assert value(s, "probe_results_total", target="t", result="success") == 1
+    assert value(s, "probe_results_total", target="t", result="failure") == 0
+    for f in Failure:  # every failure label exists from the start, at 0
+        assert value(s, "probe_failures_total", target="t", failure=f.value) == 0
+    assert value(s, "probe_latency_seconds_count", target="t", measure="total") == 1
+    assert value(s, "probe_build_info", version=__version__) == 1
+    assert value(s, "probe_ssl_earliest_cert_expiry", target="t") is None  # plain http
+    assert not any(name.startswith("probe_websocket") for name, _ in s)
+
+
+async def _case(failure: str, twin: Twin, stack: contextlib.AsyncExitStack, tmp: Path
+                ) -> tuple[Target, CheckContext, int]:
+    """A target (and context) whose probe fails with `failure`, and the HTTP status it sees."""
+    ctx = CheckContext()
+    if failure in ("http_status", "assertion", "body_too_large", "disconnected", "protocol"):
+        fault = {"http_status": "503", "assertion": "degraded", "body_too_large": "big",
+                 "disconnected": "drop", "protocol": "garbage"}[failure]
+        twin.set_fault(health=fault)
+        status = {"http_status": 503, "assertion": 200, "body_too_large": 200}.get(failure, 0)
+        target = http_target(f"{twin.url}/health", expect={"json": {"status": "healthy"}})
+        return target, ctx, status
+    if failure == "version_mismatch":
+        ctx = CheckContext(expect_version="v2")
+        return http_target(f"{twin.url}/health", version_path="version"), ctx, 200
+    if failure == "timeout":
+        port = await stack.enter_async_context(silent())
+        return http_target(f"http://127.0.0.1:{port}/"), ctx, 0
+    if failure == "refused":
+        sock = stack.enter_context(socket.socket())
+        sock.bind(("127.0.0.1", 0))  # bound, not listening: the kernel refuses
+        return http_target(f"http://127.0.0.1:{sock.getsockname()[1]}/"), ctx, 0
+    if failure == "connect_timeout":
+        from faults import FaultServer  # a listener with a full accept backlog
+
+        server = stack.enter_context(FaultServer("blackhole"))
+        return http_target(server.url("/")), ctx, 0
+    if failure == "dns":
+        return http_target("http://nonexistent.invalid/"), ctx, 0
+    if failure == "tls":
+        cert = make_self_signed(tmp)
+        tls_twin = Twin()
+        await tls_twin.start(ssl_context=cert.server_context())
+        stack.push_async_callback(tls_twin.stop)
+        return http_target(f"{tls_twin.url}/health"), ctx, 0
+    raise AssertionError(failure)
+
+
+FAILURES = ["dns", "refused", "connect_timeout", "tls", "timeout", "http_status", "assertion",
+            "version_mismatch", "body_too_large", "disconnected", "protocol"]
+
+
+@pytest.mark.parametrize("failure", FAILURES)
+async def test_failure_values(failure: str, twin: Twin, tmp_path: Path) -> None:
+    m = Metrics()
+    async with contextlib.AsyncExitStack() as stack:
+        await probe_once(m, http_target(f"{twin.url}/api/health").model_copy(
+            update={"name": "other"}))
+        target, ctx, status = await _case(failure, twin, stack, tmp_path)
+        outcome = await probe_once(m, target, ctx)
+    assert outcome.failure == Failure(failure), outcome
+    s = samples(m)
+    assert value(s, "probe_success", target="t") == 0
+    assert value(s, "probe_http_status_code", target="t") == status
+    assert 0 < value(s, "probe_duration_seconds", target="t") <= target.timeout + 1  # type: ignore[operator]
+    assert value(s, "probe_results_total", target="t", result="failure") == 1
+    for f in Failure:
+        want = 1 if f.value == failure else 0
+        assert value(s, "probe_failures_total", target="t", failure=f.value) == want, f
+    for p in HTTP_PHASES:  # phases a failed probe never reached read 0, not a stale value
+        assert value(s, "probe_http_duration_seconds", target="t", phase=p) is not None
+    assert value(s, "probe_success", target="other") == 1  # labels never mix targets
+    for (name, labels), _v in s.items():  # the closed label sets: names and the vocabulary only
+        d = dict(labels)
+        assert d.get("target") in (None, "t", "other"), (name, d)
+        assert "url" not in d and "instance" not in d
+
+
+async def test_tls_success_exports_cert_expiry(tmp_path: Path) -> None:
+    cert = make_self_signed(tmp_path, days=30)
+    tls_twin = Twin()
+    await tls_twin.start(ssl_context=cert.server_context())
+    try:
+        m = Metrics()
+        target = http_target(f"{tls_twin.url}/health", ca_file=str(cert.cert_file))
+        assert (await probe_once(m, target)).success
+    finally:
+        await tls_twin.stop()
+    s = samples(m)
+    assert value(s, "probe_ssl_earliest_cert_expiry", target="t") == pytest.approx(
+        cert.not_after, abs=1)
+    assert value(s, "probe_http_duration_seconds", target="t", phase="tls") > 0  # type: ignore[operator]
+
+
+async def test_forget_removes_every_series_of_a_target(twin: Twin) -> None:
+    m = Metrics()
+    await probe_once(m, http_target(f"{twin.url}/health"))
+    await probe_once(m, http_target(f"{twin.url}/api/health").model_copy(update={"name": "o"}))
+    m.forget("t")
+    s = samples(m)
+    assert not [k for k in s if dict(k[1]).get("target") == "t"]
+    assert value(s, "probe_success", target="o") == 1
+    await probe_once(m, http_target(f"{twin.url}/health"))  # and it can come back
+    assert value(samples(m), "probe_success", target="t") == 1
+
+
+def test_lag_histogram_and_readiness_gauges() -> None:
+    m = Metrics()
+    config = config_of({"name": "a", "url": "http://127.0.0.1:1/", "success_threshold": 1},
+                       {"name": "b", "url": "http://127.0.0.1:1/", "critical": False})
+    readiness = Readiness(config)
+    readiness.observe(Outcome("a", "http", True, 0.01), now=1.0)
+    m.set_readiness(readiness.verdict(2.0))
+    for lag in (0.0005, 0.003, 0.2):
+        m.observe_lag(lag)
+    s = samples(m)
+    assert value(s, "probe_target_ready", target="a") == 1
+    assert value(s, "probe_target_ready", target="b") == 0
+    assert value(s, "probe_gate_ready") == 1
+    assert value(s, "probe_scheduler_lag_seconds_count") == 3
+    assert value(s, "probe_scheduler_lag_seconds_bucket", le="0.001") == 1
+    assert value(s, "probe_scheduler_lag_seconds_bucket", le="0.25") == 3
+
+
+# --- served: /metrics negotiation, and a real Prometheus scraping it -------------------------
+
+
+@contextlib.asynccontextmanager
+async def serving(config: Config) -> AsyncIterator[tuple[str, Runtime]]:
+    """The daemon's pieces wired as `probe run` wires them, on a loopback port."""
+    metrics = Metrics()
+    readiness = Readiness(config)
+    runtime = Runtime(config=config, readiness=readiness, metrics=metrics,
+                      history=History.from_config(config))
+
+    def on_outcome(outcome: Outcome, target: Target) -> None:
+        metrics.record(outcome, target)
+        readiness.observe(outcome, time.time())
+
+    scheduler = Scheduler(config, CheckContext(), on_outcome, metrics.observe_lag)
+    runtime.scheduler = scheduler
+    from aiohttp import web
+
+    runner = web.AppRunner(make_app(runtime), access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    await scheduler.start()
+    try:
+        yield f"http://127.0.0.1:{runner.addresses[0][1]}", runtime
+    finally:
+        await scheduler.stop()
+        await runner.cleanup()
+
+
+async def until(cond: Callable[[], Any], what: str, within: float = 30.0) -> None:
+    deadline = time.monotonic() + within
+    while not await cond():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.1)
+
+
+async def test_openmetrics_negotiation(twin: Twin) -> None:
+    config = config_of({"name": "h", "url": f"{twin.url}/health", "interval": "200ms",
+                        "timeout": "200ms"})
+    async with serving(config) as (base, _), aiohttp.ClientSession() as http:
+        async def scraped() -> bool:
+            async with http.get(f"{base}/metrics") as r:
+                return 'probe_success{target="h"} 1.0' in await r.text()
+
+        await until(scraped, "a successful probe on /metrics")
+        async with http.get(f"{base}/metrics") as r:
+            assert r.content_type == "text/plain"
+            classic = await r.text()
+        om_accept = "application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5"
+        async with http.get(f"{base}/metrics", headers={"Accept": om_accept}) as r:
+            assert r.content_type == "application/openmetrics-text"
+            om = await r.text()
+        async with http.get(f"{base}/metrics", headers={"Accept-Encoding": "gzip"}) as r:
+            assert r.headers.get("Content-Encoding") == "gzip"
+    assert om.endswith("# EOF\n") and "# EOF" not in classic
+    families = {f.name: f for f in om_parse(om)}  # the OpenMetrics parser accepts it
+    assert families["probe_failures"].type == "counter"
+    assert families["probe_latency_seconds"].type == "histogram"
+    assert "probe_results_created" not in om and "_created" not in classic
+    if shutil.which("promtool"):  # Prometheus' own linter
+        lint = await asyncio.create_subprocess_exec(
+            "promtool", "check", "metrics", stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+        out, _ = await asyncio.wait_for(lint.communicate(classic.encode()), 30)
+        assert lint.returncode == 0, out.decode()
+
+
+async def test_real_prometheus_scrapes_the_daemon(twin: Twin, tmp_path: Path) -> None:
+    if shutil.which("prometheus") is None:
+        pytest.skip("the prometheus binary is not installed (Debian package `prometheus`)")
+    config = config_of({"name": "backend-health", "url": f"{twin.url}/health",
+                        "interval": "200ms", "timeout": "200ms"})
+    async with serving(config) as (base, _), aiohttp.ClientSession() as http:
+        port = free_port()
+        (tmp_path / "prometheus.yml").write_text(
+            "global: {scrape_interval: 500ms, scrape_timeout: 400ms}\n"
+            "scrape_configs:\n  - job_name: stageprobe\n    static_configs:\n"
+            f"      - targets: ['{base.removeprefix('http://')}']\n")
+        proc = await asyncio.create_subprocess_exec(
+            "prometheus", f"--config.file={tmp_path / 'prometheus.yml'}",
+            f"--storage.tsdb.path={tmp_path / 'data'}", f"--web.listen-address=127.0.0.1:{port}",
+            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
+        try:
+            async def query(promql: str) -> list[float]:
+                assert proc.returncode is None, "prometheus exited"
+                try:
+                    async with http.get(f"http://127.0.0.1:{port}/api/v1/query",
+                                        params={"query": promql}) as r:
+                        data = await r.json()
+                except aiohttp.ClientError:
+                    return []
+                return [float(x["value"][1]) for x in data["data"]["result"]]
+
+            async def success_is(v: float) -> bool:
+                return await query('probe_success{target="backend-health"}') == [v]
+
+            await until(lambda: success_is(1.0), "Prometheus to see probe_success 1")
+            assert await query("up") == [1.0]
+            twin.set_fault(health="503")
+
+            async def failing() -> bool:
+                got = await query('probe_failures_total{target="backend-health",'
+                                  'failure="http_status"}')
+                return bool(got) and got[0] > 0 and await success_is(0.0)
+
+            await until(failing, "Prometheus to see the http_status failures")
+            assert await query('probe_http_status_code{target="backend-health"}') == [503]
+        finally:
+            proc.terminate()
+            try:
+                await asyncio.wait_for(proc.wait(), 10)
+            except TimeoutError:
+                proc.kill()
+                await proc.wait()

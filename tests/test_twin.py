@@ -1,0 +1,203 @@
+"""The twin: answers like staging when healthy, misbehaves on command, stops promptly."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator
+
+import aiohttp
+import jwt
+import pytest
+
+from probe.twin import Twin, TwinState
+
+SECRET = "a-test-secret-that-is-long-enough-for-hs256"
+
+
+@pytest.fixture
+async def twin() -> AsyncIterator[Twin]:
+    t = Twin(version="build-7", jwt_secret=SECRET)
+    await t.start("127.0.0.1", 0)
+    yield t
+    await t.stop()
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as s:
+        yield s
+
+
+async def test_healthy_answers(twin: Twin, http: aiohttp.ClientSession) -> None:
+    async with http.get(f"{twin.url}/health") as r:
+        assert r.status == 200
+        assert await r.json() == {"status": "healthy", "version": "build-7"}
+    async with http.get(f"{twin.url}/api/health") as r:
+        assert r.status == 200
+        assert (await r.json())["status"] == "ok"
+    assert twin.requests("/health") == 1
+
+
+async def test_post_endpoint_needs_a_valid_jwt(twin: Twin, http: aiohttp.ClientSession) -> None:
+    url = f"{twin.url}/api/agents/stop"
+    async with http.post(url, json={"agent_id": "a1"}) as r:
+        assert r.status == 401
+    bad = jwt.encode({"sub": "u"}, "another-secret-that-is-long-enough-xx", algorithm="HS256")
+    async with http.post(url, json={"agent_id": "a1"},
+                         headers={"Authorization": f"Bearer {bad}"}) as r:
+        assert r.status == 401
+    good = jwt.encode({"sub": "e2e", "exp": int(time.time()) + 60}, SECRET, algorithm="HS256")
+    auth = {"Authorization": f"Bearer {good}"}
+    async with http.post(url, json={"agent_id": "a1"}, headers=auth) as r:
+        assert r.status == 200
+        assert await r.json() == {"stopped": True, "agent_id": "a1", "user": "e2e"}
+    async with http.post(url, data=b"not json", headers=auth) as r:
+        assert r.status == 400
+    twin.set_fault(api="500")
+    async with http.post(url, json={"agent_id": "a1"}, headers=auth) as r:
+        assert r.status == 500
+
+
+@pytest.mark.parametrize(
+    ("fault", "status", "body"),
+    [
+        ("starting", 503, {"status": "starting"}),
+        ("503", 503, None),
+        ("500", 500, None),
+        ("degraded", 200, {"status": "degraded", "version": "build-7"}),
+    ],
+)
+async def test_status_faults(
+    twin: Twin, http: aiohttp.ClientSession, fault: str, status: int, body: object
+) -> None:
+    twin.set_fault(health=fault)
+    async with http.get(f"{twin.url}/health") as r:
+        assert r.status == status
+        if body is not None:
+            assert await r.json() == body
+
+
+async def test_connection_faults(twin: Twin, http: aiohttp.ClientSession) -> None:
+    twin.set_fault(health="drop")
+    with pytest.raises(aiohttp.ServerDisconnectedError):
+        async with http.get(f"{twin.url}/health") as r:
+            await r.read()
+    twin.set_fault(health="garbage")
+    with pytest.raises(aiohttp.ClientResponseError, match="status line"):
+        async with http.get(f"{twin.url}/health") as r:
+            await r.read()
+    twin.set_fault(health="big")
+    async with http.get(f"{twin.url}/health") as r:
+        assert len(await r.read()) == 2 << 20
+
+
+async def test_delay_and_slow(twin: Twin, http: aiohttp.ClientSession) -> None:
+    twin.set_fault(delay_ms=150)
+    t0 = time.perf_counter()
+    async with http.get(f"{twin.url}/health") as r:
+        assert r.status == 200
+    assert time.perf_counter() - t0 >= 0.15
+    twin.set_fault(delay_ms=0, health="slow", slow_ms=200)
+    t0 = time.perf_counter()
+    async with http.get(f"{twin.url}/health") as r:
+        assert r.status == 200
+    assert time.perf_counter() - t0 >= 0.2
+
+
+async def test_version_switch_and_reset(twin: Twin, http: aiohttp.ClientSession) -> None:
+    twin.set_fault(version="build-8", health="503")
+    twin.reset()
+    assert twin.state == TwinState(version="build-8")
+    async with http.get(f"{twin.url}/health") as r:
+        assert (await r.json())["version"] == "build-8"
+
+
+async def test_control_api(twin: Twin, http: aiohttp.ClientSession) -> None:
+    async with http.post(f"{twin.url}/_twin/fault", json={"health": "503", "delay_ms": 5}) as r:
+        assert r.status == 200
+        state = await r.json()
+    assert state["health"] == "503" and state["delay_ms"] == 5 and state["api"] == "ok"
+    assert twin.state.health == "503"
+    for bad, words in [({"health": "nope"}, "health"), ({"colour": "red"}, "colour"),
+                       ({"delay_ms": -1}, "delay_ms"), ({"delay_ms": True}, "delay_ms"),
+                       ({"version": ""}, "version")]:
+        async with http.post(f"{twin.url}/_twin/fault", json=bad) as r:
+            assert r.status == 400
+            assert words in (await r.json())["error"]
+    async with http.post(f"{twin.url}/_twin/fault", data=b"[1,") as r:
+        assert r.status == 400
+    assert twin.state.health == "503"  # a rejected change changes nothing
+    async with http.post(f"{twin.url}/_twin/reset") as r:
+        assert (await r.json())["health"] == "ok"
+    async with http.get(f"{twin.url}/_twin/state") as r:
+        assert (await r.json())["requests"] == {}
+
+
+async def test_hung_requests_are_released_on_stop() -> None:
+    twin = Twin()
+    url = await twin.start()
+    twin.set_fault(health="hang")
+    async with aiohttp.ClientSession() as http:
+        pending = asyncio.ensure_future(http.get(f"{url}/health"))
+        deadline = time.monotonic() + 5
+        while twin.requests("/health") == 0:
+            assert time.monotonic() < deadline, "the hung request never arrived"
+            await asyncio.sleep(0.01)
+        assert not pending.done()
+        t0 = time.monotonic()
+        await twin.stop()
+        assert time.monotonic() - t0 < 3
+        try:  # released with a 503, or its connection closed; either way, not hanging
+            resp = await asyncio.wait_for(pending, 5)
+        except aiohttp.ClientError:
+            return
+        assert resp.status == 503
+        resp.release()
+
+
+async def test_starting_then_healthy(http: aiohttp.ClientSession) -> None:
+    twin = Twin(starting=0.3)
+    url = await twin.start()
+    try:
+        async with http.get(f"{url}/health") as r:
+            assert r.status == 503
+        deadline = time.monotonic() + 5
+        while twin.state.health == "starting":
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.02)
+        async with http.get(f"{url}/health") as r:
+            assert r.status == 200
+    finally:
+        await twin.stop()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_standalone_module() -> None:
+    port = _free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "probe.twin", "--port", str(port), "--build", "cli-1"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ},
+    )
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        assert f"127.0.0.1:{port}" in line
+        import urllib.request
+
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=5) as r:
+            assert b"cli-1" in r.read()
+    finally:
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=10)
+    assert "Traceback" not in err

@@ -1,0 +1,579 @@
+"""The WebSocket check against real servers on loopback: success, and every way a session fails.
+
+Servers are websockets' own asyncio server (full control of the handshake) and the twin's
+aiohttp endpoint (the simulated staging backend). Timing bounds are generous: only "within the
+step timeout plus a margin", never a speed goal.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import select
+import socket
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import jwt
+import pytest
+from aiohttp import web
+from websockets.asyncio.server import ServerConnection, serve
+from websockets.datastructures import Headers
+from websockets.http11 import Request, Response
+
+from probe.checks import CheckContext
+from probe.checks.websocket import check
+from probe.config import Config, Target
+from probe.credentials import Credentials
+from probe.outcome import Failure, Outcome
+from probe.twin import Twin
+from probe.twin_ws import configure_ws, ws_sessions
+
+SECRET = "ws-test-secret-0123456789abcdef0123456789"
+MARGIN = 1.5  # seconds past a timeout a probe may take (the CI machine has 2 cores)
+PING = {"send": {"type": "ping"}, "expect": {"json": {"type": "pong"}}, "timeout": "2s"}
+USER_MSG = {"send": {"type": "user_message", "text": "hello"},
+            "until": {"json": {"type": "agent_completed"}}, "timeout": "2s"}
+Handler = Callable[[ServerConnection], Awaitable[None]]
+ProcessRequest = Callable[[ServerConnection, Request], Awaitable[Response | None]]
+
+
+def setup(
+    target: dict[str, Any], credentials: dict[str, Any] | None = None
+) -> tuple[Target, CheckContext]:
+    fields = {"name": "ws", "timeout": "5s", "interval": "10s", **target}
+    cfg = Config.model_validate({"targets": [fields], "credentials": credentials or {}})
+    return cfg.targets[0], CheckContext(Credentials(cfg.credentials))
+
+
+def jwt_cred(secret: str = SECRET, **claims: Any) -> dict[str, Any]:
+    return {"user": {"jwt": {"secret": secret, "claims": {"sub": "e2e-user", **claims}}}}
+
+
+async def probe(target: Target, ctx: CheckContext) -> tuple[Outcome, float]:
+    start = time.perf_counter()
+    try:
+        outcome = await check(target, ctx)
+    finally:
+        await ctx.credentials.aclose()
+    return outcome, time.perf_counter() - start
+
+
+async def pong_handler(ws: ServerConnection) -> None:
+    """ping -> pong; user_message -> two agent events and agent_completed."""
+    async for raw in ws:
+        msg = json.loads(raw)
+        if msg.get("type") == "ping":
+            await ws.send(json.dumps({"type": "pong"}))
+        elif msg.get("type") == "user_message":
+            for kind in ("agent_started", "agent_thinking", "agent_completed"):
+                await ws.send(json.dumps({"type": kind}))
+
+
+def require_jwt(seen: list[dict[str, Any]] | None = None) -> ProcessRequest:
+    async def process_request(conn: ServerConnection, request: Request) -> Response | None:
+        token = request.headers.get("Authorization", "").partition(" ")[2]
+        try:
+            claims = jwt.decode(token, SECRET, algorithms=["HS256"])
+        except jwt.PyJWTError:
+            return conn.respond(403, "forbidden\n")
+        if seen is not None:
+            seen.append(claims)
+        return None
+
+    return process_request
+
+
+@asynccontextmanager
+async def ws_server(handler: Handler = pong_handler, **kwargs: Any) -> AsyncIterator[str]:
+    """A websockets server on 127.0.0.1; yields its ws:// base URL."""
+    async with serve(handler, "127.0.0.1", 0, ping_interval=None, **kwargs) as server:
+        port = server.sockets[0].getsockname()[1]
+        yield f"ws://127.0.0.1:{port}"
+
+
+@pytest.fixture
+async def twin() -> AsyncIterator[Twin]:
+    t = Twin(jwt_secret=SECRET)
+    await t.start("127.0.0.1", 0)
+    yield t
+    await t.stop()
+
+
+def twin_ws(t: Twin) -> str:
+    return t.url.replace("http://", "ws://") + "/ws"
+
+
+# --- success -----------------------------------------------------------------------------------
+
+
+async def test_success_with_a_minted_jwt() -> None:
+    seen: list[dict[str, Any]] = []
+    async with ws_server(process_request=require_jwt(seen)) as base:
+        target, ctx = setup({"url": f"{base}/ws", "credential": "user",
+                             "messages": [PING, USER_MSG]}, jwt_cred())
+        outcome, _ = await probe(target, ctx)
+    assert outcome.success, outcome.detail
+    assert outcome.kind == "websocket"
+    assert (outcome.status_code, outcome.close_code) == (101, 1000)
+    assert seen and seen[0]["sub"] == "e2e-user" and seen[0]["exp"] > time.time()
+    assert set(outcome.phases) == {"resolve", "connect", "handshake", "rtt"}
+    assert set(outcome.latency) == {"total", "handshake", "rtt"}
+    assert all(v >= 0 for v in outcome.phases.values())
+    assert outcome.latency["total"] >= outcome.phases["handshake"] + outcome.latency["rtt"]
+
+
+async def test_twin_session_ping_and_agent_events(twin: Twin) -> None:
+    target, ctx = setup({"url": twin_ws(twin), "credential": "user",
+                         "headers": {"X-Test-Type": "E2E"}, "messages": [PING, USER_MSG]},
+                        jwt_cred())
+    outcome, _ = await probe(target, ctx)
+    assert outcome.success, outcome.detail
+    assert twin.requests("/ws") == 1
+
+
+async def test_wrong_jwt_secret_is_ws_auth_403(twin: Twin) -> None:
+    target, ctx = setup({"url": twin_ws(twin), "credential": "user", "messages": [PING]},
+                        jwt_cred(secret="not-the-twin-secret-0123456789abcdef012"))
+    outcome, _ = await probe(target, ctx)
+    assert outcome.failure is Failure.WS_AUTH
+    assert outcome.status_code == 403
+    assert outcome.detail == "WebSocket upgrade rejected: HTTP 403 (credential user was sent)"
+
+
+async def test_missing_required_header_is_ws_auth(twin: Twin) -> None:
+    configure_ws(twin.app, required_headers={"X-Test-Type": "E2E"})
+    target, ctx = setup({"url": twin_ws(twin), "credential": "user", "messages": [PING]},
+                        jwt_cred())
+    outcome, _ = await probe(target, ctx)
+    assert outcome.failure is Failure.WS_AUTH and outcome.status_code == 403
+    target, ctx = setup({"url": twin_ws(twin), "credential": "user", "messages": [PING],
+                         "headers": {"X-Test-Type": "E2E"}}, jwt_cred())
+    outcome, _ = await probe(target, ctx)
+    assert outcome.success, outcome.detail
+
+
+async def test_no_credential_says_so(twin: Twin) -> None:
+    target, ctx = setup({"url": twin_ws(twin), "messages": [PING]})
+    outcome, _ = await probe(target, ctx)
+    assert outcome.detail == "WebSocket upgrade rejected: HTTP 403 (no credential was sent)"
+
+
+async def test_twin_audience_is_checked(twin: Twin) -> None:
+    configure_ws(twin.app, audience="staging")
+    target, ctx = setup({"url": twin_ws(twin), "credential": "user", "messages": [PING]},
+                        jwt_cred(aud="production"))
+    assert (await probe(target, ctx))[0].failure is Failure.WS_AUTH
+    target, ctx = setup({"url": twin_ws(twin), "credential": "user", "messages": [PING]},
+                        jwt_cred(aud="staging"))
+    assert (await probe(target, ctx))[0].success
+
+
+async def test_server_demanding_a_subprotocol() -> None:
+    async with ws_server(subprotocols=["chat.v2"]) as base:
+        target, ctx = setup({"url": f"{base}/ws", "messages": [PING]})
+        without, _ = await probe(target, ctx)
+        target, ctx = setup({"url": f"{base}/ws", "messages": [PING],
+                             "subprotocols": ["chat.v1", "chat.v2"]})
+        with_it, _ = await probe(target, ctx)
+    assert without.failure is Failure.WS_REJECTED
+    assert without.status_code == 400 and "missing subprotocol" in without.detail
+    assert with_it.success, with_it.detail
+
+
+async def test_credential_as_query_parameter_and_as_subprotocol() -> None:
+    got: dict[str, Any] = {}
+
+    async def process_request(conn: ServerConnection, request: Request) -> Response | None:
+        got["path"] = request.path
+        got["protocols"] = request.headers.get("Sec-WebSocket-Protocol")
+        return None
+
+    def select(conn: ServerConnection, offered: list[str]) -> str | None:
+        return "chat" if "chat" in offered else None
+
+    async with ws_server(process_request=process_request, select_subprotocol=select) as base:
+        target, ctx = setup({"url": f"{base}/ws?room=1", "credential": "user",
+                             "credential_in": "query", "messages": [PING]}, jwt_cred())
+        assert (await probe(target, ctx))[0].success
+        token = got["path"].partition("access_token=")[2]
+        assert got["path"].startswith("/ws?room=1&access_token=")
+        assert jwt.decode(token, SECRET, algorithms=["HS256"])["sub"] == "e2e-user"
+        target, ctx = setup({"url": f"{base}/ws", "credential": "user", "subprotocols": ["chat"],
+                             "credential_in": "subprotocol", "messages": [PING]}, jwt_cred())
+        assert (await probe(target, ctx))[0].success
+        first, token = [p.strip() for p in got["protocols"].split(",")]
+        assert first == "chat" and jwt.decode(token, SECRET, algorithms=["HS256"])
+
+
+async def test_origin_and_headers_are_sent() -> None:
+    got: dict[str, Headers] = {}
+
+    async def process_request(conn: ServerConnection, request: Request) -> Response | None:
+        got["headers"] = request.headers
+        return None
+
+    async with ws_server(process_request=process_request) as base:
+        target, ctx = setup({"url": f"{base}/ws", "origin": "https://app.example",
+                             "headers": {"X-Test-Type": "E2E"}})
+        assert (await probe(target, ctx))[0].success
+    assert got["headers"]["Origin"] == "https://app.example"
+    assert got["headers"]["X-Test-Type"] == "E2E"
+    assert got["headers"]["User-Agent"].startswith("stageprobe/")
+
+
+# --- the session ends badly ------------------------------------------------------------------
+
+
+async def test_close_1011_is_ws_closed(twin: Twin) -> None:
+    twin.set_fault(ws="crash")
+    target, ctx = setup({"url": twin_ws(twin), "credential": "user",
+                         "messages": [PING, USER_MSG]}, jwt_cred())
+    outcome, _ = await probe(target, ctx)
+    assert outcome.failure is Failure.WS_CLOSED
+    assert outcome.close_code == 1011 and outcome.status_code == 101
+    assert outcome.detail.startswith(
+        'server closed the session: 1011 "Internal error" (server error) after 1 message'
+    )
+
+
+async def test_dropped_socket_is_ws_dropped(twin: Twin) -> None:
+    twin.set_fault(ws="drop")
+    target, ctx = setup({"url": twin_ws(twin), "credential": "user",
+                         "messages": [PING, USER_MSG]}, jwt_cred())
+    outcome, _ = await probe(target, ctx)
+    assert outcome.failure is Failure.WS_DROPPED and outcome.close_code == 1006
+    assert "after 1 message (step 2)" in outcome.detail
+
+
+async def test_silent_server_is_ws_no_reply_within_step_timeout(twin: Twin) -> None:
+    twin.set_fault(ws="silent")
+    step = {**PING, "timeout": "500ms"}
+    target, ctx = setup({"url": twin_ws(twin), "credential": "user", "messages": [step]},
+                        jwt_cred())
+    outcome, wall = await probe(target, ctx)
+    assert outcome.failure is Failure.WS_NO_REPLY
+    assert outcome.detail == "no reply to step 1 within 500ms"
+    assert 0.45 <= wall < 0.5 + MARGIN
+
+
+async def test_target_timeout_bounds_a_long_step() -> None:
+    async def silent(ws: ServerConnection) -> None:
+        await ws.wait_closed()
+
+    async with ws_server(silent) as base:
+        target, ctx = setup({"url": f"{base}/ws", "timeout": "700ms",
+                             "messages": [{**PING, "timeout": "30s"}]})
+        outcome, wall = await probe(target, ctx)
+    assert outcome.failure is Failure.WS_NO_REPLY
+    assert "(the target's timeout)" in outcome.detail
+    assert wall < 0.7 + MARGIN
+
+
+async def test_until_skips_other_messages_and_times_out_when_none_match() -> None:
+    async with ws_server() as base:
+        target, ctx = setup({"url": f"{base}/ws", "messages": [USER_MSG]})
+        ok, _ = await probe(target, ctx)
+        never = {**USER_MSG, "until": {"json": {"type": "agent_failed"}}, "timeout": "500ms"}
+        target, ctx = setup({"url": f"{base}/ws", "messages": [never]})
+        bad, wall = await probe(target, ctx)
+    assert ok.success and ok.latency["rtt"] > 0
+    assert bad.failure is Failure.WS_NO_REPLY
+    assert bad.detail == "no matching reply to step 1 within 500ms; 3 other messages skipped"
+    assert wall < 0.5 + MARGIN
+
+
+async def echo_handler(ws: ServerConnection) -> None:
+    async for raw in ws:
+        await ws.send(raw)
+
+
+async def test_mismatched_expect_is_an_assertion() -> None:
+    async with ws_server() as base:
+        step = {"send": {"type": "ping"}, "expect": {"json": {"type": "pang"}}}
+        target, ctx = setup({"url": f"{base}/ws", "messages": [step]})
+        outcome, _ = await probe(target, ctx)
+    assert outcome.failure is Failure.ASSERTION and outcome.status_code == 101
+    assert outcome.detail == 'step 1: expected type = "pang", got "pong"'
+    async with ws_server(echo_handler) as base:
+        step = {"send": "hello", "expect": {"regex": "^pong$"}}
+        target, ctx = setup({"url": f"{base}/ws", "messages": [step]})
+        outcome, _ = await probe(target, ctx)
+    assert outcome.failure is Failure.ASSERTION
+    assert outcome.detail == "step 1: expected a message matching /^pong$/, got 'hello'"
+
+
+async def test_connections_open_concurrently(twin: Twin) -> None:
+    """The server answers nothing until 5 sessions are open at once: sequential sessions
+    would time out."""
+    opened: list[ServerConnection] = []
+    all_open = asyncio.Event()
+
+    async def gated(ws: ServerConnection) -> None:
+        opened.append(ws)
+        if len(opened) == 5:
+            all_open.set()
+        async with asyncio.timeout(5):
+            await all_open.wait()
+        await pong_handler(ws)
+
+    async with ws_server(gated) as base:
+        target, ctx = setup({"url": f"{base}/ws", "connections": 5, "messages": [PING]})
+        outcome, _ = await probe(target, ctx)
+    assert outcome.success, outcome.detail
+    assert len(opened) == 5
+    # the twin counts sessions open at once as well
+    target, ctx = setup({"url": twin_ws(twin), "credential": "user", "connections": 5,
+                         "messages": [PING, USER_MSG]}, jwt_cred())
+    outcome, _ = await probe(target, ctx)
+    assert outcome.success, outcome.detail
+    assert twin.requests("/ws") == 5 and ws_sessions(twin.app)[0] == 0
+
+
+async def test_one_failing_session_of_five_is_named() -> None:
+    count = 0
+
+    async def third_crashes(ws: ServerConnection) -> None:
+        nonlocal count
+        count += 1
+        if count == 3:
+            await ws.close(1011, "boom")
+            return
+        await pong_handler(ws)
+
+    async with ws_server(third_crashes) as base:
+        target, ctx = setup({"url": f"{base}/ws", "connections": 5, "messages": [PING]})
+        outcome, _ = await probe(target, ctx)
+    assert outcome.failure is Failure.WS_CLOSED and outcome.close_code == 1011
+    assert outcome.detail.startswith("session ")
+    assert "/5: server closed the session: 1011" in outcome.detail
+
+
+async def test_message_larger_than_body_limit() -> None:
+    async def big(ws: ServerConnection) -> None:
+        async for _ in ws:
+            await ws.send("x" * 5000)
+
+    async with ws_server(big) as base:
+        target, ctx = setup({"url": f"{base}/ws", "body_limit": 1000, "messages": [PING]})
+        outcome, _ = await probe(target, ctx)
+    assert outcome.failure is Failure.BODY_TOO_LARGE
+    assert "body_limit (1000 bytes)" in outcome.detail
+
+
+async def test_garbage_frames_are_protocol() -> None:
+    async def garbage(ws: ServerConnection) -> None:
+        async for _ in ws:
+            ws.transport.write(b"\x7f\x05hello")
+            await ws.wait_closed()
+
+    async with ws_server(garbage) as base:
+        target, ctx = setup({"url": f"{base}/ws", "messages": [PING]})
+        outcome, wall = await probe(target, ctx)
+    assert outcome.failure is Failure.PROTOCOL
+    assert "invalid frame" in outcome.detail
+    assert wall < 2.0 + MARGIN  # not the step timeout's worth of waiting
+
+
+# --- the upgrade fails -----------------------------------------------------------------------
+
+
+@asynccontextmanager
+async def raw_server(answer: bytes | None) -> AsyncIterator[int]:
+    """A TCP server that reads the request and writes `answer` (None: never answers)."""
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        if answer is None:
+            await reader.read()
+        else:
+            writer.write(answer)
+            await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    async with server:
+        yield server.sockets[0].getsockname()[1]
+
+
+@pytest.mark.parametrize(
+    ("answer", "failure", "status"),
+    [
+        (b"HTTP/1.1 500 Oops\r\nContent-Length: 4\r\n\r\noops", Failure.WS_REJECTED, 500),
+        (b"HTTP/1.1 401 Unauthorized\r\nContent-Length: 0\r\n\r\n", Failure.WS_AUTH, 401),
+        (b"HTTP/1.1 302 Found\r\nLocation: /x\r\n\r\n", Failure.WS_REJECTED, 302),
+        (b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\r\n", Failure.PROTOCOL, None),
+        (b"SSH-2.0-OpenSSH_9.6\r\n\r\n", Failure.PROTOCOL, None),
+        (b"", Failure.DISCONNECTED, None),
+    ],
+)
+async def test_bad_upgrade_answers(answer: bytes, failure: Failure, status: int | None) -> None:
+    async with raw_server(answer) as port:
+        target, ctx = setup({"url": f"ws://127.0.0.1:{port}/ws", "messages": [PING]})
+        outcome, _ = await probe(target, ctx)
+    assert outcome.failure is failure, outcome.detail
+    assert outcome.status_code == status
+
+
+async def test_unanswered_upgrade_is_timeout() -> None:
+    async with raw_server(None) as port:
+        target, ctx = setup({"url": f"ws://127.0.0.1:{port}/ws", "timeout": "500ms"})
+        outcome, wall = await probe(target, ctx)
+    assert outcome.failure is Failure.TIMEOUT
+    assert outcome.detail == "no answer to the WebSocket upgrade within 500ms"
+    assert wall < 0.5 + MARGIN
+
+
+async def test_dns_and_refused() -> None:
+    target, ctx = setup({"url": "ws://nonexistent.invalid/ws"})
+    outcome, _ = await probe(target, ctx)
+    assert outcome.failure is Failure.DNS and "nonexistent.invalid" in outcome.detail
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # bound, not listening: connections are refused
+        target, ctx = setup({"url": f"ws://127.0.0.1:{port}/ws"})
+        outcome, _ = await probe(target, ctx)
+    assert outcome.failure is Failure.REFUSED
+    assert outcome.detail == f"connection to 127.0.0.1:{port} refused"
+
+
+@pytest.fixture
+def full_backlog() -> Iterator[int]:
+    """A loopback listener that never accepts, its queue filled: further SYNs go unanswered."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(0)
+    port = listener.getsockname()[1]
+    fillers: list[socket.socket] = []
+    try:
+        for _ in range(16):  # bounded: Linux queues backlog+1 connections
+            c = socket.socket()
+            c.setblocking(False)
+            fillers.append(c)
+            try:
+                c.connect(("127.0.0.1", port))
+            except BlockingIOError:
+                pass
+            _, writable, _ = select.select([], [c], [], 0.3)
+            if not writable:
+                break
+        else:
+            pytest.skip("could not fill the listen backlog on this kernel")
+        yield port
+    finally:
+        for c in fillers:
+            c.close()
+        listener.close()
+
+
+async def test_connect_timeout_with_a_full_backlog(full_backlog: int) -> None:
+    target, ctx = setup({"url": f"ws://127.0.0.1:{full_backlog}/ws", "timeout": "500ms"})
+    outcome, wall = await probe(target, ctx)
+    assert outcome.failure is Failure.CONNECT_TIMEOUT
+    assert wall < 0.5 + MARGIN
+
+
+async def test_tls(tmp_path: Path) -> None:
+    from certs import make_self_signed  # tests/certs.py
+
+    cert = make_self_signed(tmp_path)
+    async with serve(pong_handler, "127.0.0.1", 0, ssl=cert.server_context()) as server:
+        port = server.sockets[0].getsockname()[1]
+        url = f"wss://localhost:{port}/ws"
+        target, ctx = setup({"url": url, "messages": [PING]})
+        untrusted, _ = await probe(target, ctx)
+        target, ctx = setup({"url": url, "messages": [PING], "ca_file": str(cert.cert_file)})
+        trusted, _ = await probe(target, ctx)
+    assert untrusted.failure is Failure.TLS and "self-signed" in untrusted.detail
+    assert trusted.success, trusted.detail
+    assert trusted.phases["handshake"] > 0
+
+
+async def test_oauth_failure_is_credential_and_nothing_is_dialled() -> None:
+    async def token(request: web.Request) -> web.Response:
+        return web.json_response({"error": "server_error"}, status=500)
+
+    app = web.Application()
+    app.router.add_post("/token", token)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    try:
+        creds = {"oauth": {"oauth2": {"token_url": f"http://127.0.0.1:{port}/token",
+                                      "client_id": "probe", "client_secret": "s3cr3t-client"}}}
+        target, ctx = setup({"url": "ws://nonexistent.invalid/ws", "credential": "oauth"}, creds)
+        outcome, _ = await probe(target, ctx)
+    finally:
+        await runner.cleanup()
+    assert outcome.failure is Failure.CREDENTIAL
+    assert outcome.detail == "credential oauth: token endpoint answered HTTP 500 (server_error)"
+
+
+async def test_oauth_token_cached_across_probes_and_refreshed() -> None:
+    """The endpoint is asked once for two probes, and again once the token nears expiry."""
+    issued: list[str] = []
+
+    async def token(request: web.Request) -> web.Response:
+        form = await request.post()
+        assert form["client_secret"] == "s3cr3t-client"
+        issued.append(f"access-{len(issued) + 1}")
+        return web.json_response({"access_token": issued[-1], "expires_in": 30})
+
+    async def only_current(conn: ServerConnection, request: Request) -> Response | None:
+        if request.headers.get("Authorization") != f"Bearer {issued[-1]}":
+            return conn.respond(401, "stale token\n")
+        return None
+
+    app = web.Application()
+    app.router.add_post("/token", token)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    url = f"http://127.0.0.1:{runner.addresses[0][1]}/token"
+    now = [100.0]
+    try:
+        async with ws_server(process_request=only_current) as base:
+            creds = {"oauth": {"oauth2": {"token_url": url, "client_id": "probe",
+                                          "client_secret": "s3cr3t-client"}}}
+            target, _ = setup({"url": f"{base}/ws", "credential": "oauth", "messages": [PING]},
+                              creds)
+            cfg = Config.model_validate({"targets": [{"name": "x", "url": "ws://h/"}],
+                                         "credentials": creds})
+            ctx = CheckContext(Credentials(cfg.credentials, monotonic=lambda: now[0]))
+            try:
+                assert (await check(target, ctx)).success
+                assert (await check(target, ctx)).success
+                assert issued == ["access-1"]
+                now[0] += 28  # within the margin before expires_in: refreshed
+                outcome = await check(target, ctx)
+                assert outcome.success, outcome.detail
+                assert issued == ["access-1", "access-2"]
+            finally:
+                await ctx.credentials.aclose()
+    finally:
+        await runner.cleanup()
+
+
+async def test_bearer_file_change_reaches_the_next_probe(tmp_path: Path) -> None:
+    token_file = tmp_path / "token"
+    token_file.write_text("token-one\n")
+    accepted = {"token": "token-one"}
+
+    async def current(conn: ServerConnection, request: Request) -> Response | None:
+        if request.headers.get("Authorization") != f"Bearer {accepted['token']}":
+            return conn.respond(403, "no\n")
+        return None
+
+    async with ws_server(process_request=current) as base:
+        target, ctx = setup({"url": f"{base}/ws", "credential": "svc"},
+                            {"svc": {"bearer": {"token_file": str(token_file)}}})
+        assert (await check(target, ctx)).success
+        accepted["token"] = "token-two-rotated"
+        assert (await check(target, ctx)).failure is Failure.WS_AUTH
+        token_file.write_text("token-two-rotated\n")
+        outcome = await check(target, ctx)
+    assert outcome.success, outcome.detail
