@@ -143,15 +143,17 @@ class Procs:
         return path.read_text(errors="replace") if path.exists() else ""
 
 
-def nginx(procs: Procs, cpu: str | None = "1") -> int:
+def nginx(procs: Procs, cpu: str | None = "1", access_log: Path | None = None) -> int:
     """A Debian nginx on loopback answering `200 ok` to any path; returns its port.
 
-    One worker, no access log: the target must be cheap so that it is never the bottleneck.
+    One worker, no access log unless asked for (`$msec $uri` lines, buffered): the target must
+    be cheap so that it is never the bottleneck.
     """
     port = free_port()
     prefix = procs.tmp / "nginx"
     (prefix / "logs").mkdir(parents=True, exist_ok=True)
     conf = prefix / "nginx.conf"
+    log_line = f"{access_log} arrival buffer=256k flush=1s" if access_log else "off"
     conf.write_text(f"""
 daemon off;
 master_process off;
@@ -161,7 +163,8 @@ error_log {prefix}/logs/error.log warn;
 events {{ worker_connections 16384; }}
 worker_rlimit_nofile 32768;
 http {{
-  access_log off;
+  log_format arrival '$msec $uri';
+  access_log {log_line};
   client_body_temp_path {prefix}/body;
   proxy_temp_path {prefix}/proxy;
   fastcgi_temp_path {prefix}/fastcgi;
@@ -173,6 +176,8 @@ http {{
   }}
 }}
 """)
+    if access_log is not None and not Path(NGINX).exists():
+        raise SystemExit("this benchmark needs nginx: apt-get install nginx-light")
     if Path(NGINX).exists():
         procs.start([NGINX, "-p", str(prefix), "-c", str(conf)], "nginx", cpu=cpu)
     else:  # fallback: an aiohttp server in its own process

@@ -56,18 +56,21 @@ def measure_daemon(procs: Procs, urls: list[str], warmup: float, window: float) 
                        (http_target(f"t{i}", u) for i, u in enumerate(urls)))
     pid, port = daemon(procs, cfg)
     time.sleep(warmup)
-    s0 = scrape(port, ("probe_results_total",))
-    c0 = cpu_seconds(pid)
+    s0, t0 = scrape(port, ("probe_results_total",)), time.monotonic()
+    c0, w0 = cpu_seconds(pid), time.monotonic()
     time.sleep(window / 2)
     scrape(port, ("probe_results_total",))
-    time.sleep(window / 2)
-    c1 = cpu_seconds(pid)
-    s1 = scrape(port, ("probe_results_total",))
+    time.sleep(max(0.0, w0 + window - time.monotonic()))
+    c1, w1 = cpu_seconds(pid), time.monotonic()
+    s1, t1 = scrape(port, ("probe_results_total",)), time.monotonic()
     uv = uses_uvloop(pid)
     procs.stop(procs.started[-1])
-    probes = total(s1, "probe_results_total") - total(s0, "probe_results_total")
+    # Scrapes take a while; the counters' rate over [t0, t1] times the CPU window's length
+    # gives the probes done within the CPU window.
+    share = (w1 - w0) / (t1 - t0)
+    probes = (total(s1, "probe_results_total") - total(s0, "probe_results_total")) * share
     ok = (total(s1, "probe_results_total", result="success")
-          - total(s0, "probe_results_total", result="success"))
+          - total(s0, "probe_results_total", result="success")) * share
     return {"probes": probes, "errors": probes - ok, "cpu": c1 - c0, "uvloop": uv}
 
 

@@ -29,9 +29,9 @@ import asyncio
 import json
 import math
 import os
+import re
 import subprocess
 import sys
-import time
 from collections import defaultdict
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -42,7 +42,6 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
 import aiohttp  # noqa: E402
 from faults import HTTP_EXPECTED, WS_EXPECTED  # noqa: E402
-from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
 
 from probe.config import Config, parse_duration  # noqa: E402
 from probe.daemon import Daemon, run_loop  # noqa: E402
@@ -67,6 +66,7 @@ class Sample:
     lag_p99_ms: float | None
     probes: int  # in this sample's window
     misclassified: int  # cumulative
+    scrape_ms: float  # one GET /metrics, as this process (the daemon's own loop) served it
 
 
 @dataclass
@@ -164,18 +164,27 @@ class Scrape:
     lag_buckets: list[tuple[float, float]]  # (le, cumulative count)
 
 
+_SAMPLE = re.compile(
+    r"^(probe_results_total|probe_failures_total|probe_scheduler_lag_seconds_bucket)"
+    r"\{([^}]*)\} (\S+)$", re.M)
+_LABEL = re.compile(r'(\w+)="((?:[^"\\]|\\.)*)"')
+
+
 def parse(text: str) -> Scrape:
+    """Only the three series the soak reads, with a regex: a full exposition parser would block
+    the daemon's own event loop for a noticeable time and show up as scheduler lag."""
     results: dict[tuple[str, str], float] = {}
     failures: dict[tuple[str, str], float] = {}
     buckets: list[tuple[float, float]] = []
-    for family in text_string_to_metric_families(text):
-        for s in family.samples:
-            if s.name == "probe_results_total":
-                results[(s.labels["target"], s.labels["result"])] = s.value
-            elif s.name == "probe_failures_total":
-                failures[(s.labels["target"], s.labels["failure"])] = s.value
-            elif s.name == "probe_scheduler_lag_seconds_bucket":
-                buckets.append((float(s.labels["le"]), s.value))
+    for m in _SAMPLE.finditer(text):
+        labels = dict(_LABEL.findall(m.group(2)))
+        value = float(m.group(3))
+        if m.group(1) == "probe_results_total":
+            results[(labels["target"], labels["result"])] = value
+        elif m.group(1) == "probe_failures_total":
+            failures[(labels["target"], labels["failure"])] = value
+        else:
+            buckets.append((float(labels["le"]), value))
     return Scrape(results, failures, sorted(buckets))
 
 
@@ -230,16 +239,18 @@ async def soak(args: argparse.Namespace, plan: Plan) -> tuple[list[Sample], Scra
     try:
         async with aiohttp.ClientSession() as http:
 
-            async def scrape() -> Scrape:
+            async def scrape() -> tuple[Scrape, float]:
+                t0 = loop.time()
                 async with http.get(f"{url}/metrics") as resp:
-                    return parse(await resp.text())
+                    text = await resp.text()
+                return parse(text), (loop.time() - t0) * 1000.0
 
-            prev = await scrape()
+            prev, _ = await scrape()
             k = 0
             while True:
                 k += 1
                 await asyncio.sleep(max(0.0, start + k * args.sample_every - loop.time()))
-                cur = await scrape()
+                cur, scrape_ms = await scrape()
                 wrong = misclassified(plan, cur)
                 lag = lag_p99(prev.lag_buckets, cur.lag_buckets)
                 samples.append(Sample(
@@ -248,6 +259,7 @@ async def soak(args: argparse.Namespace, plan: Plan) -> tuple[list[Sample], Scra
                     lag_p99_ms=None if lag is None else lag * 1000.0,
                     probes=probes_total(cur) - probes_total(prev),
                     misclassified=int(sum(sum(v.values()) for v in wrong.values())),
+                    scrape_ms=scrape_ms,
                 ))
                 print(row(samples[-1]), flush=True)
                 prev = cur
@@ -260,13 +272,14 @@ async def soak(args: argparse.Namespace, plan: Plan) -> tuple[list[Sample], Scra
 
 # --- the verdict -----------------------------------------------------------------------------
 
-HEADER = f"{'t':>7} {'rss MB':>8} {'fds':>6} {'tasks':>6} {'lag p99':>9} {'probes':>7} {'miscl':>6}"
+HEADER = (f"{'t':>7} {'rss MB':>8} {'fds':>6} {'tasks':>6} {'lag p99':>9} {'probes':>7} "
+          f"{'miscl':>6} {'scrape':>8}")
 
 
 def row(s: Sample) -> str:
     lag = "-" if s.lag_p99_ms is None else f"{s.lag_p99_ms:.0f}ms"
     return (f"{s.t:6.0f}s {s.rss_mb:8.1f} {s.fds:6d} {s.tasks:6d} {lag:>9} {s.probes:7d} "
-            f"{s.misclassified:6d}")
+            f"{s.misclassified:6d} {s.scrape_ms:6.0f}ms")
 
 
 def mean(xs: list[float]) -> float:

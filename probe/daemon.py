@@ -124,7 +124,8 @@ class Daemon:
             await self._runner.cleanup()
             self._runner = None
         with contextlib.suppress(Exception):
-            await self.ctx.credentials.aclose()
+            async with asyncio.timeout(1.0):
+                await self.ctx.credentials.aclose()
         for task in list(self._closing):
             task.cancel()
         log.info("stopped")

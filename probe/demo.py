@@ -8,22 +8,20 @@ the first thing the demo shows is a target going from pending/failing to ready.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import secrets
 import sys
-
-import structlog
 
 from probe.config import Config, parse_config
 from probe.daemon import Daemon, run_loop, serve
 from probe.logging import configure
 from probe.twin import Twin
 
-log = structlog.get_logger("probe.demo")
 BOOT_SECONDS = 4.0
+VERSION = "demo-1"  # what the twin serves and the daemon expects; switch it to see a mismatch
 
 _CONFIG = """\
 defaults: {{interval: 2s, timeout: 1s, success_threshold: 2, failure_threshold: 2}}
+expect_version: {version}
 credentials:
   e2e-user:
     jwt: {{secret: "${{DEMO_JWT_SECRET}}", algorithm: HS256, ttl: 10m,
@@ -33,7 +31,7 @@ targets:
     url: {base}/health
     expect: {{status: [200], json: {{status: healthy}}}}
     version_path: version
-    latency: {{p95: 100ms, min_samples: 3, window: 20}}
+    latency: {{p95: 100ms, min_samples: 3, window: 10}}
   - name: api-health
     url: {base}/api/health
     expect: {{json: {{status: ok}}}}
@@ -43,9 +41,6 @@ targets:
     json_body: {{agent_id: demo-probe}}
     credential: e2e-user
     expect: {{status: [200], json: {{stopped: true}}}}
-"""
-
-_WS_TARGET = """\
   - name: chat-ws
     url: {ws}/ws
     credential: e2e-user
@@ -56,18 +51,8 @@ _WS_TARGET = """\
 """
 
 
-def _has_websocket(twin: Twin) -> bool:
-    """The WebSocket target is added once both the check and the twin's /ws endpoint exist."""
-    if importlib.util.find_spec("probe.checks.websocket") is None:
-        return False
-    return any(r.resource is not None and r.resource.canonical == "/ws"
-               for r in twin.app.router.routes())
-
-
-def demo_config(base: str, secret: str, websocket: bool = False) -> Config:
-    text = _CONFIG.format(base=base)
-    if websocket:
-        text += _WS_TARGET.format(ws="ws" + base.removeprefix("http"))
+def demo_config(base: str, secret: str) -> Config:
+    text = _CONFIG.format(base=base, ws="ws" + base.removeprefix("http"), version=VERSION)
     return parse_config(text, "<demo>", env={"DEMO_JWT_SECRET": secret})
 
 
@@ -84,10 +69,11 @@ def _banner(daemon: Daemon, twin: Twin) -> str:
         "Switch a fault on, watch /status and /readyz name it, then switch it off:",
         f"  curl -X POST {t}/_twin/fault -d '{{\"health\": \"503\"}}'",
         f"  curl -X POST {t}/_twin/fault -d '{{\"delay_ms\": 150}}'      # latency target",
-        f"  curl -X POST {t}/_twin/fault -d '{{\"version\": \"other\"}}'",
+        f"  curl -X POST {t}/_twin/fault -d '{{\"version\": \"demo-2\"}}'  # wrong build",
         f"  curl -X POST {t}/_twin/reset",
-        "Faults: health|api = ok starting 503 500 slow hang drop garbage degraded big;"
-        f" state: curl {t}/_twin/state",
+        "Faults: health|api = ok starting 503 500 slow hang drop garbage degraded big,"
+        " ws = ok reject crash drop silent",
+        f"State: curl {t}/_twin/state",
         "Ctrl-C stops the demo.",
         "",
     ])
@@ -95,14 +81,14 @@ def _banner(daemon: Daemon, twin: Twin) -> str:
 
 async def _run(args: argparse.Namespace) -> int:
     secret = secrets.token_urlsafe(32)
-    twin = Twin(version="demo-1", jwt_secret=secret, starting=BOOT_SECONDS)
+    twin = Twin(version=VERSION, jwt_secret=secret, starting=BOOT_SECONDS)
     try:
         base = await twin.start("127.0.0.1", args.twin_port)
     except OSError as exc:
         print(f"probe demo: cannot start the twin on port {args.twin_port}: {exc.strerror}",
               file=sys.stderr)
         return 2
-    config = demo_config(base, secret, websocket=_has_websocket(twin))
+    config = demo_config(base, secret)
 
     def started(daemon: Daemon) -> None:
         print(_banner(daemon, twin), flush=True)

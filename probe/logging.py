@@ -94,7 +94,8 @@ def configure(fmt: str | None = None, level: str = "info", stream: TextIO | None
             structlog.processors.JSONRenderer(),
         ]
     else:
-        tail = [redact, structlog.dev.ConsoleRenderer(colors=stream.isatty())]
+        tail = [structlog.processors.format_exc_info, redact,
+                structlog.dev.ConsoleRenderer(colors=stream.isatty())]
     structlog.configure(
         processors=[*shared, *tail],
         wrapper_class=structlog.make_filtering_bound_logger(numeric),
@@ -105,7 +106,8 @@ def configure(fmt: str | None = None, level: str = "info", stream: TextIO | None
     handler.setFormatter(
         structlog.stdlib.ProcessorFormatter(
             processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, *tail],
-            foreign_pre_chain=[*shared, structlog.stdlib.ExtraAdder()],
+            foreign_pre_chain=[*shared, structlog.stdlib.add_logger_name,
+                               structlog.stdlib.ExtraAdder()],
         )
     )
     root = logging.getLogger()

@@ -42,7 +42,7 @@ class DaemonProc:
 
 @contextlib.asynccontextmanager
 async def run_daemon(
-    config_text: str, tmp: Path, env: dict[str, str] | None = None, start_timeout: float = 20.0
+    config_text: str, tmp: Path, env: dict[str, str] | None = None, start_within: float = 20.0
 ) -> AsyncIterator[DaemonProc]:
     """`probe run` on a free loopback port; yields once /livez answers, SIGTERMs on exit."""
     cfg = tmp / "probe.yaml"
@@ -61,7 +61,7 @@ async def run_daemon(
         )
     daemon = DaemonProc(f"http://127.0.0.1:{port}", proc, log)
     try:
-        await _wait_live(daemon, start_timeout)
+        await _wait_live(daemon, start_within)
         yield daemon
     finally:
         if proc.returncode is None:
@@ -73,30 +73,31 @@ async def run_daemon(
                 await proc.wait()
 
 
-async def _wait_live(daemon: DaemonProc, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
+async def _wait_live(daemon: DaemonProc, within: float) -> None:
+    deadline = time.monotonic() + within
     async with aiohttp.ClientSession() as http:
         while True:
             if daemon.proc.returncode is not None:
-                raise RuntimeError(f"probe run exited {daemon.proc.returncode}:\n{daemon.log_text()}")
+                code = daemon.proc.returncode
+                raise RuntimeError(f"probe run exited {code}:\n{daemon.log_text()}")
             with contextlib.suppress(aiohttp.ClientError, OSError):
                 async with http.get(daemon.url + "/livez") as r:
                     if r.status in (200, 503):
                         return
             if time.monotonic() > deadline:
-                raise TimeoutError(f"probe run did not listen within {timeout}s:\n{daemon.log_text()}")
+                raise TimeoutError(f"probe run not listening after {within}s:\n{daemon.log_text()}")
             await asyncio.sleep(0.05)
 
 
-async def wait_for(check: Any, timeout: float, what: str) -> Any:
+async def wait_for(check: Any, within: float, what: str) -> Any:
     """Poll an async predicate until it returns something truthy, or fail naming `what`."""
-    deadline = time.monotonic() + timeout
+    deadline = time.monotonic() + within
     while True:
         value = await check()
         if value:
             return value
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+            raise AssertionError(f"timed out after {within}s waiting for {what}")
         await asyncio.sleep(0.05)
 
 

@@ -23,7 +23,7 @@ import aiohttp
 import pytest
 import yaml
 
-from probe.config import load_config, parse_config
+from probe.config import parse_config
 from probe.daemon import Daemon
 from probe.twin import DEV_JWT_SECRET, Twin
 
@@ -383,9 +383,49 @@ async def test_livez_turns_503_when_the_scheduler_is_stuck(
         await daemon.stop()
 
 
-def test_example_and_staging_configs_validate() -> None:
-    assert load_config(EXAMPLE).targets
-    env = {"STAGING_HOST": "api.staging.example.com", "JWT_SECRET": "s" * 32,
-           "OAUTH_CLIENT_SECRET": "o"}
-    staging = load_config(ROOT / "config" / "staging.yaml", env=env)
-    assert {t.kind for t in staging.targets} == {"http", "websocket"}
+
+async def test_demo_runs_from_anywhere_and_becomes_ready(
+    http: aiohttp.ClientSession, tmp_path: Path
+) -> None:
+    """`probe demo` needs no file from the repository: run it from an empty directory."""
+    env = {**os.environ, "PROBE_LOG_FORMAT": "json"}
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "probe", "demo", "--port", "0", "--twin-port", "0",
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, cwd=tmp_path, env=env)
+    assert proc.stdout is not None and proc.stderr is not None
+    try:
+        banner: list[str] = []
+        while not banner or "Ctrl-C" not in banner[-1]:
+            line = await asyncio.wait_for(proc.stdout.readline(), 30)
+            assert line, "the demo exited before printing where to look"
+            banner.append(line.decode())
+        text = "".join(banner)
+        readyz = re.search(r"(http://127\.0\.0\.1:\d+)/readyz", text)
+        twin = re.search(r"curl -X POST (http://127\.0\.0\.1:\d+)/_twin/fault", text)
+        assert readyz and twin and "/status" in text and "/metrics" in text, text
+        base = readyz.group(1)
+
+        async def ready() -> bool:
+            try:
+                async with http.get(f"{base}/readyz") as r:
+                    return r.status == 200
+            except aiohttp.ClientError:
+                return False
+
+        await until(ready, "the demo to become ready", within=40)
+        metrics = await get_text(http, f"{base}/metrics")
+        assert metric(metrics, "probe_success", target="backend-health") == 1
+        async with http.post(f"{twin.group(1)}/_twin/fault", json={"health": "503"}) as r:
+            assert r.status == 200
+
+        async def failing() -> bool:
+            text = await get_text(http, f"{base}/metrics")
+            return metric(text, "probe_success", target="backend-health") == 0
+        await until(failing, "the demo to see the fault")
+        proc.send_signal(signal.SIGINT)
+        assert await asyncio.wait_for(proc.wait(), 5) == 0
+        assert b"Traceback" not in await proc.stderr.read()
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()

@@ -33,7 +33,8 @@ PROM = DEPLOY / "prometheus"
 GRAFANA = DEPLOY / "grafana"
 CI = DEPLOY / "ci"
 
-GMP_IMAGE = "us-docker.pkg.dev/cloud-ops-agents-artifacts/cloud-run-gmp-sidecar/cloud-run-gmp-sidecar"
+GMP_IMAGE = ("us-docker.pkg.dev/cloud-ops-agents-artifacts/cloud-run-gmp-sidecar/"
+             "cloud-run-gmp-sidecar")
 # Cloud Run accepts HTTP, TCP and gRPC startup probes and HTTP and gRPC liveness probes.
 CLOUD_RUN_PROBES = {"startupProbe": {"httpGet", "tcpSocket", "grpc"},
                     "livenessProbe": {"httpGet", "grpc"}}
@@ -68,7 +69,7 @@ def env_of(container: dict[str, Any]) -> dict[str, str]:
 
 
 def listen_port(container: dict[str, Any]) -> int:
-    """The port the daemon listens on in `container`: PORT (from containerPort) over PROBE_LISTEN."""
+    """The daemon's port in `container`: PORT (set from containerPort) over PROBE_LISTEN."""
     ports = container.get("ports") or []
     if ports:
         return int(ports[0]["containerPort"])
@@ -84,8 +85,9 @@ def yaml_files() -> list[Path]:
 
 def test_deploy_holds_the_expected_files() -> None:
     names = {p.relative_to(DEPLOY).as_posix() for p in DEPLOY.rglob("*") if p.is_file()}
-    for required in ("cloudrun/sidecar.yaml", "cloudrun/service.yaml", "cloudrun/runmonitoring.yaml",
-                     "kubernetes/deployment.yaml", "kubernetes/service.yaml",
+    for required in ("cloudrun/sidecar.yaml", "cloudrun/service.yaml",
+                     "cloudrun/runmonitoring.yaml", "kubernetes/deployment.yaml",
+                     "kubernetes/service.yaml",
                      "kubernetes/configmap.yaml", "kubernetes/podmonitor.yaml",
                      "kubernetes/servicemonitor.yaml", "grafana/dashboard.json",
                      "grafana/provisioning/dashboards.yaml", "prometheus/alerts.yaml",
@@ -130,7 +132,8 @@ def test_cloud_run_manifest_follows_cloud_run_rules(name: str) -> None:
     order: list[str] = []
     pending = dict(deps)
     while pending:
-        free = [c for c, needs in pending.items() if set(needs) <= set(order) | (set(containers) - set(deps))]
+        started = set(order) | (set(containers) - set(deps))
+        free = [c for c, needs in pending.items() if set(needs) <= started]
         assert free, f"container-dependencies has a cycle: {pending}"
         order += free
         for c in free:
@@ -166,7 +169,8 @@ def test_cloud_run_manifest_follows_cloud_run_rules(name: str) -> None:
 
     collector = containers["collector"]
     assert collector["image"].rpartition(":")[0] == GMP_IMAGE
-    mount = next(m for m in collector["volumeMounts"] if m["mountPath"].rstrip("/") == "/etc/rungmp")
+    mount = next(m for m in collector["volumeMounts"]
+                 if m["mountPath"].rstrip("/") == "/etc/rungmp")
     items = volumes[mount["name"]]["secret"]["items"]
     assert [i["path"] for i in items] == ["config.yaml"], "read from /etc/rungmp/config.yaml"
     endpoints = load(CLOUDRUN / "runmonitoring.yaml")["spec"]["endpoints"]
@@ -262,7 +266,8 @@ def test_kubernetes_deployment_is_wired_to_its_service_config_and_monitors() -> 
     service = load(K8S / "service.yaml")
     assert service["spec"]["selector"].items() <= labels.items()
     assert [p["targetPort"] for p in service["spec"]["ports"]] == ["http"]
-    for name, key in (("podmonitor.yaml", "podMetricsEndpoints"), ("servicemonitor.yaml", "endpoints")):
+    monitors = (("podmonitor.yaml", "podMetricsEndpoints"), ("servicemonitor.yaml", "endpoints"))
+    for name, key in monitors:
         monitor = load(K8S / name)
         assert monitor["apiVersion"] == "monitoring.coreos.com/v1"
         assert monitor["spec"]["selector"]["matchLabels"].items() <= labels.items()
@@ -380,8 +385,9 @@ def test_dashboard_and_alerts_use_only_exported_metrics() -> None:
     used = {m for e in exprs for m in re.findall(r"\b(probe_[a-z_]+|up)\b", e)}
     assert used - known == set(), f"not exported by probe/metrics.py: {sorted(used - known)}"
     # The metrics the issue asks to see are all on the dashboard.
-    wanted = {"probe_gate_ready", "probe_target_ready", "probe_success", "probe_latency_seconds_bucket",
-              "probe_latency_target_seconds", "probe_http_duration_seconds",
+    wanted = {"probe_gate_ready", "probe_target_ready", "probe_success",
+              "probe_latency_seconds_bucket", "probe_latency_target_seconds",
+              "probe_http_duration_seconds",
               "probe_websocket_duration_seconds", "probe_failures_total",
               "probe_websocket_close_code", "probe_scheduler_lag_seconds_bucket"}
     assert wanted - used == set()
@@ -393,7 +399,8 @@ def test_dashboard_and_alerts_use_only_exported_metrics() -> None:
 def test_dashboard_selects_its_datasource_through_a_variable() -> None:
     dash = dashboard()
     text = json.dumps(dash)
-    assert "DS_PROMETHEUS" not in text and "__inputs" not in dash, "file provisioning cannot fill inputs"
+    assert "DS_PROMETHEUS" not in text, "file provisioning cannot fill ${DS_...} inputs"
+    assert "__inputs" not in dash
     variables = {v["name"]: v for v in dash["templating"]["list"]}
     ds = variables["datasource"]
     assert ds["type"] == "datasource" and ds["query"] == "prometheus"
@@ -419,7 +426,8 @@ def test_dashboard_layout_is_sound() -> None:
     for p in panels(dash):
         g = p["gridPos"]
         assert g["x"] >= 0 and g["w"] > 0 and g["x"] + g["w"] <= 24, p["title"]
-        area = {(x, y) for x in range(g["x"], g["x"] + g["w"]) for y in range(g["y"], g["y"] + g["h"])}
+        area = {(x, y) for x in range(g["x"], g["x"] + g["w"])
+                for y in range(g["y"], g["y"] + g["h"])}
         assert not area & cells, f"{p['title']} overlaps another panel"
         cells |= area
     titles = " ".join(p["title"].lower() for p in panels(dash))

@@ -28,6 +28,8 @@ from faults.fixtures import (  # noqa: F401  (fixtures are used by name)
     wait_until,
 )
 
+from probe.checks import CheckContext
+from probe.credentials import Credentials
 from probe.daemon import Daemon
 from probe.outcome import Failure
 
@@ -195,3 +197,38 @@ async def test_daemon_healthy_targets_unaffected_by_faulty_ones(fault_server) ->
             assert (n or 0) == 0 or other == failure, (name, other, n)
     assert 'probe_success{target="ok-http"} 1.0' in exposition
     assert 'probe_success{target="http-drip"} 0.0' in exposition
+
+
+TOKEN_FAULTS = ["no_answer", "drip", "garbage", "big_body", "refuse", "reset", "status:500",
+                "accept_no_read", "redirect_loop"]
+
+
+@pytest.mark.parametrize("kind", ["http", "websocket"])
+@pytest.mark.parametrize("fault", TOKEN_FAULTS)
+async def test_failing_token_endpoint_is_credential_on_time(
+    fault: str, kind: str, fault_server  # noqa: F811
+) -> None:
+    """An OAuth2 token endpoint that misbehaves: the probe fails as `credential` within its own
+    timeout (not the token request's 5 s), the target itself is never contacted, and neither
+    the client secret nor the fault's garbage reaches the detail."""
+    secret = "s3cr3t-client-secret-value"
+    token_url = fault_server(fault).url("/token")
+    backend = fault_server("ok")
+    url = backend.url("/health") if kind == "http" else backend.ws_url("/ws")
+    extra: dict[str, Any] = {"messages": [PING_STEP]} if kind == "websocket" else {}
+    cfg = config_of(
+        [{"name": "t", "url": url, "credential": "oauth", "timeout": "1s", "interval": "2s",
+          **extra}],
+        credentials={"oauth": {"oauth2": {"token_url": token_url, "client_id": "probe",
+                                          "client_secret": secret, "timeout": "5s"}}},
+    )
+    ctx = CheckContext(Credentials(cfg.credentials))
+    try:
+        outcome, wall = await probe_once(cfg.targets[0], ctx)
+    finally:
+        await ctx.credentials.aclose()
+    assert outcome.failure == Failure.CREDENTIAL, (fault, outcome.failure, outcome.detail)
+    assert "oauth" in outcome.detail
+    assert secret not in outcome.detail and "SSH" not in outcome.detail
+    assert_bounded(cfg.targets[0], outcome, wall)
+    assert backend.accepted == 0

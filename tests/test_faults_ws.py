@@ -105,9 +105,15 @@ async def test_wss_with_trusted_ca_succeeds(fault_server, test_certs) -> None:  
     assert outcome.success, outcome.detail
 
 
-async def test_ws_probes_leave_no_tasks_or_sockets(fault_server) -> None:  # noqa: F811
+@pytest.mark.parametrize("connections", [1, 3])
+async def test_ws_probes_leave_no_tasks_or_sockets(
+    connections: int, fault_server  # noqa: F811
+) -> None:
+    """Every fault, three rounds at once, then: no task of the prober left, and (once the fault
+    servers hang up their side) no more fds than before. With `connections: 3` the failing
+    session cancels its siblings, which must not leak either."""
     servers = [fault_server(f) for f in sorted(WS_EXPECTED)]
-    targets = [ws_target(s) for s in servers]
+    targets = [ws_target(s, connections=connections) for s in servers]
     await asyncio.gather(*(probe_once(t) for t in targets))  # warm-up: lazy imports, pools
     for s in servers:
         s.drop_connections()

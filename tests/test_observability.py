@@ -201,7 +201,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     twins = [Twin(jwt_secret=JWT_SECRET) for _ in range(4)]
     procs: list[subprocess.Popen[bytes]] = []
     try:
-        healthy, rejecting, crashing, tls = twins
+        _, rejecting, crashing, tls = twins
         cert = make_self_signed(tmp / "tls", days=7)
         urls = [loop.run(t.start("127.0.0.1", 0)) for t in twins[:3]]
         urls.append(loop.run(tls.start("127.0.0.1", 0, ssl_context=cert.server_context())))
@@ -333,7 +333,8 @@ def test_every_dashboard_expression_returns_data(stack: Stack) -> None:
     causes = {(r["metric"]["target"], r["metric"]["failure"])
               for r in results["Failures in range [A]"]}
     assert {("ws-auth-rejected", "ws_auth"), ("ws-server-error", "ws_closed")} <= causes
-    measures = {r["metric"].get("measure") for r in results["Latency percentiles against targets [B]"]}
+    p95 = results["Latency percentiles against targets [B]"]
+    measures = {r["metric"].get("measure") for r in p95}
     assert {"total", "rtt"} <= measures
 
 

@@ -73,7 +73,10 @@ async def get(http: aiohttp.ClientSession, url: str, token: str | None = None) -
 
 async def test_page_and_api_carry_no_credential(twin: Twin, tmp_path: Path) -> None:
     env = {"JWT_SECRET": JWT_SECRET, "SERVICE_TOKEN": BEARER, "PROBE_GATE_TOKEN": GATE}
-    async with run_daemon(config(twin.url), tmp_path, env) as daemon, aiohttp.ClientSession() as http:
+    async with (
+        run_daemon(config(twin.url), tmp_path, env) as daemon,
+        aiohttp.ClientSession() as http,
+    ):
         api = daemon.url + "/api/v1/status"
 
         async def all_ready() -> Any:
@@ -115,7 +118,10 @@ async def test_page_and_api_carry_no_credential(twin: Twin, tmp_path: Path) -> N
 
 async def test_gate_token_guards_the_api_not_the_page(twin: Twin, tmp_path: Path) -> None:
     env = {"JWT_SECRET": JWT_SECRET, "SERVICE_TOKEN": BEARER, "PROBE_GATE_TOKEN": GATE}
-    async with run_daemon(config(twin.url), tmp_path, env) as daemon, aiohttp.ClientSession() as http:
+    async with (
+        run_daemon(config(twin.url), tmp_path, env) as daemon,
+        aiohttp.ClientSession() as http,
+    ):
         api = daemon.url + "/api/v1/status"
         status, text = await get(http, api)
         assert status == 401 and "backend-health" not in text
@@ -134,7 +140,10 @@ async def test_gate_token_guards_the_api_not_the_page(twin: Twin, tmp_path: Path
 
 async def test_without_gate_token_the_api_is_open(twin: Twin, tmp_path: Path) -> None:
     env = {"JWT_SECRET": JWT_SECRET, "SERVICE_TOKEN": BEARER}
-    async with run_daemon(config(twin.url), tmp_path, env) as daemon, aiohttp.ClientSession() as http:
+    async with (
+        run_daemon(config(twin.url), tmp_path, env) as daemon,
+        aiohttp.ClientSession() as http,
+    ):
         status, text = await get(http, daemon.url + "/api/v1/status")
         assert status == 200 and "backend-health" in text
         assert_clean("/api/v1/status", text)

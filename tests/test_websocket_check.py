@@ -577,3 +577,32 @@ async def test_bearer_file_change_reaches_the_next_probe(tmp_path: Path) -> None
         token_file.write_text("token-two-rotated\n")
         outcome = await check(target, ctx)
     assert outcome.success, outcome.detail
+
+
+# --- matching rules (pure) -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("match", "message", "why"),
+    [
+        ({"json": {"type": "pong"}}, '{"type": "pong"}', None),
+        ({"json": {"data.items.1.id": 7}}, '{"data": {"items": [{"id": 1}, {"id": 7}]}}', None),
+        ({"json": {"data.items.-1.id": 7}}, '{"data": {"items": [{"id": 7}]}}', None),
+        ({"json": {"n": 1}}, '{"n": 1.0}', None),
+        ({"json": {"ok": True}}, '{"ok": 1}', "expected ok = true, got 1"),
+        ({"json": {"a.b": 1}}, '{"a": {}}', "expected a.b = 1, but a.b is missing"),
+        ({"json": {"a.5": 1}}, '{"a": [1]}', "expected a.5 = 1, but a.5 is missing"),
+        ({"json": {"a": 1}}, "plain text", "expected a JSON message, got 'plain text'"),
+        ({"regex": "agent_(started|completed)"}, '{"type": "agent_completed"}', None),
+        ({"regex": "^x$", "json": {"a": 1}}, '{"a": 1}', "expected a message matching /^x$/"),
+    ],
+)
+def test_matching_rules(match: dict[str, Any], message: str, why: str | None) -> None:
+    from probe.checks.messages import mismatch
+    from probe.config import Match
+
+    got = mismatch(Match.model_validate(match), message.encode())
+    if why is None:
+        assert got is None
+    else:
+        assert got is not None and got.startswith(why)

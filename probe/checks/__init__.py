@@ -39,7 +39,7 @@ def checker_for(target: Target) -> Check:
 
 @lru_cache(maxsize=64)
 def ssl_context(verify: bool, ca_file: Path | None) -> ssl.SSLContext:
-    """One SSLContext per (verify, CA file): building one loads the trust store, so never per probe."""
+    """One SSLContext per (verify, CA file): building one loads the trust store; never per probe."""
     if not verify:
         ctx = ssl.create_default_context()
         ctx.check_hostname = False
