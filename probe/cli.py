@@ -35,7 +35,7 @@ def _parser() -> argparse.ArgumentParser:
         sp.add_argument("-c", "--config", type=Path, default=None,
                         help="config file (default: $PROBE_CONFIG or config/example.yaml)")
 
-    run = sub.add_parser("run", help="run the daemon: probe continually, serve /metrics and /readyz")
+    run = sub.add_parser("run", help="the daemon: probe continually, serve /metrics and /readyz")
     config_arg(run)
 
     check = sub.add_parser("check", help="probe without a daemon and report readiness")
@@ -48,7 +48,7 @@ def _parser() -> argparse.ArgumentParser:
     check.add_argument("--junit", type=Path, default=None, metavar="PATH",
                        help="also write a JUnit XML report here")
 
-    gate = sub.add_parser("gate", help="ask a running daemon (or Prometheus) whether staging is ready")
+    gate = sub.add_parser("gate", help="ask a running daemon (or Prometheus) if staging is ready")
     gate.add_argument("url", nargs="?", default=None, help="the daemon's base URL or /readyz URL")
     gate.add_argument("--prometheus", default=None, metavar="URL",
                       help="a Prometheus-compatible query API to evaluate readiness from")

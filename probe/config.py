@@ -231,7 +231,7 @@ class Target(TargetDefaults):
     body: str | None = None
     credential: str | None = None
     credential_in: CredentialIn = "header"
-    credential_name: str | None = None  # header / query parameter; default Authorization / access_token
+    credential_name: str | None = None  # default Authorization / access_token
     credential_scheme: str = "Bearer"  # prefix in a header ("" sends the bare token)
     expect: Expect = Field(default_factory=Expect)
     version_path: str | None = None

@@ -52,17 +52,25 @@ BOUNDS = (("0.5", "p50"), ("0.95", "p95"), ("0.99", "p99"))  # quantile label ->
 
 
 @dataclass
-class _Children:
-    """The labelled children of one target, so a probe's record() does no label lookups."""
+class _Gauges:
+    """A target's last-probe gauges; they exist only once it has been probed (absent = unknown,
+    where a 0 would claim a failure that never happened)."""
 
-    kind: str
     success: Gauge
     duration: Gauge
     status: Gauge
     close: Gauge | None
     phases: dict[str, Gauge]
+
+
+@dataclass
+class _Children:
+    """The labelled children of one target, so a probe's record() does no label lookups."""
+
+    kind: str
     results: dict[str, Counter]
     failures: dict[str, Counter]
+    gauges: _Gauges | None = None
     latency: dict[str, Histogram] = field(default_factory=dict)
     expiry: Gauge | None = None
 
@@ -138,36 +146,47 @@ class Metrics:
         self._children: dict[str, _Children] = {}
 
     def add_target(self, target: Target) -> None:
-        """Create a target's series at their zero values (called at start and on reload)."""
+        """Create a target's counters at 0 and its config series (at start and on reload)."""
         self._describe(target)
         current = self._children.get(target.name)
         if current is not None and current.kind == target.kind:
             return
-        if current is not None:
+        if current is not None:  # same name, other kind (http <-> ws): other series
             self.forget(target.name)
+            self._describe(target)
+        name = target.name
+        self._children[name] = _Children(
+            kind=target.kind,
+            results={r: self.results.labels(name, r) for r in RESULTS},
+            failures={f.value: self.failures.labels(name, f.value) for f in Failure},
+        )
+
+    def _gauges(self, target: Target) -> _Gauges:
         name = target.name
         ws = target.kind == "websocket"
         phase_metric, phases = (self.ws_phase, WS_PHASES) if ws else (self.http_phase, HTTP_PHASES)
-        self._children[name] = _Children(
-            kind=target.kind,
+        return _Gauges(
             success=self.success.labels(name),
             duration=self.duration.labels(name),
             status=(self.ws_status if ws else self.http_status).labels(name),
             close=self.ws_close.labels(name) if ws else None,
             phases={p: phase_metric.labels(name, p) for p in phases},
-            results={r: self.results.labels(name, r) for r in RESULTS},
-            failures={f.value: self.failures.labels(name, f.value) for f in Failure},
         )
 
     def record(self, outcome: Outcome, target: Target) -> None:
-        self.add_target(target)
-        c = self._children[target.name]
-        c.success.set(1 if outcome.success else 0)
-        c.duration.set(outcome.duration)
-        c.status.set(outcome.status_code or 0)
-        if c.close is not None:
-            c.close.set(outcome.close_code or 0)
-        for phase, gauge in c.phases.items():
+        c = self._children.get(target.name)
+        if c is None or c.kind != target.kind:
+            self.add_target(target)
+            c = self._children[target.name]
+        g = c.gauges
+        if g is None:
+            g = c.gauges = self._gauges(target)
+        g.success.set(1 if outcome.success else 0)
+        g.duration.set(outcome.duration)
+        g.status.set(outcome.status_code or 0)
+        if g.close is not None:
+            g.close.set(outcome.close_code or 0)
+        for phase, gauge in g.phases.items():
             gauge.set(outcome.phases.get(phase, 0.0))
         for measure, seconds in outcome.latency.items():
             hist = c.latency.get(measure)

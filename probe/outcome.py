@@ -60,7 +60,13 @@ class Outcome:
 
     @classmethod
     def failed(
-        cls, target: str, kind: Kind, failure: Failure, detail: str, duration: float, **extra: object
+        cls,
+        target: str,
+        kind: Kind,
+        failure: Failure,
+        detail: str,
+        duration: float,
+        **extra: object,
     ) -> Outcome:
         return cls(
             target=target, kind=kind, success=False, duration=duration, failure=failure,
