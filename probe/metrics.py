@@ -12,6 +12,8 @@ Choices worth knowing:
 - probe_scheduler_lag_seconds is a histogram, not a summary: dashboards want a p99 and
   `histogram_quantile(0.99, sum by (le) (rate(probe_scheduler_lag_seconds_bucket[5m])))` also
   aggregates across replicas, which summary quantiles cannot.
+- The last-probe gauges (probe_success, probe_duration_seconds, status, phases) appear with a
+  target's first result: before it, "absent" is honest where a 0 would claim a failure.
 - Phases a probe did not reach are set to 0 (as blackbox_exporter does for an http:// URL's tls),
   so a failed probe never shows the previous probe's timings.
 - `_created` series are disabled: they double the series count and no dashboard reads them.
