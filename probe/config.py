@@ -15,9 +15,7 @@ from urllib.parse import urlsplit
 import yaml
 from pydantic import (
     AliasChoices,
-    BaseModel,
     BeforeValidator,
-    ConfigDict,
     Field,
     SecretStr,
     ValidationError,
@@ -26,31 +24,14 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)\s*$")
-_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+from probe.config_base import Duration, Strict, parse_duration
+from probe.config_credentials import BearerSpec, CredentialSpec, JwtSpec, OAuth2Spec
 
-
-def parse_duration(value: object) -> float:
-    """`250ms`, `5s`, `2m`, `1h` (or a bare number of seconds) -> seconds."""
-    if isinstance(value, bool):
-        raise ValueError(f"expected a duration such as 250ms, 5s or 2m, got {value!r}")
-    if isinstance(value, int | float):
-        seconds = float(value)
-    elif isinstance(value, str) and (m := _DURATION.match(value)):
-        seconds = float(m.group(1)) * _UNITS[m.group(2)]
-    else:
-        raise ValueError(f"expected a duration such as 250ms, 5s or 2m, got {value!r}")
-    if seconds <= 0:
-        raise ValueError(f"a duration must be positive, got {value!r}")
-    return seconds
-
-
-Duration = Annotated[float, BeforeValidator(parse_duration)]
-
-
-class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
-
+__all__ = [
+    "BearerSpec", "Config", "ConfigError", "CredentialSpec", "Duration", "Expect", "History",
+    "JwtSpec", "LatencyTarget", "Match", "OAuth2Spec", "Settings", "Step", "Strict", "Target",
+    "TargetDefaults", "load_config", "parse_config", "parse_duration",
+]
 
 def _compile(pattern: str) -> str:
     try:
@@ -61,76 +42,6 @@ def _compile(pattern: str) -> str:
 
 
 Regex = Annotated[str, BeforeValidator(lambda v: _compile(v) if isinstance(v, str) else v)]
-
-
-# --- credentials -----------------------------------------------------------------------------
-
-
-class BearerSpec(Strict):
-    """A static token: inline, from an environment variable, or from a file re-read on change."""
-
-    token: SecretStr | None = None
-    token_env: str | None = None
-    token_file: Path | None = None
-
-    @model_validator(mode="after")
-    def _exactly_one(self) -> BearerSpec:
-        given = [k for k in ("token", "token_env", "token_file") if getattr(self, k) is not None]
-        if len(given) != 1:
-            raise ValueError("set exactly one of token, token_env, token_file")
-        return self
-
-
-class JwtSpec(Strict):
-    """A JWT minted by the prober, as the staging backend's own clients would get one."""
-
-    secret: SecretStr | None = None
-    private_key_file: Path | None = None
-    algorithm: Literal["HS256", "HS384", "HS512", "RS256", "RS384", "RS512", "ES256"] = "HS256"
-    ttl: Duration = 600.0
-    claims: dict[str, Any] = Field(default_factory=dict)
-    kid: str | None = None
-    cache: bool = True
-
-    @model_validator(mode="after")
-    def _key_fits_algorithm(self) -> JwtSpec:
-        if self.algorithm.startswith("HS"):
-            if self.secret is None or not self.secret.get_secret_value():
-                raise ValueError(f"algorithm {self.algorithm} needs a non-empty secret")
-        elif self.private_key_file is None:
-            raise ValueError(f"algorithm {self.algorithm} needs private_key_file")
-        return self
-
-
-class OAuth2Spec(Strict):
-    """OAuth2 client-credentials grant; the token is cached until shortly before it expires."""
-
-    token_url: str
-    client_id: str
-    client_secret: SecretStr
-    scopes: list[str] = Field(default_factory=list)
-    audience: str | None = None
-    timeout: Duration = 5.0
-
-    @field_validator("token_url")
-    @classmethod
-    def _http_url(cls, v: str) -> str:
-        if urlsplit(v).scheme not in ("http", "https"):
-            raise ValueError(f"token_url must be an http(s) URL, got {v!r}")
-        return v
-
-
-class CredentialSpec(Strict):
-    bearer: BearerSpec | None = None
-    jwt: JwtSpec | None = None
-    oauth2: OAuth2Spec | None = None
-
-    @model_validator(mode="after")
-    def _exactly_one(self) -> CredentialSpec:
-        given = [k for k in ("bearer", "jwt", "oauth2") if getattr(self, k) is not None]
-        if len(given) != 1:
-            raise ValueError("a credential is exactly one of bearer, jwt, oauth2")
-        return self
 
 
 # --- targets ---------------------------------------------------------------------------------

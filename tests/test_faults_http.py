@@ -100,6 +100,16 @@ async def test_https_certificate_faults_are_tls(
     assert_bounded(target, outcome, wall)
 
 
+async def test_stalled_tls_handshake_is_connect_timeout(fault_server) -> None:  # noqa: F811
+    """TCP accepted, TLS ClientHello never answered: no usable connection, so connect_timeout."""
+    plain = fault_server("accept_no_read")
+    target = make_target(plain.url("/").replace("http://", "https://"))
+    outcome, wall = await probe_once(target)
+    assert outcome.failure == Failure.CONNECT_TIMEOUT, outcome.detail
+    assert "TLS" in outcome.detail
+    assert_bounded(target, outcome, wall)
+
+
 async def test_https_controls(fault_server, test_certs) -> None:  # noqa: F811
     """The same CA with a valid leaf succeeds (so the faults above fail for their own reason),
     and an expired certificate with verification off is not a failure."""

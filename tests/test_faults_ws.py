@@ -98,6 +98,15 @@ async def test_wss_certificate_faults_are_tls(
     assert_bounded(target, outcome, wall)
 
 
+async def test_wss_stalled_tls_handshake_is_connect_timeout(fault_server) -> None:  # noqa: F811
+    plain = fault_server("accept_no_read")
+    target = make_target(plain.ws_url("/").replace("ws://", "wss://"), messages=[PING_STEP])
+    outcome, wall = await probe_once(target)
+    assert outcome.failure == Failure.CONNECT_TIMEOUT, outcome.detail
+    assert "TLS" in outcome.detail
+    assert_bounded(target, outcome, wall)
+
+
 async def test_wss_with_trusted_ca_succeeds(fault_server, test_certs) -> None:  # noqa: F811
     """The control for the certificate faults: the same CA and server, a valid leaf."""
     server = fault_server("ws_ok", tls=test_certs.ok.server_context())

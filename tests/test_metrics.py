@@ -213,12 +213,12 @@ def test_counters_exist_before_the_first_probe_and_gauges_after() -> None:
     assert value(s, "probe_failures_total", target="t", failure="refused") == 0
     assert value(s, "probe_results_total", target="t", result="success") == 0
     assert value(s, "probe_success", target="t") is None  # unknown, not "failed"
-    m.record(Outcome.failed("t", "http", Failure.REFUSED, "refused", 0.001), m_target := http_target(
-        "http://127.0.0.1:1/"))
+    target = http_target("http://127.0.0.1:1/")
+    m.record(Outcome.failed("t", "http", Failure.REFUSED, "refused", 0.001), target)
     s = samples(m)
     assert value(s, "probe_success", target="t") == 0
     assert value(s, "probe_failures_total", target="t", failure="refused") == 1
-    ws = m_target.model_copy(update={"url": "ws://127.0.0.1:1/"})  # same name, now a WebSocket
+    ws = target.model_copy(update={"url": "ws://127.0.0.1:1/"})  # same name, now a WebSocket
     m.record(Outcome("t", "websocket", True, 0.01, status_code=101), ws)
     s = samples(m)
     assert value(s, "probe_websocket_status_code", target="t") == 101

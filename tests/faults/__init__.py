@@ -35,6 +35,7 @@ HTTP_EXPECTED: dict[str, str | None] = {
 WS_EXPECTED: dict[str, str | None] = {
     "ws_ok": None,
     "refuse": "refused",
+    "blackhole": "connect_timeout",
     "ws_reject:403": "ws_auth",
     "ws_reject:401": "ws_auth",
     "ws_reject:500": "ws_rejected",
