@@ -27,6 +27,8 @@ from typing import Any, Literal, get_args
 import jwt
 from aiohttp import web
 
+from probe.twin_ws import add_ws_routes
+
 HttpFault = Literal[
     "ok", "starting", "503", "500", "slow", "hang", "drop", "garbage", "degraded", "big"
 ]
@@ -220,9 +222,7 @@ def make_app(state: TwinState | None = None, jwt_secret: str | None = None) -> w
     app.router.add_get("/_twin/state", _get_state)
     app.router.add_post("/_twin/fault", _set_fault)
     app.router.add_post("/_twin/reset", _reset)
-    from probe.twin_ws import add_ws_routes  # not at the top: twin_ws imports this module
-
-    add_ws_routes(app)  # /ws: JWT-checked chat session; follows state_of(app).ws
+    add_ws_routes(app, STATE, verify_bearer)  # /ws: JWT-checked chat session; follows .ws
 
     async def _release_hung(app: web.Application) -> None:
         app[STATE]["release"].set()

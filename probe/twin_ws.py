@@ -19,25 +19,33 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Callable
 from typing import Any
 
 from aiohttp import WSMsgType, web
 
-from probe.twin import STATE, state_of, verify_bearer
-
-WS_CONFIG = web.AppKey("twin_ws_config", dict)  # audience, required_headers, open, peak
+# audience, required_headers, open, peak, and the twin's own state key and token check
+WS_CONFIG = web.AppKey("twin_ws_config", dict)
+Verify = Callable[[web.Request], "dict[str, Any] | None"]
 
 
 def add_ws_routes(
     app: web.Application,
+    state_key: web.AppKey[dict],  # type: ignore[type-arg]
+    verify: Verify,
     path: str = "/ws",
     *,
     audience: str | None = None,
     required_headers: dict[str, str | None] | None = None,
 ) -> None:
-    """Serve the endpoint at `path`. required_headers: name -> exact value, or None for any."""
+    """Serve the endpoint at `path`. required_headers: name -> exact value, or None for any.
+
+    The twin passes its state key and token check in, rather than this module importing them:
+    under `python -m probe.twin` the twin runs as `__main__`, and an import would load a second
+    copy of it whose AppKey is not the one the app was built with.
+    """
     app[WS_CONFIG] = {"audience": audience, "required_headers": dict(required_headers or {}),
-                      "open": 0, "peak": 0}
+                      "open": 0, "peak": 0, "state_key": state_key, "verify": verify}
     app.router.add_get(path, _handle)
 
 
@@ -58,11 +66,17 @@ def ws_sessions(app: web.Application) -> tuple[int, int]:
     return int(cfg["open"]), int(cfg["peak"])
 
 
+def _state(request: web.Request) -> Any:
+    """The twin's current TwinState."""
+    cfg = request.app[WS_CONFIG]
+    return request.app[cfg["state_key"]]["state"]
+
+
 def _refusal(request: web.Request, cfg: dict[str, Any]) -> str | None:
     """Why the upgrade is refused (403), or None. Never echoes a token."""
-    if state_of(request.app).ws == "reject":
+    if _state(request).ws == "reject":
         return "rejected (twin fault)"
-    claims = verify_bearer(request)
+    claims = cfg["verify"](request)
     if claims is None:
         return "missing or invalid token"
     audience = cfg["audience"]
@@ -79,8 +93,8 @@ def _refusal(request: web.Request, cfg: dict[str, Any]) -> str | None:
 
 
 async def _handle(request: web.Request) -> web.StreamResponse:
-    request.app[STATE]["counts"][request.path] += 1
     cfg = request.app[WS_CONFIG]
+    request.app[cfg["state_key"]]["counts"][request.path] += 1
     if (why := _refusal(request, cfg)) is not None:
         return web.json_response({"error": why}, status=403)
     ws = web.WebSocketResponse(heartbeat=None, max_msg_size=1 << 20)
@@ -100,7 +114,7 @@ async def _handle(request: web.Request) -> web.StreamResponse:
 
 async def _answer(request: web.Request, ws: web.WebSocketResponse, text: str) -> bool:
     """Answer one message; False when the session is over (crashed or dropped)."""
-    state = state_of(request.app)
+    state = _state(request)
     if state.ws == "silent":
         return True
     try:
@@ -122,7 +136,8 @@ async def _answer(request: web.Request, ws: web.WebSocketResponse, text: str) ->
         return False
     if kind == "user_message":
         assert isinstance(message, dict)
-        run = f"run-{request.app[STATE]['counts'][request.path]}"
+        counts = request.app[request.app[WS_CONFIG]["state_key"]]["counts"]
+        run = f"run-{counts[request.path]}"
         await ws.send_json({"type": "agent_started", "run_id": run})
         await ws.send_json({"type": "agent_thinking", "run_id": run})
         reply = f"echo: {str(message.get('text', ''))[:200]}"
