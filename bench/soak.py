@@ -15,6 +15,9 @@ What runs where, and why:
   `probe_failures_total{target,failure}` and `probe_results_total`: a faulty target counted
   under any class but its fault's (tests/faults HTTP_EXPECTED / WS_EXPECTED), or succeeding; a
   healthy target failing at all.
+- Every `--reload-every` (default 60 s) the config file is rewritten, alternating between two
+  versions that differ by a tenth of the targets, and `Daemon.reload()` (what SIGHUP calls) is
+  run: removed loops, series and states must not pile up.
 
 Verdict (exit 1 on any): after a warm-up (the first 10% of the run), the mean of the first third
 of samples is compared with the mean of the last third — RSS, fds and tasks must not grow past
@@ -32,6 +35,7 @@ import os
 import re
 import subprocess
 import sys
+import tempfile
 from collections import defaultdict
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -43,7 +47,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 import aiohttp  # noqa: E402
 from faults import HTTP_EXPECTED, WS_EXPECTED  # noqa: E402
 
-from probe.config import Config, parse_duration  # noqa: E402
+from probe.config import Config, load_config, parse_duration  # noqa: E402
 from probe.daemon import Daemon, run_loop  # noqa: E402
 from probe.logging import configure  # noqa: E402
 
@@ -71,9 +75,17 @@ class Sample:
 
 @dataclass
 class Plan:
-    config: Config
-    expected: dict[str, str | None]  # target -> failure class its fault must produce
+    """Two configs the run alternates between on reload: B renames every tenth target of A
+    (so each reload removes some targets and adds as many), the rest stay (`stable`)."""
+
+    docs: tuple[dict[str, Any], dict[str, Any]]
+    expected: dict[str, str | None]  # target (of A or B) -> failure class its fault produces
     fault_of: dict[str, str]
+    stable: set[str]
+
+    @property
+    def config(self) -> Config:
+        return Config.model_validate(self.docs[0])
 
 
 def rss_mb() -> float:
@@ -122,8 +134,10 @@ def plan_targets(n: int, faulty: float, interval: float, timeout: float,
                  ports: dict[str, int]) -> Plan:
     """Alternate HTTP and WebSocket; `faulty` of them cycle through the faults of their kind."""
     targets: list[dict[str, Any]] = []
+    renamed: list[dict[str, Any]] = []
     expected: dict[str, str | None] = {}
     fault_of: dict[str, str] = {}
+    stable: set[str] = set()
     n_faulty = round(n * faulty)
     counts: dict[str, int] = defaultdict(int)
     for i in range(n):
@@ -144,14 +158,18 @@ def plan_targets(n: int, faulty: float, interval: float, timeout: float,
         elif fault == "ok":
             t["expect"] = {"json": {"status": "healthy"}}
         targets.append(t)
-        expected[name] = exp
-        fault_of[name] = fault
-    config = Config.model_validate({
-        "defaults": {"interval": interval, "timeout": timeout},
-        "targets": targets,
-        "concurrency": max(256, n),
-    })
-    return Plan(config, expected, fault_of)
+        expected[name], fault_of[name] = exp, fault
+        if i % 10 == 9:
+            other = {**t, "name": f"{name}-b"}
+            expected[other["name"]], fault_of[other["name"]] = exp, fault
+            renamed.append(other)
+        else:
+            stable.add(name)
+            renamed.append(t)
+    top = {"defaults": {"interval": interval, "timeout": timeout},
+           "concurrency": max(256, n)}
+    return Plan(({**top, "targets": targets}, {**top, "targets": renamed}), expected, fault_of,
+                stable)
 
 
 # --- reading /metrics ------------------------------------------------------------------------
@@ -204,7 +222,10 @@ def lag_p99(before: list[tuple[float, float]], after: list[tuple[float, float]])
 def misclassified(plan: Plan, scrape: Scrape) -> dict[str, dict[str, float]]:
     """target -> {class seen: count} for every result its fault should not have produced."""
     wrong: dict[str, dict[str, float]] = {}
+    present = {name for name, _ in scrape.results}
     for name, exp in plan.expected.items():
+        if name not in present:
+            continue
         bad: dict[str, float] = {}
         if exp is None:
             if n := scrape.results.get((name, "failure"), 0):
@@ -230,12 +251,19 @@ def probes_total(scrape: Scrape) -> int:
 # --- the run ---------------------------------------------------------------------------------
 
 
-async def soak(args: argparse.Namespace, plan: Plan) -> tuple[list[Sample], Scrape, float]:
-    daemon = Daemon(plan.config)
+async def soak(args: argparse.Namespace, plan: Plan, workdir: Path
+               ) -> tuple[list[Sample], Scrape, dict[str, dict[str, float]], float]:
+    """Run the daemon, sample it, reload it now and then; samples, last scrape, worst
+    misclassifications seen (kept across reloads, which drop a removed target's series)."""
+    path = workdir / "soak.yaml"
+    path.write_text(json.dumps(plan.docs[0]))  # JSON is YAML
+    daemon = Daemon(load_config(path), config_path=path)
     url = await daemon.start("127.0.0.1", 0)
     samples: list[Sample] = []
+    worst: dict[str, dict[str, float]] = {}
     loop = asyncio.get_running_loop()
     start = loop.time()
+    reloads = 0
     try:
         async with aiohttp.ClientSession() as http:
 
@@ -251,23 +279,32 @@ async def soak(args: argparse.Namespace, plan: Plan) -> tuple[list[Sample], Scra
                 k += 1
                 await asyncio.sleep(max(0.0, start + k * args.sample_every - loop.time()))
                 cur, scrape_ms = await scrape()
-                wrong = misclassified(plan, cur)
+                for name, bad in misclassified(plan, cur).items():
+                    seen = worst.setdefault(name, {})
+                    for cls, n in bad.items():
+                        seen[cls] = max(seen.get(cls, 0.0), n)
                 lag = lag_p99(prev.lag_buckets, cur.lag_buckets)
                 samples.append(Sample(
                     t=loop.time() - start, rss_mb=rss_mb(), fds=open_fds(),
                     tasks=len(asyncio.all_tasks()),
                     lag_p99_ms=None if lag is None else lag * 1000.0,
-                    probes=probes_total(cur) - probes_total(prev),
-                    misclassified=int(sum(sum(v.values()) for v in wrong.values())),
+                    probes=max(0, probes_total(cur) - probes_total(prev)),
+                    misclassified=int(sum(sum(v.values()) for v in worst.values())),
                     scrape_ms=scrape_ms,
                 ))
                 print(row(samples[-1]), flush=True)
                 prev = cur
                 if loop.time() - start >= args.duration:
                     break
+                if args.reload_every and loop.time() - start >= (reloads + 1) * args.reload_every:
+                    reloads += 1  # what SIGHUP does: re-read the file, apply the difference
+                    path.write_text(json.dumps(plan.docs[reloads % 2]))
+                    if not daemon.reload():
+                        raise SystemExit("reload of a valid config failed")
     finally:
         await daemon.stop()
-    return samples, prev, loop.time() - start
+    print(f"reloads: {reloads}")
+    return samples, prev, worst, loop.time() - start
 
 
 # --- the verdict -----------------------------------------------------------------------------
@@ -287,12 +324,14 @@ def mean(xs: list[float]) -> float:
 
 
 def verdict(args: argparse.Namespace, plan: Plan, samples: list[Sample], final: Scrape,
-            elapsed: float) -> tuple[list[str], dict[str, Any]]:
+            wrong: dict[str, dict[str, float]], elapsed: float
+            ) -> tuple[list[str], dict[str, Any]]:
     problems: list[str] = []
     steady = [s for s in samples if s.t >= 0.1 * args.duration] or samples
     third = max(1, len(steady) // 3)
     first, last = steady[:third], steady[-third:]
-    summary: dict[str, Any] = {"targets": len(plan.config.targets), "elapsed_s": round(elapsed)}
+    summary: dict[str, Any] = {"targets": len(plan.docs[0]["targets"]),
+                               "elapsed_s": round(elapsed)}
     for field, floor, rel in (("rss_mb", args.max_rss_growth_mb, 0.15),
                               ("fds", args.max_fd_growth, 0.10),
                               ("tasks", args.max_task_growth, 0.10)):
@@ -310,16 +349,15 @@ def verdict(args: argparse.Namespace, plan: Plan, samples: list[Sample], final: 
                              "overall_max": max((s.lag_p99_ms or 0.0) for s in samples)}
     if lag_b > max(args.max_lag_ms, 2 * lag_a):
         problems.append(f"scheduler lag p99 rose from {lag_a:.0f}ms to {lag_b:.0f}ms")
-    wrong = misclassified(plan, final)
     summary["misclassified"] = {n: {**v, "fault": plan.fault_of[n]} for n, v in wrong.items()}
     if wrong:
         problems.append(f"{len(wrong)} target(s) misclassified: " + ", ".join(
             f"{n} ({plan.fault_of[n]}: {v})" for n, v in sorted(wrong.items())[:5]))
     interval = plan.config.targets[0].interval
     floor_count = (elapsed / interval) * 0.5
-    starved = {t.name: int(final.results.get((t.name, "success"), 0)
-                           + final.results.get((t.name, "failure"), 0))
-               for t in plan.config.targets}
+    starved = {name: int(final.results.get((name, "success"), 0)
+                         + final.results.get((name, "failure"), 0))
+               for name in plan.stable}
     starved = {n: c for n, c in starved.items() if c < floor_count}
     summary["starved"] = starved
     summary["probes"] = probes_total(final)
@@ -345,6 +383,10 @@ def by_fault(plan: Plan, final: Scrape) -> str:
     return "\n".join(lines)
 
 
+def _off_or_duration(text: str) -> float:
+    return 0.0 if text.strip() in ("0", "off") else parse_duration(text)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--targets", type=int, default=200)
@@ -358,6 +400,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-fd-growth", type=float, default=20.0)
     p.add_argument("--max-task-growth", type=float, default=20.0)
     p.add_argument("--max-lag-ms", type=float, default=250.0)
+    p.add_argument("--reload-every", type=_off_or_duration, default=60.0,
+                   help="re-read a changed config this often, as SIGHUP does (0: never)")
     p.add_argument("--json", type=Path, default=None, help="also write the summary here")
     args = p.parse_args(argv)
     if args.sample_every is None:
@@ -377,10 +421,12 @@ def main(argv: list[str] | None = None) -> int:
               f"interval {args.interval:g}s, timeout {args.timeout:g}s, for {args.duration:g}s; "
               f"fault servers in pid {proc.pid}", flush=True)
         print(HEADER, flush=True)
-        samples, final, elapsed = run_loop(soak(args, plan))
+        with tempfile.TemporaryDirectory() as tmp:
+            samples, final, worst, elapsed = run_loop(  # type: ignore[call-overload]
+                soak(args, plan, Path(tmp)))
     finally:
         stop_servers(proc)
-    problems, summary = verdict(args, plan, samples, final, elapsed)
+    problems, summary = verdict(args, plan, samples, final, worst, elapsed)
     print()
     print(by_fault(plan, final))
     print()

@@ -9,11 +9,18 @@ one is named correctly on /readyz and /metrics.
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
+import socket
+import subprocess
+import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
+import yaml
 from faults import HTTP_EXPECTED, WS_EXPECTED
 from faults.fixtures import (  # noqa: F401  (fixtures are used by name)
     PING_STEP,
@@ -242,3 +249,55 @@ async def test_failing_token_endpoint_is_credential_on_time(
     assert secret not in outcome.detail and "SSH" not in outcome.detail
     assert_bounded(cfg.targets[0], outcome, wall)
     assert backend.accepted == 0
+
+
+async def test_sigterm_with_probes_stuck_in_faults_exits_clean(
+    fault_server, tmp_path: Path  # noqa: F811
+) -> None:
+    """`probe run` with every probe stuck in a fault (a 50 MB body, a drip, silence, a 20 MB
+    WebSocket message, a stalled TLS handshake): SIGTERM still exits 0 within 5 s, without a
+    traceback, and only after the probes were really in flight."""
+    faults = {"drip": "http", "no_answer": "http", "big_body": "http", "stall_body": "http",
+              "accept_no_read": "https", "ws_silent": "ws", "ws_big": "ws",
+              "ws_no_upgrade": "ws"}
+    servers = {f: fault_server(f) for f in faults}
+    targets = []
+    for f, scheme in faults.items():
+        url = servers[f].url("/") if scheme != "ws" else servers[f].ws_url("/")
+        url = url.replace("http://", "https://") if scheme == "https" else url
+        t: dict[str, Any] = {"name": f.replace(":", "-"), "url": url, "timeout": "20s",
+                             "interval": "30s", "body_limit": 100 * 1024 * 1024}
+        if scheme == "ws":
+            t["messages"] = [{**PING_STEP, "timeout": "20s"}]
+        targets.append(t)
+    cfg = tmp_path / "probe.yaml"
+    cfg.write_text(yaml.safe_dump({"targets": targets}))
+    err = tmp_path / "stderr.log"
+    proc = _spawn_probe_run(cfg, err)
+    try:
+        await wait_until(lambda: all(s.accepted for s in servers.values()), 20,
+                         "every faulty target has a probe in flight")
+        proc.send_signal(signal.SIGTERM)
+        t0 = time.monotonic()
+        await wait_until(lambda: proc.poll() is not None, 5, "exit after SIGTERM")
+        took = time.monotonic() - t0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+    log = err.read_text(errors="replace")
+    assert proc.returncode == 0, log
+    assert took < 5.0
+    assert "Traceback" not in log, log
+
+
+def _spawn_probe_run(cfg: Path, err: Path) -> subprocess.Popen[bytes]:
+    """`probe run` on a free loopback port, its stderr in a file (a full pipe would block it)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "PROBE_LISTEN": f"127.0.0.1:{port}", "PROBE_LOG_FORMAT": "json"}
+    env.pop("PORT", None)
+    with open(err, "wb") as err_file:  # the child keeps its own copy of the descriptor
+        return subprocess.Popen([sys.executable, "-m", "probe", "run", "-c", str(cfg)],
+                                stdout=subprocess.DEVNULL, stderr=err_file, env=env)
