@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import math
 import os
 import re
 import shutil
@@ -19,6 +20,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -54,6 +56,26 @@ def cpu_seconds(pid: int) -> float:
     stat = Path(f"/proc/{pid}/stat").read_text()
     fields = stat[stat.rindex(")") + 2 :].split()
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def runq_wait(pid: int) -> float:
+    """Seconds the process's threads spent runnable but waiting for a CPU (/proc schedstat).
+
+    Over a window, a large share means something else was using the CPU the prober wanted:
+    the figures of that window are not the prober's alone.
+    """
+    waited = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            waited += int((task / "schedstat").read_text().split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+    return waited / 1e9
+
+
+def other_load() -> float:
+    """The 1-minute load average, to warn when the machine is busy with something else."""
+    return float(Path("/proc/loadavg").read_text().split()[0])
 
 
 def rss_bytes(pid: int) -> int:
@@ -113,13 +135,13 @@ class Procs:
         shutil.rmtree(self.tmp, ignore_errors=True)
 
     def start(
-        self, argv: Sequence[str], name: str, cpu: str | None = None, env: dict[str, str] | None = None,
-        stdout: int | None = None,
+        self, argv: Sequence[str], name: str, cpu: str | None = None,
+        env: dict[str, str] | None = None, stdout: int | None = None,
     ) -> subprocess.Popen[bytes]:
         """Start argv (pinned to CPU list `cpu` with taskset when given), output to a log file."""
         if cpu is not None and shutil.which("taskset"):
             argv = ["taskset", "-c", cpu, *argv]
-        log = open(self.tmp / f"{name}.log", "ab")  # noqa: SIM115 - lives as long as the process
+        log = open(self.tmp / f"{name}.log", "ab")
         p = subprocess.Popen(
             list(argv), stdout=stdout if stdout is not None else log, stderr=log,
             env={**os.environ, **(env or {})}, cwd=ROOT, start_new_session=True,
@@ -314,6 +336,42 @@ def share_at_most(bound: float, before: dict[float, float], after: dict[float, f
     return (after[edge] - before.get(edge, 0.0)) / n
 
 
+# --- server-side arrival log ---
+
+
+def arrivals(log: Path, t_from: float, t_to: float) -> dict[str, list[float]]:
+    """Per path, the arrival times a server logged (`epoch path` lines) in [t_from, t_to)."""
+    out: dict[str, list[float]] = defaultdict(list)
+    if not log.exists():
+        return out
+    for line in log.read_text().splitlines():
+        ts, _, path = line.partition(" ")
+        try:
+            t = float(ts)
+        except ValueError:
+            continue
+        if t_from <= t < t_to:
+            out[path].append(t)
+    return out
+
+
+def external_lag(arr: dict[str, list[float]], interval: float) -> list[float]:
+    """Start lag seen from the server: each arrival against its target's least-late one.
+
+    Arrival k of a target should come k intervals after its schedule's origin, estimated as
+    the least-late arrival; lag = how much later each came (a lag every probe of a target
+    shares is invisible; the scheduler's start jitter makes one unlikely).
+    """
+    lags: list[float] = []
+    for times in arr.values():
+        times.sort()
+        first = times[0]
+        slots = [round((t - first) / interval) for t in times]
+        origin = min(t - k * interval for t, k in zip(times, slots, strict=True))
+        lags += [t - k * interval - origin for t, k in zip(times, slots, strict=True)]
+    return lags
+
+
 # --- statistics and output -------------------------------------------------------------------
 
 
@@ -322,7 +380,7 @@ def pct(values: Sequence[float], q: float) -> float:
     if not values:
         return float("nan")
     s = sorted(values)
-    k = max(0, min(len(s) - 1, int(round(q / 100 * len(s) + 0.5)) - 1))
+    k = max(0, min(len(s) - 1, math.ceil(q / 100 * len(s)) - 1))
     return s[k]
 
 
@@ -361,11 +419,13 @@ def run_load(procs: Procs, mode: str, urls: Path, args: Sequence[str], window: f
         out, _ = p.communicate(timeout=warmup + window + 90)
     except subprocess.TimeoutExpired:
         procs.stop(p)
-        raise RuntimeError(f"{mode} load did not finish; log:\n{procs.log(f'load-{mode}')[-2000:]}")
+        log = procs.log(f"load-{mode}")[-2000:]
+        raise RuntimeError(f"{mode} load did not finish; log:\n{log}") from None
     procs.stop(p)
     lines = [ln for ln in out.decode().splitlines() if ln.startswith("{")]
     if not lines:
-        raise RuntimeError(f"{mode} load printed no result; log:\n{procs.log(f'load-{mode}')[-2000:]}")
+        log = procs.log(f"load-{mode}")[-2000:]
+        raise RuntimeError(f"{mode} load printed no result; log:\n{log}")
     return json.loads(lines[-1])
 
 

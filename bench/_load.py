@@ -25,7 +25,7 @@ from pathlib import Path
 from urllib.parse import quote
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import cpu_seconds, pct  # noqa: E402
+from _common import cpu_seconds, pct
 
 Probe = Callable[[int], Awaitable[float | None]]  # slot index -> recorded duration or None
 
@@ -33,6 +33,7 @@ Probe = Callable[[int], Awaitable[float | None]]  # slot index -> recorded durat
 async def drive(urls: list[str], probe: Probe, args: argparse.Namespace, pid: int) -> dict:
     n = len(urls)
     gap = args.interval / n
+    wall = time.time() - time.monotonic()
     t_start = time.monotonic() + 0.2
     t_win = t_start + args.warmup
     t_end = t_win + args.window
@@ -59,7 +60,7 @@ async def drive(urls: list[str], probe: Probe, args: argparse.Namespace, pid: in
             try:
                 rec = await asyncio.wait_for(probe(slot), args.timeout)
                 ok = True
-            except Exception as exc:  # noqa: BLE001 - a baseline counts any failure the same way
+            except Exception as exc:
                 ok, rec = False, None
                 if state["errors"] < 3:
                     print(f"probe error: {exc!r}", file=sys.stderr)
@@ -92,6 +93,7 @@ async def drive(urls: list[str], probe: Probe, args: argparse.Namespace, pid: in
         "probes": state["probes"], "errors": state["errors"], "window": args.window,
         "cpu": cpu1 - cpu0[0], "self_cpu_total": cpu_seconds(os.getpid()),
         "lag_p50": pct(lags, 50), "lag_p99": pct(lags, 99), "recorded": recorded,
+        "epoch_window": [t_win + wall, t_end + wall],
     }
 
 

@@ -2,7 +2,7 @@
 
     python bench/_servers.py http --port P           200 "ok" (aiohttp; nginx is preferred)
     python bench/_servers.py slow --port P [--delay]  answers after exactly `delay` seconds
-    python bench/_servers.py ws --port P --secret-env VAR   JWT-checked WebSocket ping -> pong
+    python bench/_servers.py ws --port P --secret-env VAR [--log F]  JWT WebSocket ping -> pong
 
 The slow server uses a thread per connection and time.sleep (clock_nanosleep), not an event
 loop timer: a loop timer can fire a millisecond late, which is the very error being measured.
@@ -88,12 +88,16 @@ def run_slow(port: int, delay: float) -> None:
     sys.stdout.flush()
 
 
-def run_ws(port: int, secret: str) -> None:
+def run_ws(port: int, secret: str, log: str | None) -> None:
     import jwt
     from websockets.asyncio.server import ServerConnection, serve
     from websockets.http11 import Request, Response
 
+    seen: list[str] = []
+
     def check_token(conn: ServerConnection, request: Request) -> Response | None:
+        if log is not None:
+            seen.append(f"{time.time():.4f} {request.path}\n")
         auth = request.headers.get("Authorization", "")
         try:
             jwt.decode(auth.removeprefix("Bearer "), secret, algorithms=["HS256"],
@@ -111,12 +115,26 @@ def run_ws(port: int, secret: str) -> None:
             if kind == "ping":
                 await ws.send('{"type":"pong"}')
 
+    def flush() -> None:
+        if log is not None and seen:
+            with open(log, "a") as f:
+                f.writelines(seen)
+            seen.clear()
+
+    async def flusher() -> None:
+        while True:  # like nginx's buffered access log: written once a second
+            await asyncio.sleep(1.0)
+            flush()
+
     async def main() -> None:
         stop = asyncio.get_running_loop().create_future()
         asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set_result, None)
+        task = asyncio.create_task(flusher())
         async with serve(handler, "127.0.0.1", port, process_request=check_token,
                          compression=None, ping_interval=None, backlog=4096):
             await stop
+        task.cancel()
+        flush()
 
     _uvloop()
     asyncio.run(main())
@@ -136,13 +154,14 @@ def main() -> None:
     p.add_argument("--port", type=int, required=True)
     p.add_argument("--delay", type=float, default=0.05)
     p.add_argument("--secret-env", default="BENCH_JWT_SECRET")
+    p.add_argument("--log", default=None, help="ws: append `epoch path` per upgrade here")
     a = p.parse_args()
     if a.kind == "http":
         run_http(a.port)
     elif a.kind == "slow":
         run_slow(a.port, a.delay)
     else:
-        run_ws(a.port, os.environ[a.secret_env])
+        run_ws(a.port, os.environ[a.secret_env], a.log)
 
 
 if __name__ == "__main__":

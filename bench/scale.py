@@ -25,16 +25,17 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from collections import defaultdict
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import (  # noqa: E402
+from _common import (
     Procs,
+    arrivals,
     buckets,
     cpu_seconds,
     daemon,
     emit,
+    external_lag,
     fmt,
     http_target,
     machine,
@@ -51,33 +52,6 @@ from _common import (  # noqa: E402
 LAG_GOAL = 0.050
 DONE_GOAL = 0.97
 PREFIXES = ("probe_scheduler_lag_seconds", "probe_results_total")
-
-
-def arrivals(log: Path, t_from: float, t_to: float) -> dict[str, list[float]]:
-    """Per path, the arrival times nginx logged; those in [t_from, t_to) (epoch seconds)."""
-    out: dict[str, list[float]] = defaultdict(list)
-    if not log.exists():
-        return out
-    for line in log.read_text().splitlines():
-        ts, _, path = line.partition(" ")
-        try:
-            t = float(ts)
-        except ValueError:
-            continue
-        if t_from <= t < t_to:
-            out[path].append(t)
-    return out
-
-
-def external_lag(arr: dict[str, list[float]], interval: float) -> list[float]:
-    lags: list[float] = []
-    for times in arr.values():
-        times.sort()
-        first = times[0]
-        slots = [round((t - first) / interval) for t in times]
-        origin = min(t - k * interval for t, k in zip(times, slots, strict=True))
-        lags += [t - k * interval - origin for t, k in zip(times, slots, strict=True)]
-    return lags
 
 
 def step(procs: Procs, port: int, log: Path, n: int, a: argparse.Namespace) -> dict:

@@ -103,7 +103,8 @@ class Daemon:
         shown = "127.0.0.1" if host in ("0.0.0.0", "") else host
         self.url = f"http://{f'[{shown}]' if ':' in shown else shown}:{bound}"
         await self.scheduler.start()
-        log.info("stageprobe started", version=__version__, listen=f"{host}:{bound}",
+        loop = type(asyncio.get_running_loop()).__module__.partition(".")[0]
+        log.info("stageprobe started", version=__version__, listen=f"{host}:{bound}", loop=loop,
                  targets=len(self.config.targets),
                  config=str(self.config_path) if self.config_path else None)
         return self.url

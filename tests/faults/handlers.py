@@ -132,6 +132,23 @@ async def garbage(c: Conn) -> None:
     await c.until_eof()
 
 
+async def header_flood(c: Conn) -> None:
+    """A status line, then header lines without end (bounded here at 16 MB); `header_flood:long`
+    sends one header line that never ends instead."""
+    req = await read_request(c.reader)
+    head = b"HTTP/1.1 101 Switching Protocols\r\n" if req and req.is_upgrade else (
+        b"HTTP/1.1 200 OK\r\n")
+    await c.send(head)
+    if c.arg == "long":
+        await c.send(b"X-Long: ")
+        line = b"a" * CHUNK
+    else:
+        line = b"".join(b"X-Pad-%d: %s\r\n" % (i, b"p" * 40) for i in range(1000))
+    for _ in range(16 * 1024 * 1024 // len(line)):
+        await c.send(line)
+    await c.until_eof()
+
+
 async def bad_chunk(c: Conn) -> None:
     """A chunked body whose chunk-size line is not hex: broken framing, not a cut connection."""
     await read_request(c.reader)
@@ -286,7 +303,7 @@ async def ws_no_upgrade(c: Conn) -> None:
 FAULTS: dict[str, Handler] = {
     "ok": ok, "status": status, "accept_no_read": accept_no_read, "no_answer": no_answer,
     "stall_body": stall_body, "drip": drip, "big_body": big_body, "garbage": garbage,
-    "bad_chunk": bad_chunk,
+    "bad_chunk": bad_chunk, "header_flood": header_flood,
     "reset": reset, "redirect_loop": redirect_loop,
     "ws_ok": ws_ok, "ws_reject": ws_reject, "ws_garbage": ws_garbage, "ws_big": ws_big,
     "ws_close": ws_close, "ws_drop": ws_drop, "ws_silent": ws_silent,
