@@ -42,6 +42,7 @@ from _common import (
     nginx,
     pct,
     rss_bytes,
+    runq_wait,
     scrape,
     share_at_most,
     table,
@@ -63,12 +64,12 @@ def step(procs: Procs, port: int, log: Path, n: int, a: argparse.Namespace) -> d
     try:
         time.sleep(a.warmup)
         # Phase A: nobody scrapes.
-        a0, ca0 = time.time(), cpu_seconds(pid)
+        a0, ca0, qa0 = time.time(), cpu_seconds(pid), runq_wait(pid)
         time.sleep(a.quiet)
-        a1, ca1 = time.time(), cpu_seconds(pid)
+        a1, ca1, qa1 = time.time(), cpu_seconds(pid), runq_wait(pid)
         # Phase B: scraped like Prometheus would.
         s0 = scrape(dport, PREFIXES)
-        b0, cb0 = time.time(), cpu_seconds(pid)
+        b0, cb0, qb0 = time.time(), cpu_seconds(pid), runq_wait(pid)
         deadline = b0 + a.scraped
         nxt = b0 + a.scrape_every
         while nxt < deadline - 1:
@@ -76,7 +77,7 @@ def step(procs: Procs, port: int, log: Path, n: int, a: argparse.Namespace) -> d
             scrape(dport, PREFIXES)
             nxt += a.scrape_every
         time.sleep(max(0.0, deadline - time.time()))
-        b1, cb1 = time.time(), cpu_seconds(pid)
+        b1, cb1, qb1 = time.time(), cpu_seconds(pid), runq_wait(pid)
         s1 = scrape(dport, PREFIXES)
         rss = rss_bytes(pid)
     finally:
@@ -92,9 +93,9 @@ def step(procs: Procs, port: int, log: Path, n: int, a: argparse.Namespace) -> d
     res = {
         "targets": n, "rss": rss,
         "a_lag_p50": pct(lag_a, 50), "a_lag_p99": pct(lag_a, 99), "a_done": done_a,
-        "a_cpu": (ca1 - ca0) / (a1 - a0),
+        "a_cpu": (ca1 - ca0) / (a1 - a0), "a_wait": (qa1 - qa0) / (a1 - a0),
         "b_lag_p99_ext": pct(lag_b, 99), "b_within_50ms": within, "b_done": done_b,
-        "b_cpu": (cb1 - cb0) / (b1 - b0),
+        "b_cpu": (cb1 - cb0) / (b1 - b0), "b_wait": (qb1 - qb0) / (b1 - b0),
     }
     res["a_ok"] = res["a_lag_p99"] < LAG_GOAL and done_a >= DONE_GOAL
     res["b_ok"] = within >= 0.99 and done_b >= DONE_GOAL
@@ -132,7 +133,8 @@ def main() -> None:
             results.append(r)
             print(f"  {n} targets: A lag p99 {fmt(r['a_lag_p99'] * 1000, 1)} ms, "
                   f"B within 50ms {fmt(r['b_within_50ms'] * 100, 2)}%, "
-                  f"CPU {fmt(r['a_cpu'] * 100, 0)}%/{fmt(r['b_cpu'] * 100, 0)}%", flush=True)
+                  f"CPU {fmt(r['a_cpu'] * 100, 0)}%/{fmt(r['b_cpu'] * 100, 0)}%, waiting for "
+                  f"the CPU {fmt(r['a_wait'] * 100, 0)}%/{fmt(r['b_wait'] * 100, 0)}%", flush=True)
             if not (r["a_ok"] or r["b_ok"]):
                 break
     rows = []

@@ -18,6 +18,9 @@ What runs where, and why:
 - Every `--reload-every` (default 60 s) the config file is rewritten, alternating between two
   versions that differ by a tenth of the targets, and `Daemon.reload()` (what SIGHUP calls) is
   run: removed loops, series and states must not pile up.
+- The status page's history is bounded by config (default 1000 results or 1 h per target); the
+  soak keeps `--history 10` results so that it is full by the end of the warm-up: growth after
+  that is a leak, not a buffer filling up (pass --history 1000 to soak the default).
 
 Verdict (exit 1 on any): after a warm-up (the first 10% of the run), the mean of the first third
 of samples is compared with the mean of the last third — RSS, fds and tasks must not grow past
@@ -132,7 +135,7 @@ def stop_servers(proc: subprocess.Popen[str]) -> None:
 
 
 def plan_targets(n: int, faulty: float, interval: float, timeout: float,
-                 ports: dict[str, int]) -> Plan:
+                 ports: dict[str, int], history: int = 1000) -> Plan:
     """Alternate HTTP and WebSocket; `faulty` of them cycle through the faults of their kind."""
     targets: list[dict[str, Any]] = []
     renamed: list[dict[str, Any]] = []
@@ -168,7 +171,7 @@ def plan_targets(n: int, faulty: float, interval: float, timeout: float,
             stable.add(name)
             renamed.append(t)
     top = {"defaults": {"interval": interval, "timeout": timeout},
-           "concurrency": max(256, n)}
+           "concurrency": max(256, n), "history": {"results": history}}
     return Plan(({**top, "targets": targets}, {**top, "targets": renamed}), expected, fault_of,
                 stable)
 
@@ -327,6 +330,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-fd-growth", type=float, default=20.0)
     p.add_argument("--max-task-growth", type=float, default=20.0)
     p.add_argument("--max-lag-ms", type=float, default=250.0)
+    p.add_argument("--history", type=int, default=10,
+                   help="results kept per target for the status page (the daemon's default is "
+                        "1000): small, so that the buffers are full by the end of the warm-up and "
+                        "any later growth is a leak, not history filling up")
     p.add_argument("--reload-every", type=_off_or_duration, default=60.0,
                    help="re-read a changed config this often, as SIGHUP does (0: never)")
     p.add_argument("--json", type=Path, default=None, help="also write the summary here")
@@ -339,7 +346,8 @@ def main(argv: list[str] | None = None) -> int:
     faults = sorted({"ok", "ws_ok", *HTTP_FAULTS, *WS_FAULTS})
     proc, ports = start_servers(faults)
     try:
-        plan = plan_targets(args.targets, args.faulty, args.interval, args.timeout, ports)
+        plan = plan_targets(args.targets, args.faulty, args.interval, args.timeout, ports,
+                            args.history)
         kinds = defaultdict(int)
         for t in plan.config.targets:
             kinds[t.kind] += 1

@@ -111,9 +111,9 @@ class Daemon:
 
     def request_stop(self, reason: str = "signal") -> None:
         if not self._stopping.is_set():
-            log.info("draining", reason=reason)
             self.runtime.draining = True
             self._stopping.set()
+            log.info("draining", reason=reason)
 
     async def wait_stopped(self) -> None:
         await self._stopping.wait()

@@ -66,6 +66,28 @@ def _severity(_: Any, method: str, event: dict[str, Any]) -> dict[str, Any]:
     return event
 
 
+class _SafePrintLogger(structlog.PrintLogger):
+    """A PrintLogger that never raises: a closed or broken stderr (a pipe whose reader went away)
+    must not turn a log call into an exception in a signal handler or a probe loop."""
+
+    def msg(self, message: str) -> None:
+        try:
+            super().msg(message)
+        except (OSError, ValueError):
+            pass
+
+    log = debug = info = warn = warning = msg
+    fatal = failure = err = error = critical = exception = msg
+
+
+class _SafePrintLoggerFactory:
+    def __init__(self, file: TextIO) -> None:
+        self._file = file
+
+    def __call__(self, *args: Any) -> _SafePrintLogger:
+        return _SafePrintLogger(self._file)
+
+
 def choose_format(explicit: str | None = None, stream: TextIO | None = None) -> str:
     """PROBE_LOG_FORMAT when set, else console on a terminal and JSON everywhere else."""
     fmt = explicit or os.environ.get("PROBE_LOG_FORMAT", "").strip().lower()
@@ -99,7 +121,7 @@ def configure(fmt: str | None = None, level: str = "info", stream: TextIO | None
     structlog.configure(
         processors=[*shared, *tail],
         wrapper_class=structlog.make_filtering_bound_logger(numeric),
-        logger_factory=structlog.PrintLoggerFactory(file=stream),
+        logger_factory=_SafePrintLoggerFactory(stream),
         cache_logger_on_first_use=False,
     )
     handler = logging.StreamHandler(stream)

@@ -433,3 +433,31 @@ async def test_demo_runs_from_anywhere_and_becomes_ready(
         if proc.returncode is None:
             proc.kill()
             await proc.wait()
+
+
+async def test_a_closed_stderr_does_not_stop_the_daemon_from_stopping(
+    twin: Twin, http: aiohttp.ClientSession, tmp_path: Path
+) -> None:
+    """`probe run ... 2>&1 | head -1`: once the reader is gone every log write fails (EPIPE);
+    logging must swallow that, or SIGTERM's handler would die on its own log line."""
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(yaml.safe_dump({"targets": [
+        {"name": "h", "url": f"{twin.url}/health", "interval": "200ms", "timeout": "200ms"}]}))
+    port = free_port()
+    env = {**os.environ, "PROBE_LISTEN": f"127.0.0.1:{port}", "PROBE_LOG_FORMAT": "json"}
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "probe", "run", "-c", str(cfg), stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE, env=env)
+    assert proc.stderr is not None
+    try:
+        assert b"stageprobe started" in await asyncio.wait_for(proc.stderr.readline(), 30)
+        proc._transport.get_pipe_transport(2).close()  # type: ignore[attr-defined]
+        await until(lambda: asyncio.sleep(0, twin.requests("/health") >= 3), "probes")
+        async with http.get(f"http://127.0.0.1:{port}/livez") as r:
+            assert r.status == 200
+        proc.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(proc.wait(), 5) == 0
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()

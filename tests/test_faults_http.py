@@ -301,3 +301,29 @@ def _spawn_probe_run(cfg: Path, err: Path) -> subprocess.Popen[bytes]:
     with open(err, "wb") as err_file:  # the child keeps its own copy of the descriptor
         return subprocess.Popen([sys.executable, "-m", "probe", "run", "-c", str(cfg)],
                                 stdout=subprocess.DEVNULL, stderr=err_file, env=env)
+
+
+async def test_unexpected_error_in_http_check_is_protocol_logged_once(
+    fault_server, monkeypatch: pytest.MonkeyPatch  # noqa: F811
+) -> None:
+    """A bug inside the check (forced here: evaluating the answer raises) is not a crash and
+    not a dead loop: the probe is `protocol` naming the exception, and the traceback is logged
+    once per target, not once per probe."""
+    import structlog.testing
+
+    import probe.checks._http_classify as http_classify
+    import probe.checks.http as http_check
+
+    def broken(*_args: Any, **_kwargs: Any) -> Any:
+        raise RuntimeError("forced bug in evaluate")
+
+    monkeypatch.setattr(http_check, "evaluate", broken)
+    monkeypatch.setattr(http_classify, "_LOGGED", set())
+    target = make_target(fault_server("ok").url("/health"))
+    with structlog.testing.capture_logs() as logs:
+        outcomes = [(await probe_once(target))[0] for _ in range(3)]
+    assert all(o.failure == Failure.PROTOCOL for o in outcomes)
+    assert "RuntimeError" in outcomes[0].detail
+    errors = [e for e in logs if e.get("log_level") == "error"]
+    assert len(errors) == 1, logs
+    assert errors[0]["target"] == "t" and isinstance(errors[0]["exc_info"], RuntimeError)

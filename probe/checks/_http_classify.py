@@ -13,11 +13,14 @@ import errno
 import re
 
 import aiohttp
+import structlog
 from aiohttp import http_exceptions as hx
 
 from probe.checks._http_expect import clip
 from probe.config import Target
 from probe.outcome import Failure
+
+log = structlog.get_logger("probe.checks.http")
 
 
 class Progress:
@@ -133,7 +136,22 @@ def classify(exc: Exception, probe: Progress, target: Target) -> tuple[Failure, 
         return Failure.DISCONNECTED, f"connection error {_when(probe)}: {os_text(exc)}"
     if isinstance(exc, aiohttp.ClientConnectionError):
         return Failure.DISCONNECTED, f"connection lost {_when(probe)}: {clip(str(exc))}"
+    _log_unexpected(exc, target)
     return Failure.PROTOCOL, clip(f"{type(exc).__name__}: {exc}", 160)
+
+
+_LOGGED: set[tuple[str, str]] = set()  # (target, exception type) already logged; bounded below
+
+
+def _log_unexpected(exc: Exception, target: Target) -> None:
+    """An exception no rule above names is most likely a bug here, not the target's doing: log
+    it with its traceback, once per target and exception type, so it is seen but never floods."""
+    key = (target.name, type(exc).__name__)
+    if key in _LOGGED or len(_LOGGED) >= 1024:
+        return
+    _LOGGED.add(key)
+    log.error("unexpected error in the http check, classified protocol", target=target.name,
+              exc_info=exc)
 
 
 _URL_QUERY = re.compile(r"((?:https?|wss?)://[^\s?#'\"]*)[?#][^\s'\"]*")
