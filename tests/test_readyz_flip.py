@@ -1,0 +1,143 @@
+"""/readyz and `probe gate URL` against a real daemon probing the twin, through a break and a heal.
+
+DESIGN.md promises: /readyz goes 503 within failure_threshold x interval (plus one timeout) after
+a critical target breaks, and back to 200 within success_threshold x interval after it heals —
+and never sooner than the thresholds allow (hysteresis is the point: one blip must not flip CI).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import sys
+import time
+from collections.abc import AsyncIterator
+
+import aiohttp
+import pytest
+
+from probe.config import parse_config
+from probe.daemon import Daemon
+from probe.twin import Twin
+
+INTERVAL, TIMEOUT = 0.4, 0.3
+SUCCESS_THRESHOLD, FAILURE_THRESHOLD = 2, 3
+SLACK = 1.5  # scheduling and polling slack on a busy 2-core CI machine
+
+
+def refused_port() -> int:
+    """A loopback port with nothing listening (bound, then closed)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture
+async def setup() -> AsyncIterator[tuple[Twin, Daemon]]:
+    twin = Twin(version="build-7")
+    await twin.start()
+    config = parse_config(
+        f"""
+defaults: {{interval: {INTERVAL}s, timeout: {TIMEOUT}s,
+            success_threshold: {SUCCESS_THRESHOLD}, failure_threshold: {FAILURE_THRESHOLD}}}
+targets:
+  - {{name: backend-health, url: "{twin.url}/health", expect: {{json: {{status: healthy}}}},
+      version_path: version}}
+  - {{name: optional-api, url: "http://127.0.0.1:{refused_port()}/", critical: false}}
+""",
+        env={},
+    )
+    daemon = Daemon(config)
+    await daemon.start("127.0.0.1", 0)
+    yield twin, daemon
+    await daemon.stop()
+    await twin.stop()
+
+
+async def readyz(url: str) -> tuple[int, dict[str, object]]:
+    async with aiohttp.ClientSession() as http, http.get(f"{url}/readyz") as resp:
+        return resp.status, await resp.json()
+
+
+async def wait_for_status(url: str, want: int, within: float) -> tuple[float, dict[str, object]]:
+    """Seconds until /readyz answers `want` (polled every 20 ms), and that answer's body."""
+    start = time.monotonic()
+    while True:
+        status, body = await readyz(url)
+        elapsed = time.monotonic() - start
+        if status == want:
+            return elapsed, body
+        assert elapsed < within, f"/readyz still {status} after {within:.1f}s: {body}"
+        await asyncio.sleep(0.02)
+
+
+async def gate(*argv: str) -> tuple[int, str]:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "probe", "gate", *argv,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )
+    out, _ = await asyncio.wait_for(proc.communicate(), 30)
+    return int(proc.returncode or 0), out.decode()
+
+
+async def test_readyz_flips_within_the_thresholds_and_not_sooner(
+    setup: tuple[Twin, Daemon],
+) -> None:
+    twin, daemon = setup
+    await wait_for_status(daemon.url, 200, within=10)
+
+    before = twin.requests("/health")
+    twin.set_fault(health="503")
+    elapsed, body = await wait_for_status(
+        daemon.url, 503, within=FAILURE_THRESHOLD * INTERVAL + TIMEOUT + SLACK
+    )
+    failing_probes = twin.requests("/health") - before
+    assert failing_probes >= FAILURE_THRESHOLD, (
+        f"flipped after {failing_probes} failed probe(s): hysteresis ignored"
+    )
+    [target] = [t for t in body["targets"] if t["name"] == "backend-health"]  # type: ignore[union-attr]
+    assert target["failure"] == "http_status" and "503" in target["detail"], target
+    assert elapsed <= FAILURE_THRESHOLD * INTERVAL + TIMEOUT + SLACK
+
+    before = twin.requests("/health")
+    twin.set_fault(health="ok")
+    elapsed, body = await wait_for_status(
+        daemon.url, 200, within=SUCCESS_THRESHOLD * INTERVAL + SLACK
+    )
+    assert twin.requests("/health") - before >= SUCCESS_THRESHOLD
+    assert body["ready"] is True
+
+
+async def test_non_critical_target_does_not_block_the_gate(setup: tuple[Twin, Daemon]) -> None:
+    _, daemon = setup
+    # The optional target is refused from the start and goes failing; the gate opens anyway.
+    await wait_for_status(daemon.url, 200, within=10)
+    deadline = time.monotonic() + 10
+    while True:
+        status, body = await readyz(daemon.url)
+        assert status == 200, body
+        [api] = [t for t in body["targets"] if t["name"] == "optional-api"]  # type: ignore[union-attr]
+        if api["state"] == "failing":
+            assert api["failure"] == "refused" and body["ready"] is True, body
+            break
+        assert time.monotonic() < deadline, body
+        await asyncio.sleep(0.05)
+
+
+async def test_probe_gate_against_the_real_daemon(setup: tuple[Twin, Daemon]) -> None:
+    twin, daemon = setup
+    code, out = await gate(daemon.url, "--wait", "10s", "--format", "json")
+    assert code == 0, out
+    assert json.loads(out)["ready"] is True
+
+    twin.set_fault(health="503")
+    await wait_for_status(daemon.url, 503, within=10)
+    code, out = await gate(daemon.url)
+    assert code == 1
+    assert "backend-health" in out and "http_status" in out and "503" in out, out
+
+    # --wait rides out the outage and reports ready once the twin heals.
+    twin.set_fault(health="ok")
+    code, out = await gate(daemon.url, "--wait", "20s")
+    assert code == 0, out
