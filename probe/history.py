@@ -17,25 +17,15 @@ from __future__ import annotations
 import math
 from array import array
 from collections import deque
-from typing import Any, Protocol
+from typing import Any
 
 from probe.outcome import Failure, Outcome
+from probe.readiness import Transition
 
 MEASURES = ("total", "handshake", "rtt", "ttfb")
 _FAILURES = list(Failure)
 _INDEX = {f: i for i, f in enumerate(_FAILURES)}
 _DETAIL_MAX = 300  # details are one-liners; cap what a misbehaving peer makes us hold
-
-
-class TransitionLike(Protocol):
-    """What readiness.Transition provides (kept structural so history does not import readiness)."""
-
-    target: str
-    old: str
-    new: str
-    failure: Any
-    detail: str
-    at: float
 
 
 class _Results:
@@ -162,7 +152,7 @@ class History:
         self._latest[name] = latest
         res.trim(self._cap, latest - self.span)
 
-    def transition(self, t: TransitionLike) -> None:
+    def transition(self, t: Transition) -> None:
         changes = self._changes.get(t.target)
         if changes is None:
             changes = self._changes[t.target] = deque(maxlen=self._change_cap(len(self._changes)))

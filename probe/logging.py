@@ -13,19 +13,11 @@ import logging
 import os
 import re
 import sys
-from typing import Any, Protocol, TextIO
+from typing import Any, TextIO
 
 import structlog
 
-
-class TransitionLike(Protocol):
-    """readiness.Transition, structurally (this module must not import readiness)."""
-
-    target: str
-    old: str
-    new: str
-    failure: Any
-    detail: str
+from probe.readiness import Transition
 
 _SEVERITY = {
     "debug": "DEBUG", "info": "INFO", "warning": "WARNING", "warn": "WARNING",
@@ -138,7 +130,7 @@ def configure(fmt: str | None = None, level: str = "info", stream: TextIO | None
     logging.getLogger("aiohttp.access").disabled = True
 
 
-def log_transition(transition: TransitionLike) -> None:
+def log_transition(transition: Transition) -> None:
     """One line per state change of a target, with the reason when it is a failure."""
     log = structlog.get_logger("probe.readiness")
     fields: dict[str, Any] = {
