@@ -8,6 +8,7 @@ is measured the same way.
 
 from __future__ import annotations
 
+import gzip
 import http.client
 import json
 import math
@@ -100,12 +101,16 @@ def wait_until(pred: Callable[[], bool], timeout: float, what: str, step: float 
     raise TimeoutError(f"gave up after {timeout:g}s waiting for {what}")
 
 
-def http_get(port: int, path: str, timeout: float = 30.0) -> tuple[int, bytes]:
+def http_get(port: int, path: str, timeout: float = 30.0,
+             headers: dict[str, str] | None = None) -> tuple[int, bytes]:
     conn = http.client.HTTPConnection(HOST, port, timeout=timeout)
     try:
-        conn.request("GET", path)
+        conn.request("GET", path, headers=headers or {})
         resp = conn.getresponse()
-        return resp.status, resp.read()
+        body = resp.read()
+        if resp.getheader("Content-Encoding") == "gzip":
+            body = gzip.decompress(body)
+        return resp.status, body
     finally:
         conn.close()
 
@@ -136,7 +141,7 @@ class Procs:
 
     def start(
         self, argv: Sequence[str], name: str, cpu: str | None = None,
-        env: dict[str, str] | None = None, stdout: int | None = None,
+        env: dict[str, str] | None = None, stdout: int | None = None, cwd: Path = ROOT,
     ) -> subprocess.Popen[bytes]:
         """Start argv (pinned to CPU list `cpu` with taskset when given), output to a log file."""
         if cpu is not None and shutil.which("taskset"):
@@ -144,7 +149,7 @@ class Procs:
         log = open(self.tmp / f"{name}.log", "ab")
         p = subprocess.Popen(
             list(argv), stdout=stdout if stdout is not None else log, stderr=log,
-            env={**os.environ, **(env or {})}, cwd=ROOT, start_new_session=True,
+            env={**os.environ, **(env or {})}, cwd=cwd, start_new_session=True,
         )
         self.started.append(p)
         return p
@@ -248,12 +253,16 @@ def http_target(name: str, url: str, interval: str = "1s", timeout: str = "1s",
 
 def daemon(procs: Procs, config: Path, cpu: str | None = None, name: str = "daemon",
            env: dict[str, str] | None = None, ready_timeout: float = 60.0) -> tuple[int, int]:
-    """`probe run -c config` on a free loopback port; returns (pid, port) once /livez answers."""
+    """`probe run -c config` on a free loopback port; returns (pid, port) once /livez answers.
+
+    BENCH_PROBE_ROOT=/other/checkout runs that tree's `probe` instead (A/B comparisons).
+    """
     port = free_port()
+    root = Path(os.environ.get("BENCH_PROBE_ROOT", ROOT))
     p = procs.start(
-        [PY, "-m", "probe", "run", "-c", str(config)], name, cpu=cpu,
+        [PY, "-m", "probe", "run", "-c", str(config)], name, cpu=cpu, cwd=root,
         env={"PROBE_LISTEN": f"{HOST}:{port}", "PROBE_LOG_LEVEL": "warning",
-             "PROBE_LOG_FORMAT": "json", "PYTHONPATH": str(ROOT), **(env or {})},
+             "PROBE_LOG_FORMAT": "json", "PYTHONPATH": str(root), **(env or {})},
     )
 
     def up() -> bool:
@@ -286,8 +295,17 @@ def parse_metrics(text: str, prefixes: tuple[str, ...] = ("",)) -> list[Sample]:
     return out
 
 
+# What Prometheus 2.x sends when it scrapes: OpenMetrics preferred, gzip accepted.
+PROMETHEUS_HEADERS = {
+    "Accept": "application/openmetrics-text;version=1.0.0,application/openmetrics-text;"
+              "version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1",
+    "Accept-Encoding": "gzip",
+}
+
+
 def scrape(port: int, prefixes: tuple[str, ...] = ("",)) -> list[Sample]:
-    status, body = http_get(port, "/metrics", timeout=60)
+    """GET /metrics as Prometheus would, parsed (only samples whose name starts with a prefix)."""
+    status, body = http_get(port, "/metrics", timeout=60, headers=PROMETHEUS_HEADERS)
     if status != 200:
         raise RuntimeError(f"/metrics answered {status}")
     return parse_metrics(body.decode(), prefixes)

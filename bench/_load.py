@@ -113,6 +113,8 @@ async def floor(urls: list[str], args: argparse.Namespace) -> dict:
             if r.status != 200:
                 raise RuntimeError(f"HTTP {r.status}")
 
+    if args.raw:
+        return await drive(urls, _raw_get(urls), args, os.getpid())
     if not args.shared:
         return await drive(urls, fresh, args, os.getpid())
 
@@ -126,6 +128,47 @@ async def floor(urls: list[str], args: argparse.Namespace) -> dict:
                     raise RuntimeError(f"HTTP {r.status}")
 
         return await drive(urls, shared, args, os.getpid())
+
+
+def _raw_get(urls: list[str]) -> Probe:
+    """GET over a bare asyncio Protocol: connect, write, read to EOF, check the status line.
+
+    No HTTP library at all: a lower bound for what one fresh-connection probe costs in
+    Python on this event loop (the kernel's TCP work plus a few loop callbacks)."""
+    from urllib.parse import urlsplit
+
+    parts = [urlsplit(u) for u in urls]
+    requests = [f"GET {p.path or '/'} HTTP/1.1\r\nHost: {p.netloc}\r\nConnection: close\r\n"
+                "\r\n".encode() for p in parts]
+
+    class Get(asyncio.Protocol):
+        def __init__(self, request: bytes, done: asyncio.Future[bytes]) -> None:
+            self.request, self.done, self.buf = request, done, bytearray()
+
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            transport.write(self.request)  # type: ignore[attr-defined]
+
+        def data_received(self, data: bytes) -> None:
+            self.buf += data
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            if not self.done.done():
+                self.done.set_result(bytes(self.buf))
+
+    async def probe(slot: int) -> None:
+        i = slot % len(urls)
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[bytes] = loop.create_future()
+        transport, _ = await loop.create_connection(
+            lambda: Get(requests[i], done), parts[i].hostname, parts[i].port)
+        try:
+            answer = await done
+        finally:
+            transport.close()
+        if not answer.startswith(b"HTTP/1.1 200 "):
+            raise RuntimeError(f"unexpected answer {answer[:40]!r}")
+
+    return probe
 
 
 async def blackbox(urls: list[str], args: argparse.Namespace) -> dict:
@@ -186,6 +229,7 @@ def main() -> None:
     p.add_argument("--record", action="append", help="URL whose probe durations to keep")
     p.add_argument("--no-uvloop", action="store_true")
     p.add_argument("--shared", action="store_true", help="floor: one session, fresh connections")
+    p.add_argument("--raw", action="store_true", help="floor: bare asyncio protocol, no library")
     a = p.parse_args()
     if not a.no_uvloop:
         try:

@@ -15,6 +15,8 @@ the K URLs once a second, spread evenly, with a fresh TCP connection per probe.
 - floor: a bare aiohttp loop in its own process, a new TCPConnector(force_close=True) and
   ClientSession per probe, as the issue defines it; and a second floor with one session whose
   connector never reuses a connection (still a fresh TCP connection per probe).
+- reference: a GET over a bare asyncio Protocol (no HTTP library): what the kernel's TCP work
+  and the event loop cost per fresh-connection probe; the bound a leaner client could approach.
 
 The probers run one after another (not at once), each for warmup + window seconds, so none of
 them competes with another for the CPU. Per-probe cost depends on the rate (at low rates every
@@ -56,13 +58,14 @@ def measure_daemon(procs: Procs, urls: list[str], warmup: float, window: float) 
                        (http_target(f"t{i}", u) for i, u in enumerate(urls)))
     pid, port = daemon(procs, cfg)
     time.sleep(warmup)
-    s0, t0 = scrape(port, ("probe_results_total",)), time.monotonic()
+    prefixes = ("probe_results_total", "probe_failures_total")
+    s0, t0 = scrape(port, prefixes), time.monotonic()
     c0, w0 = cpu_seconds(pid), time.monotonic()
     time.sleep(window / 2)
-    scrape(port, ("probe_results_total",))
+    scrape(port, prefixes)
     time.sleep(max(0.0, w0 + window - time.monotonic()))
     c1, w1 = cpu_seconds(pid), time.monotonic()
-    s1, t1 = scrape(port, ("probe_results_total",)), time.monotonic()
+    s1, t1 = scrape(port, prefixes), time.monotonic()
     uv = uses_uvloop(pid)
     procs.stop(procs.started[-1])
     # Scrapes take a while; the counters' rate over [t0, t1] times the CPU window's length
@@ -71,7 +74,10 @@ def measure_daemon(procs: Procs, urls: list[str], warmup: float, window: float) 
     probes = (total(s1, "probe_results_total") - total(s0, "probe_results_total")) * share
     ok = (total(s1, "probe_results_total", result="success")
           - total(s0, "probe_results_total", result="success")) * share
-    return {"probes": probes, "errors": probes - ok, "cpu": c1 - c0, "uvloop": uv}
+    failures = {lab["failure"]: v - total(s0, n, **lab) for n, lab, v in s1
+                if n == "probe_failures_total" and v > total(s0, n, **lab)}
+    return {"probes": probes, "errors": probes - ok, "cpu": c1 - c0, "uvloop": uv,
+            "failures": failures}
 
 
 def run(targets: int, warmup: float, window: float) -> dict:
@@ -90,7 +96,8 @@ def run(targets: int, warmup: float, window: float) -> dict:
         procs.stop(bb)
         out["floor"] = run_load(procs, "floor", url_file, [], window, warmup)
         out["floor_shared"] = run_load(procs, "floor", url_file, ["--shared"], window, warmup)
-    for key in ("daemon", "blackbox", "floor", "floor_shared"):
+        out["floor_raw"] = run_load(procs, "floor", url_file, ["--raw"], window, warmup)
+    for key in ("daemon", "blackbox", "floor", "floor_shared", "floor_raw"):
         r = out.get(key)
         if isinstance(r, dict):
             r.pop("recorded", None)
@@ -103,7 +110,8 @@ def rows(res: dict) -> list[list[str]]:
     fl = res["floor"]["cpu_per_1000"]
     names = {"daemon": "stageprobe daemon", "blackbox": "blackbox_exporter (exporter only)",
              "floor": "floor: bare aiohttp, new session per probe",
-             "floor_shared": "floor: bare aiohttp, one session, force_close"}
+             "floor_shared": "floor: bare aiohttp, one session, force_close",
+             "floor_raw": "reference: bare asyncio protocol, no HTTP library"}
     out = []
     for key, name in names.items():
         r = res.get(key)
@@ -136,7 +144,8 @@ def main() -> None:
             print(f"K={res['targets']}: daemon/blackbox = "
                   f"{fmt(d['cpu_per_1000'] / res['blackbox']['cpu_per_1000'])} (goal <= 0.6), "
                   f"daemon/floor = {fmt(d['cpu_per_1000'] / res['floor']['cpu_per_1000'])} "
-                  f"(goal <= 1.3); uvloop mapped in the daemon: {d['uvloop']}")
+                  f"(goal <= 1.3); uvloop mapped in the daemon: {d['uvloop']}"
+                  + (f"; daemon failures: {d['failures']}" if d["failures"] else ""))
     emit({"machine": machine(), "results": results}, a.json)
 
 
