@@ -11,10 +11,11 @@ import json
 import socket
 import time
 import xml.etree.ElementTree as ET
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+from helpers import until
 
 from probe.cli import main as cli
 from probe.twin import Twin
@@ -42,15 +43,6 @@ def write_config(tmp_path: Path, targets: str, interval: str = "200ms") -> Path:
 
 def health(twin: Twin, extra: str = "", name: str = "backend-health") -> str:
     return f"  - name: {name}\n    url: {twin.url}/health\n{extra}"
-
-
-async def eventually(cond: Callable[[], bool], within: float = 20.0) -> None:
-    """Poll `cond` until true, with a deadline (bounded in count and time)."""
-    deadline = time.monotonic() + within
-    for _ in range(int(within / 0.02) + 1):
-        if cond() or time.monotonic() > deadline:
-            return
-        await asyncio.sleep(0.02)
 
 
 async def run(*argv: str) -> int:
@@ -111,7 +103,7 @@ async def test_wait_until_the_twin_turns_healthy(
     cfg = write_config(tmp_path, health(twin))
 
     async def heal_after_three_probes() -> None:
-        await eventually(lambda: twin.requests("/health") >= 3)
+        await until(lambda: twin.requests("/health") >= 3)
         twin.set_fault(health="ok")
 
     healer = asyncio.create_task(heal_after_three_probes())

@@ -15,13 +15,14 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
 import yaml
+from helpers import free_port, until
 
 from probe.config import parse_config
 from probe.daemon import Daemon
@@ -29,22 +30,6 @@ from probe.twin import DEV_JWT_SECRET, Twin
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "config" / "example.yaml"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-async def until(cond: Callable[[], Awaitable[Any]], what: str, within: float = 20.0) -> Any:
-    deadline = time.monotonic() + within
-    while True:
-        result = await cond()
-        if result:
-            return result
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.05)
 
 
 def example_for(twin: Twin, interval: str = "300ms", timeout: str = "250ms") -> str:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import json
 import shutil
-import socket
 import subprocess
 import threading
 import time
@@ -19,6 +18,7 @@ from typing import Any
 
 import pytest
 from aiohttp import web
+from helpers import free_port, until
 
 from probe.cli import main as cli
 from probe.gate import prometheus_verdict, readyz_url
@@ -68,23 +68,8 @@ async def daemon() -> AsyncIterator[Daemon]:
     await runner.cleanup()
 
 
-async def eventually(cond: Callable[[], bool], within: float = 20.0) -> None:
-    """Poll `cond` until true, with a deadline (bounded in count and time)."""
-    deadline = time.monotonic() + within
-    for _ in range(int(within / 0.02) + 1):
-        if cond() or time.monotonic() > deadline:
-            return
-        await asyncio.sleep(0.02)
-
-
 async def run(*argv: str) -> int:
     return await asyncio.to_thread(cli, list(argv))
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def test_readyz_url_is_appended_to_a_base_url() -> None:
@@ -131,7 +116,7 @@ async def test_gate_token_is_sent_from_the_env_and_never_printed(
 async def test_wait_until_the_daemon_is_ready(daemon: Daemon,
                                               capsys: pytest.CaptureFixture[str]) -> None:
     async def heal() -> None:
-        await eventually(lambda: daemon.requests >= 2)
+        await until(lambda: daemon.requests >= 2)
         daemon.verdict = {"ready": True, "targets": [TARGET_OK]}
 
     healer = asyncio.create_task(heal())
@@ -165,7 +150,7 @@ async def test_unreachable_while_waiting_then_up(capsys: pytest.CaptureFixture[s
     await runner.setup()
 
     async def come_up() -> None:
-        await eventually(lambda: "refused" in capsys.readouterr().err)
+        await until(lambda: "refused" in capsys.readouterr().err)
         await web.TCPSite(runner, "127.0.0.1", port).start()
 
     starter = asyncio.create_task(come_up())

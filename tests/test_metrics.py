@@ -7,7 +7,7 @@ import contextlib
 import shutil
 import socket
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +15,7 @@ import aiohttp
 import pytest
 import yaml
 from certs import make_self_signed
+from helpers import free_port, until
 from prometheus_client import generate_latest
 from prometheus_client.openmetrics.parser import text_string_to_metric_families as om_parse
 from prometheus_client.parser import text_string_to_metric_families
@@ -53,12 +54,6 @@ def config_of(*targets: dict[str, Any]) -> Config:
 def http_target(url: str, **extra: Any) -> Target:
     return config_of({"name": "t", "url": url, "interval": "2s", "timeout": "1s", **extra}
                      ).targets[0]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture
@@ -284,13 +279,6 @@ async def serving(config: Config) -> AsyncIterator[tuple[str, Runtime]]:
     finally:
         await scheduler.stop()
         await runner.cleanup()
-
-
-async def until(cond: Callable[[], Any], what: str, within: float = 30.0) -> None:
-    deadline = time.monotonic() + within
-    while not await cond():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.1)
 
 
 async def test_openmetrics_negotiation(twin: Twin) -> None:

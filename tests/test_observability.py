@@ -22,7 +22,6 @@ import json
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import threading
@@ -38,6 +37,7 @@ from typing import Any, TypeVar
 import pytest
 import yaml
 from certs import make_self_signed
+from helpers import free_port
 
 from probe.twin import Twin
 
@@ -64,12 +64,6 @@ T = TypeVar("T")
 
 class PromQLError(AssertionError):
     """Prometheus rejected an expression (bad syntax, many-to-many matching, ...)."""
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def http_json(url: str, timeout: float = 10.0) -> Any:

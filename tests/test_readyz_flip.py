@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
 import sys
 import time
 from collections.abc import AsyncIterator
 
 import aiohttp
 import pytest
+from helpers import free_port
 
 from probe.config import parse_config
 from probe.daemon import Daemon
@@ -24,13 +24,6 @@ from probe.twin import Twin
 INTERVAL, TIMEOUT = 0.4, 0.3
 SUCCESS_THRESHOLD, FAILURE_THRESHOLD = 2, 3
 SLACK = 1.5  # scheduling and polling slack on a busy 2-core CI machine
-
-
-def refused_port() -> int:
-    """A loopback port with nothing listening (bound, then closed)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture
@@ -44,7 +37,7 @@ defaults: {{interval: {INTERVAL}s, timeout: {TIMEOUT}s,
 targets:
   - {{name: backend-health, url: "{twin.url}/health", expect: {{json: {{status: healthy}}}},
       version_path: version}}
-  - {{name: optional-api, url: "http://127.0.0.1:{refused_port()}/", critical: false}}
+  - {{name: optional-api, url: "http://127.0.0.1:{free_port()}/", critical: false}}
 """,
         env={},
     )
