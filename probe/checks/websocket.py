@@ -21,6 +21,8 @@ bounds that step, so a server that upgrades and then stays silent is `ws_no_repl
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import ssl
 import statistics
 import time
 from typing import Any
@@ -28,7 +30,7 @@ from urllib.parse import urlencode, urlsplit, urlunsplit
 
 from websockets.typing import Subprotocol
 
-from probe.checks import CheckContext
+from probe.checks import CheckContext, ssl_context
 from probe.checks._ws_session import Fail, Plan, Session, fmt, resolve, run_session
 from probe.config import Target
 from probe.credentials import Attached, CredentialError, attach
@@ -100,6 +102,9 @@ async def check(target: Target, ctx: CheckContext) -> Outcome:
     """Probe one WebSocket target; never raises for anything the target does."""
     loop = asyncio.get_running_loop()
     started_at = time.time()
+    if target.url.startswith("wss:"):  # build the cached TLS context outside the clock (~45 ms)
+        with contextlib.suppress(OSError, ssl.SSLError):  # a bad ca_file is reported in-session
+            ssl_context(target.tls_verify, target.ca_file)
     start = time.perf_counter()
     deadline = loop.time() + target.timeout
     sessions = [Session(i) for i in range(1, target.connections + 1)]
