@@ -128,8 +128,8 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--targets", default="200,1000",
                    help="comma-separated K values (probes per second), default 200,1000")
-    p.add_argument("--warmup", type=float, default=5.0)
-    p.add_argument("--window", type=float, default=20.0)
+    p.add_argument("--warmup", type=float, default=4.0)
+    p.add_argument("--window", type=float, default=15.0)
     p.add_argument("--json", type=Path, default=None, help="also write the results here")
     a = p.parse_args()
     print(f"machine: {machine()}; target server: {target_server_name()}")

@@ -115,7 +115,7 @@ def base_rss(procs: Procs, port: int) -> int:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--steps", default="1000,2000,3000,4000,6000")
+    p.add_argument("--steps", default="500,1000,1500,2000,3000")
     p.add_argument("--warmup", type=float, default=8.0)
     p.add_argument("--quiet", type=float, default=12.0, help="phase A length (s)")
     p.add_argument("--scraped", type=float, default=30.0, help="phase B length (s)")
