@@ -74,6 +74,12 @@ def main() -> None:
         rows.append([f"4. latency error p99, {n} other targets", f"{d['err_p99'] * 1000:.2f} ms",
                      f"{bb['err_p99'] * 1000:.2f} ms (blackbox)", fmt(ratio), "<= 1",
                      "yes" if ratio <= 1 else "no"])
+        ds = acc["results"].get(f"daemon-scraped@{n}")
+        if ds:
+            ratio = ds["err_p99"] / bb["err_p99"]
+            rows.append([f"4. same, daemon scraped every {acc.get('scrape_every', 15):g} s",
+                         f"{ds['err_p99'] * 1000:.2f} ms", f"{bb['err_p99'] * 1000:.2f} ms",
+                         fmt(ratio), "<= 1", "yes" if ratio <= 1 else "no"])
     ws = res.get("ws_sessions")
     if ws:
         d, b = ws["per_1000"]["daemon"], ws["per_1000"]["bare"]
