@@ -132,6 +132,8 @@ class Procs:
     started: list[subprocess.Popen[bytes]] = field(default_factory=list)
 
     def __enter__(self) -> Procs:
+        # SIGTERM (e.g. run_all.py's timeout, a CI cancel) must still end the children.
+        signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -77,8 +77,13 @@ def measure_daemon(procs: Procs, urls: list[str], warmup: float, window: float) 
     probes = (total(s1, "probe_results_total") - total(s0, "probe_results_total")) * share
     ok = (total(s1, "probe_results_total", result="success")
           - total(s0, "probe_results_total", result="success")) * share
-    failures = {lab["failure"]: v - total(s0, n, **lab) for n, lab, v in s1
-                if n == "probe_failures_total" and v > total(s0, n, **lab)}
+    before = {(lab["target"], lab["failure"]): v for n, lab, v in s0
+              if n == "probe_failures_total"}
+    failures: dict[str, float] = {}
+    for n, lab, v in s1:
+        if n == "probe_failures_total" and v > before.get((lab["target"], lab["failure"]), 0):
+            d = v - before.get((lab["target"], lab["failure"]), 0)
+            failures[lab["failure"]] = failures.get(lab["failure"], 0) + d
     scrapes = scrape_cpu * (w1 - w0) / SCRAPE_INTERVAL
     return {"probes": probes, "errors": probes - ok, "cpu": c1 - c0 + scrapes, "uvloop": uv,
             "failures": failures, "scrape_cpu": scrape_cpu,

@@ -35,7 +35,12 @@ def run(name: str, out: Path, quick: bool) -> dict | None:
     argv = [PY, str(BENCH / f"{name}.py"), "--json", str(path), *(QUICK[name] if quick else [])]
     print(f"\n=== {name} (load average {other_load():.2f}) ===", flush=True)
     t0 = time.monotonic()
-    code = subprocess.call(argv, timeout=1800)
+    proc = subprocess.Popen(argv)
+    try:
+        code = proc.wait(timeout=1800)
+    except subprocess.TimeoutExpired:
+        proc.terminate()  # SIGTERM: the benchmark ends its own processes on the way out
+        code = proc.wait(60)
     print(f"--- {name}: exit {code}, {time.monotonic() - t0:.0f} s", flush=True)
     return json.loads(path.read_text()) if code == 0 and path.exists() else None
 
