@@ -9,11 +9,10 @@ from __future__ import annotations
 import asyncio
 import gc
 import json
-import select
 import socket
 import time
 import weakref
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -212,30 +211,6 @@ async def test_refused() -> None:
         out = await probe(f"http://127.0.0.1:{port}/?token=hunter2")
     assert failed(out, Failure.REFUSED) == f"connection refused by 127.0.0.1:{port}"
 
-
-@pytest.fixture
-def full_backlog() -> Iterator[int]:
-    """A listener whose accept queue is full, so the kernel drops further SYNs (Linux)."""
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    listener.listen(0)
-    port = listener.getsockname()[1]
-    clients: list[socket.socket] = []
-    try:
-        for _ in range(16):
-            client = socket.socket()
-            client.setblocking(False)
-            clients.append(client)
-            client.connect_ex(("127.0.0.1", port))
-            _, writable, _ = select.select([], [client], [], 0.3)
-            if not writable:  # this SYN was dropped: the queue is full
-                yield port
-                return
-        pytest.skip("this kernel completes every handshake; see the TLS connect_timeout test")
-    finally:
-        for client in clients:
-            client.close()
-        listener.close()
 
 
 async def test_connect_timeout_when_syns_are_dropped(full_backlog: int) -> None:

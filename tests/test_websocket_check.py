@@ -9,10 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import json
-import select
 import socket
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -438,34 +437,6 @@ async def test_dns_and_refused() -> None:
     assert outcome.failure is Failure.REFUSED
     assert outcome.detail == f"connection to 127.0.0.1:{port} refused"
 
-
-@pytest.fixture
-def full_backlog() -> Iterator[int]:
-    """A loopback listener that never accepts, its queue filled: further SYNs go unanswered."""
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    listener.listen(0)
-    port = listener.getsockname()[1]
-    fillers: list[socket.socket] = []
-    try:
-        for _ in range(16):  # bounded: Linux queues backlog+1 connections
-            c = socket.socket()
-            c.setblocking(False)
-            fillers.append(c)
-            try:
-                c.connect(("127.0.0.1", port))
-            except BlockingIOError:
-                pass
-            _, writable, _ = select.select([], [c], [], 0.3)
-            if not writable:
-                break
-        else:
-            pytest.skip("could not fill the listen backlog on this kernel")
-        yield port
-    finally:
-        for c in fillers:
-            c.close()
-        listener.close()
 
 
 async def test_connect_timeout_with_a_full_backlog(full_backlog: int) -> None:
