@@ -57,28 +57,23 @@ def _safe(url: str) -> str:
     return urlunsplit((p.scheme, netloc, p.path, "", ""))
 
 
-def _check_url(url: str, what: str) -> None:
+def _endpoint(url: str, what: str, suffix: str, keep_query: bool) -> str:
+    """`url` with `suffix` appended to its path unless it already ends there."""
     p = urlsplit(url)
     if p.scheme not in ("http", "https") or not p.hostname:
         raise ValueError(f"{what} must be an http(s) URL with a host, got {_safe(url)!r}")
+    path = p.path.rstrip("/")
+    if not path.endswith(suffix):
+        path += suffix
+    return urlunsplit((p.scheme, p.netloc, path, p.query if keep_query else "", ""))
 
 
 def readyz_url(url: str) -> str:
-    _check_url(url, "the daemon URL")
-    p = urlsplit(url)
-    path = p.path.rstrip("/")
-    if not path.endswith("/readyz"):
-        path += "/readyz"
-    return urlunsplit((p.scheme, p.netloc, path, p.query, ""))
+    return _endpoint(url, "the daemon URL", "/readyz", keep_query=True)
 
 
 def query_url(url: str) -> str:
-    _check_url(url, "--prometheus")
-    p = urlsplit(url)
-    path = p.path.rstrip("/")
-    if not path.endswith("/api/v1/query"):
-        path += "/api/v1/query"
-    return urlunsplit((p.scheme, p.netloc, path, "", ""))
+    return _endpoint(url, "--prometheus", "/api/v1/query", keep_query=False)
 
 
 def synthetic(name: str, failure: str | None, detail: str, kind: str = "gate") -> Verdict:

@@ -19,7 +19,6 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
-import structlog
 from aiohttp import web
 from prometheus_client.exposition import choose_encoder
 
@@ -29,8 +28,8 @@ from probe.history import History
 from probe.metrics import Metrics
 from probe.readiness import Readiness
 from probe.scheduler import Scheduler
+from probe.statuspage import add_status_routes
 
-log = structlog.get_logger("probe.server")
 RUNTIME = web.AppKey("runtime", object)
 MAX_POINTS = 1000
 
@@ -184,10 +183,5 @@ def make_app(runtime: Runtime) -> web.Application:
     app.router.add_get("/livez", livez)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/api/v1/status", status_api)
-    try:
-        from probe.statuspage import add_status_routes
-
-        add_status_routes(app)
-    except (ImportError, OSError) as exc:  # a broken install must not take the prober down
-        log.warning("status page unavailable", error=f"{type(exc).__name__}: {exc}")
+    add_status_routes(app)
     return app

@@ -249,14 +249,19 @@ async def reached(server: TokenServer) -> None:
         await server.arrived.wait()
 
 
-async def test_oauth2_concurrent_callers_share_one_fetch(token_server: Callable[..., Any]) -> None:
+async def held_token_server(token_server: Callable[..., Any]) -> tuple[Any, asyncio.Event]:
+    """A token endpoint that holds every request until the returned event is set."""
     release = asyncio.Event()
 
-    async def slow(n: int) -> web.StreamResponse:
+    async def held(n: int) -> web.StreamResponse:
         await release.wait()
         return await issued(n)
 
-    server = await token_server(slow)
+    return await token_server(held), release
+
+
+async def test_oauth2_concurrent_callers_share_one_fetch(token_server: Callable[..., Any]) -> None:
+    server, release = await held_token_server(token_server)
     creds = Credentials(specs(oauth=oauth(server.url)))
     try:
         callers = [asyncio.create_task(creds.token("oauth")) for _ in range(10)]
@@ -271,13 +276,7 @@ async def test_oauth2_concurrent_callers_share_one_fetch(token_server: Callable[
 async def test_oauth2_cancelled_caller_does_not_cancel_the_fetch(
     token_server: Callable[..., Any],
 ) -> None:
-    release = asyncio.Event()
-
-    async def slow(n: int) -> web.StreamResponse:
-        await release.wait()
-        return await issued(n)
-
-    server = await token_server(slow)
+    server, release = await held_token_server(token_server)
     creds = Credentials(specs(oauth=oauth(server.url)))
     try:
         first = asyncio.create_task(creds.token("oauth"))
