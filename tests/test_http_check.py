@@ -163,8 +163,6 @@ async def test_credential_header_is_sent(web_app: tuple[App, str]) -> None:
     app, base = web_app
     creds = Credentials({"svc": CredentialSpec(bearer=BearerSpec(token="s3cret-token-value"))})
     out = await probe(base + "/echo", CheckContext(credentials=creds), credential="svc")
-    if out.failure is Failure.CREDENTIAL and "not implemented" in out.detail:
-        pytest.skip("probe.credentials is still the stub")
     assert out.success, out.detail
     assert app.seen[0]["headers"]["Authorization"] == "Bearer s3cret-token-value"
 
@@ -175,8 +173,6 @@ async def test_credential_in_query_is_sent_and_never_shown(web_app: tuple[App, s
     ctx = CheckContext(credentials=creds)
     kw = {"credential": "svc", "credential_in": "query", "credential_name": "api_key"}
     out = await probe(base + "/echo?x=1", ctx, **kw)
-    if out.failure is Failure.CREDENTIAL and "not implemented" in out.detail:
-        pytest.skip("probe.credentials is still the stub")
     assert out.success, out.detail
     assert app.seen[0]["query"] == {"x": "1", "api_key": "q-secret-123456"}
     out = await probe(base + "/status/500", ctx, **kw)
@@ -187,8 +183,6 @@ async def test_a_credential_echoed_by_the_server_is_redacted(web_app: tuple[App,
     creds = Credentials({"svc": CredentialSpec(bearer=BearerSpec(token="echo-secret-98765"))})
     out = await probe(web_app[1] + "/whoami", CheckContext(credentials=creds), credential="svc",
                       expect={"body_regex": "^admin$"})
-    if out.failure is Failure.CREDENTIAL and "not implemented" in out.detail:
-        pytest.skip("probe.credentials is still the stub")
     detail = failed(out, Failure.ASSERTION)
     assert detail.startswith("body does not match /^admin$/ (body starts")
     assert "***" in detail and "echo-sec" not in detail

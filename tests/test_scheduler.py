@@ -157,7 +157,6 @@ async def test_silent_server_times_out_while_others_keep_their_schedule(twin: Tw
 
 
 async def test_real_http_check_bounds_a_silent_server() -> None:
-    pytest.importorskip("probe.checks.http")
     async with silent_server() as (port, _):
         config = make_config([{"name": "silent", "url": f"http://127.0.0.1:{port}/",
                                "interval": "1s", "timeout": "400ms"}])

@@ -281,7 +281,7 @@ async def test_daemon_answers_and_logs_hold_no_secret(
     hostile: Hostile, tmp_path: Path, key_file: tuple[Path, str], env_token: None,
     restore_logging: None,
 ) -> None:
-    daemon_mod = pytest.importorskip("probe.daemon")
+    from probe import daemon as daemon_mod
     from probe.logging import configure
 
     stream = io.StringIO()
