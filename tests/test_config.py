@@ -8,7 +8,7 @@ import pytest
 
 from probe.config import ConfigError, Settings, load_config, parse_config, parse_duration
 
-DESIGN = Path(__file__).resolve().parents[2] / "shared" / "DESIGN.md"
+DESIGN_EXAMPLE = Path(__file__).resolve().parent / "configs" / "design_example.yaml"
 
 
 @pytest.mark.parametrize(
@@ -32,8 +32,7 @@ def _errors(text: str, env: dict[str, str] | None = None) -> list[str]:
 
 
 def test_design_example_parses_with_inherited_defaults() -> None:
-    example = DESIGN.read_text().split("```yaml", 1)[1].split("```", 1)[0]
-    config = parse_config(example, env={"JWT_SECRET": "s", "OAUTH_SECRET": "o"})
+    config = parse_config(DESIGN_EXAMPLE.read_text(), env={"JWT_SECRET": "s", "OAUTH_SECRET": "o"})
     names = [t.name for t in config.targets]
     assert names == ["backend-health", "agents-stop", "chat-ws"]
     health, stop, ws = config.targets
