@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 from urllib.parse import urlsplit
 
 import yaml
@@ -96,6 +96,7 @@ class Step(Strict):
 
 
 Measure = Literal["total", "handshake", "rtt", "ttfb"]
+MEASURES: tuple[str, ...] = get_args(Measure)
 
 
 class LatencyTarget(Strict):
@@ -156,6 +157,11 @@ class Target(TargetDefaults):
     @property
     def kind(self) -> Literal["http", "websocket"]:
         return "websocket" if urlsplit(self.url).scheme in ("ws", "wss") else "http"
+
+    @property
+    def measure(self) -> str:
+        """The latency measure readiness judges and the status page charts by default."""
+        return self.latency.measure if self.latency else "total"
 
     @field_validator("url")
     @classmethod

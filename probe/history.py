@@ -7,6 +7,14 @@ and nothing else. A probe result is a handful of numbers, stored column-wise in 
 most `total_results` results, so a config with thousands of targets cannot grow the daemon
 without bound: each target then gets an equal share (never less than `min_per_target`).
 
+The share is computed from the configured number of targets (`from_config`, `reconfigure`), not
+from the targets seen so far: if every target's first result changed everyone's share, start-up
+would re-trim every stored target once per new target (quadratic: ~0.2 s of loop time at 2000
+targets). Only when more targets turn up than announced (a History built without a count) do the
+shares shrink, and then the announced count grows by an eighth or more at a time, so that stays
+amortised O(1) per target at the price of shares up to ~11% below an exact split. A forgotten
+target's share goes back to the others at the next `reconfigure`/`retain` (once per reload).
+
 Pure data structure: no clock, no I/O. The daemon feeds it `record(outcome)` and
 `transition(t)`; the server reads `snapshot(name, now, max_points)`, which downsamples so the page
 gets a fixed-size chart whatever the probe interval.
@@ -19,10 +27,10 @@ from array import array
 from collections import deque
 from typing import Any
 
+from probe.config import MEASURES
 from probe.outcome import Failure, Outcome
 from probe.readiness import Transition
 
-MEASURES = ("total", "handshake", "rtt", "ttfb")
 _FAILURES = list(Failure)
 _INDEX = {f: i for i, f in enumerate(_FAILURES)}
 _DETAIL_MAX = 300  # details are one-liners; cap what a misbehaving peer makes us hold
@@ -90,6 +98,7 @@ class History:
         total_results: int = 200_000,
         total_transitions: int = 20_000,
         min_per_target: int = 16,
+        targets: int = 0,
     ) -> None:
         if results < 1 or span <= 0 or transitions < 1:
             raise ValueError("history needs results >= 1, span > 0 and transitions >= 1")
@@ -102,16 +111,23 @@ class History:
         self._results: dict[str, _Results] = {}
         self._changes: dict[str, deque[tuple[float, str, str, str | None, str]]] = {}
         self._latest: dict[str, float] = {}
-        self._cap = self._result_cap(0)
+        self._targets = max(targets, 0)  # how many targets the shares are computed for
+        self._cap = self._result_cap(self._targets)
+        self._ccap = self._change_cap(self._targets)
 
     @classmethod
     def from_config(cls, config: Any) -> History:
-        """From `config.history` (results, span)."""
-        return cls(results=config.history.results, span=config.history.span)
+        """From `config.history` (results, span), with shares sized for `config.targets`."""
+        return cls(results=config.history.results, span=config.history.span,
+                   targets=len(config.targets))
 
-    def reconfigure(self, results: int, span: float) -> None:
-        """New bounds (SIGHUP): trims at once, keeps what still fits."""
+    def reconfigure(self, results: int, span: float, targets: int | None = None) -> None:
+        """New bounds (SIGHUP): trims at once, keeps what still fits.
+
+        `targets` is the new config's target count; without it, the targets held now.
+        """
         self.results, self.span = results, span
+        self._targets = len(self._changes) if targets is None else max(targets, 0)
         self._rebalance(force=True)
 
     # --- bounds ----------------------------------------------------------------------------
@@ -125,18 +141,25 @@ class History:
         return max(1, min(self.transitions_per_target, max(share, 4)))
 
     def _rebalance(self, force: bool = False) -> None:
-        """Recompute per-target shares after targets come or go; shrink every target at once."""
-        n = len(self._results)
-        cap = self._result_cap(n)
-        if cap == self._cap and not force:
+        """Recompute per-target shares for `_targets`; shrink every target at once. O(targets)."""
+        n = max(self._targets, len(self._changes))
+        cap, ccap = self._result_cap(n), self._change_cap(n)
+        if cap == self._cap and ccap == self._ccap and not force:
             return
-        self._cap = cap
+        self._cap, self._ccap = cap, ccap
         for name, res in self._results.items():
             res.trim(cap, self._latest.get(name, -math.inf) - self.span)
-        ccap = self._change_cap(n)
         for name, old in self._changes.items():
             if old.maxlen != ccap:
                 self._changes[name] = deque(old, maxlen=ccap)
+
+    def _admit(self, name: str) -> deque[tuple[float, str, str, str | None, str]]:
+        """A target's first result or state change: O(1) unless more targets came than announced."""
+        self._changes[name] = deque(maxlen=self._ccap)
+        if len(self._changes) > self._targets:  # grow geometrically: amortised O(1) per target
+            self._targets = max(len(self._changes), self._targets + max(16, self._targets // 8))
+            self._rebalance()
+        return self._changes[name]
 
     # --- feeding -----------------------------------------------------------------------------
 
@@ -145,8 +168,8 @@ class History:
         res = self._results.get(name)
         if res is None:
             res = self._results[name] = _Results()
-            self._changes.setdefault(name, deque(maxlen=self._change_cap(len(self._results))))
-            self._rebalance()
+            if name not in self._changes:
+                self._admit(name)
         res.append(outcome)
         latest = max(self._latest.get(name, -math.inf), outcome.started_at)
         self._latest[name] = latest
@@ -155,22 +178,27 @@ class History:
     def transition(self, t: Transition) -> None:
         changes = self._changes.get(t.target)
         if changes is None:
-            changes = self._changes[t.target] = deque(maxlen=self._change_cap(len(self._changes)))
+            changes = self._admit(t.target)
         failure = None if t.failure is None else str(t.failure)
         detail = t.detail if len(t.detail) <= _DETAIL_MAX else t.detail[: _DETAIL_MAX - 1] + "…"
         changes.append((t.at, str(t.old), str(t.new), failure, detail))
 
     def forget(self, name: str) -> None:
-        """A target left the config: its history goes too (and its share goes to the others)."""
+        """A target left the config: its history goes too.
+
+        Its share goes to the others at the next `reconfigure` (once per reload, not once per
+        removed target): until then the remaining targets simply keep their smaller shares.
+        """
         self._results.pop(name, None)
         self._changes.pop(name, None)
         self._latest.pop(name, None)
-        self._rebalance()
 
     def retain(self, names: set[str] | frozenset[str]) -> None:
-        """Forget every target not in `names` (after a reload)."""
+        """Forget every target not in `names` (the new config's targets), then rebalance once."""
         for name in [n for n in set(self._results) | set(self._changes) if n not in names]:
             self.forget(name)
+        self._targets = len(names)
+        self._rebalance()
 
     # --- reading -----------------------------------------------------------------------------
 

@@ -27,17 +27,24 @@ by the hysteresis; their durations (often just the timeout) would only blur the 
 Percentiles are nearest-rank: the smallest sample with at least p% of the window at or below it,
 so a reported p95 is a latency that was really observed, never an interpolation. No latency
 verdict is given before `min_samples` samples.
+
+The gate is kept current on every probe result, so that path must be cheap: each target keeps its
+judged measure's window also as a sorted list (updated by bisection, O(log n) search plus a short
+memmove), and `_ready` reads only the configured bounds from it. `_judge` builds the full
+TargetVerdict (all quantiles, detail strings) only when someone asks (verdict(), target()), and
+takes its `ready` from `_ready`, so the two can never disagree.
 """
 
 from __future__ import annotations
 
 import math
+from bisect import bisect_left, insort
 from collections import deque
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
-from probe.config import Config, Target
+from probe.config import Config, LatencyTarget, Target
 from probe.outcome import Failure, Outcome
 
 State = Literal["pending", "ready", "failing"]
@@ -172,53 +179,101 @@ class _Track:
     last_probe_at: float | None = None
     version: str | None = None
     windows: dict[str, deque[float]] = field(default_factory=dict)
+    # The judged measure's window, sorted; kept in step with windows[measure] by add_samples.
+    ordered: list[float] = field(default_factory=list)
+    measure: str = "total"
+    window_size: int = DEFAULT_WINDOW
+    bounds: list[tuple[str, float, float]] = field(default_factory=list)  # (label, p, seconds)
 
-    @property
-    def window_size(self) -> int:
-        return self.target.latency.window if self.target.latency else DEFAULT_WINDOW
-
-    @property
-    def measure(self) -> str:
-        return self.target.latency.measure if self.target.latency else "total"
+    def __post_init__(self) -> None:
+        self.resize()
 
     def add_samples(self, outcome: Outcome) -> None:
-        samples = dict(outcome.latency)
-        samples.setdefault("total", outcome.duration)
-        for measure, seconds in samples.items():
-            window = self.windows.get(measure)
-            if window is None:
-                window = self.windows[measure] = deque(maxlen=self.window_size)
+        latency = outcome.latency
+        for measure, seconds in latency.items():
+            self._push(measure, seconds)
+        if "total" not in latency:
+            self._push("total", outcome.duration)
+
+    def _push(self, measure: str, seconds: float) -> None:
+        window = self.windows.get(measure)
+        if window is None:
+            window = self.windows[measure] = deque(maxlen=self.window_size)
+        if measure != self.measure:
             window.append(seconds)
+            return
+        ordered = self.ordered
+        if len(window) == window.maxlen:  # the oldest sample leaves the sorted copy too
+            oldest = window[0]
+            i = bisect_left(ordered, oldest)
+            if i < len(ordered) and ordered[i] == oldest:
+                del ordered[i]
+            else:  # only NaN (unordered) gets here: rebuild rather than drift
+                window.append(seconds)
+                self.ordered = sorted(window)
+                return
+        window.append(seconds)
+        insort(ordered, seconds)
 
     def resize(self) -> None:
-        size = self.window_size
+        """Follow the target's (possibly new) window size and measure; config time only."""
+        lat = self.target.latency
+        self.measure = self.target.measure
+        self.bounds = _bounds(lat) if lat else []
+        size = self.window_size = lat.window if lat else DEFAULT_WINDOW
         for measure, window in self.windows.items():
             if window.maxlen != size:
                 self.windows[measure] = deque(window, maxlen=size)
+        self.ordered = sorted(self.windows.get(self.measure, ()))
+
+
+def _over(seconds: float, bound: float) -> bool:
+    """Is a quantile over its bound, compared as reported (ms, 3 decimals)."""
+    return round(seconds * 1000.0, 3) > bound * 1000.0
+
+
+def _bounds(lat: LatencyTarget) -> list[tuple[str, float, float]]:
+    return [(label, p, bound) for label, p in QUANTILES
+            if (bound := getattr(lat, label)) is not None]
+
+
+def _ready(track: _Track, expect_version: str | None) -> bool:
+    """Is the target ready: the per-result hot path, so no strings and no sorting."""
+    if track.state != "ready":
+        return False
+    t = track.target
+    if expect_version and t.version_path and track.version != expect_version:
+        return False
+    lat = t.latency
+    if lat is None:
+        return True
+    ordered = track.ordered
+    if len(ordered) < lat.min_samples:
+        return True
+    for _, p, bound in track.bounds:
+        if _over(_ranked(ordered, p), bound):
+            return False
+    return True
 
 
 def _latency(track: _Track) -> tuple[dict[str, float], str | None]:
     """Window percentiles in ms for the target's measure, and a breach detail (None if fine)."""
     lat = track.target.latency
-    window: Sequence[float] = track.windows.get(track.measure, ())
+    ordered = track.ordered
     out: dict[str, float] = {}
-    if window:
-        ordered = sorted(window)  # once, for all three quantiles
+    if ordered:
         for label, p in QUANTILES:
             out[label] = round(_ranked(ordered, p) * 1000.0, 3)
     if lat is None:
         return out, None
     breaches = []
-    for label, _ in QUANTILES:
-        bound = getattr(lat, label)
-        if bound is None:
-            continue
+    for label, p, bound in track.bounds:
         out[f"target_{label}"] = round(bound * 1000.0, 3)
-        if len(window) >= lat.min_samples and out[label] > bound * 1000.0:
+        if len(ordered) >= lat.min_samples and _over(_ranked(ordered, p), bound):
             breaches.append(f"{label} {fmt_ms(out[label])} over target {fmt_ms(bound * 1000.0)}")
     if not breaches:
         return out, None
-    return out, f"{', '.join(breaches)} (measure {lat.measure}, {len(window)} samples)"
+    return out, f"{', '.join(breaches)} (measure {lat.measure}, {len(ordered)} samples)"
 
 
 def _judge(track: _Track, expect_version: str | None) -> TargetVerdict:
@@ -226,17 +281,17 @@ def _judge(track: _Track, expect_version: str | None) -> TargetVerdict:
     latency_ms, breach = _latency(track)
     failure: str | None = None
     detail = ""
-    ready = False
-    if track.state == "ready":
+    ready = _ready(track, expect_version)  # the one definition; the rest only explains it
+    if ready:
+        pass
+    elif track.state == "ready":
         if expect_version and t.version_path and track.version != expect_version:
             failure = Failure.VERSION_MISMATCH.value
             detail = (f"serving build {track.version}, expected {expect_version}"
                       if track.version is not None else
                       f"no version reported at {t.version_path!r}, expected {expect_version}")
-        elif breach is not None:
-            failure, detail = Failure.LATENCY.value, breach
-        else:
-            ready = True
+        else:  # _ready and _latency share _over, so a breach was found
+            failure, detail = Failure.LATENCY.value, breach or "latency over target"
     elif track.last_failure is not None:
         assert track.last_failure.failure is not None
         failure = track.last_failure.failure.value
@@ -346,13 +401,12 @@ class Readiness:
         track = self._tracks.get(name)
         if track is None or track.target.latency is None:
             return False
-        window = track.windows.get(track.measure, ())
-        return len(window) < track.target.latency.min_samples
+        return len(track.ordered) < track.target.latency.min_samples
 
     def _refresh(self, track: _Track, now: float | None) -> None:
         """Keep the set of blocking critical targets current, so the gate is O(1) per result."""
         name = track.target.name
-        if track.target.critical and not _judge(track, self._expect).ready:
+        if track.target.critical and not _ready(track, self._expect):
             self._blocking.add(name)
         else:
             self._blocking.discard(name)

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import pytest
 
 from probe.config import parse_config
-from probe.history import History
+from probe.history import History, _Results
 from probe.outcome import Failure, Outcome
 
 
@@ -144,3 +144,51 @@ def test_from_config_and_reconfigure() -> None:
     assert h.count("a") == 50
     h.reconfigure(results=20, span=120.0)
     assert h.count("a") == 20
+
+
+def test_first_results_of_configured_targets_do_not_retrim_the_others(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Shares come from the configured target count: each target's first result trims only that
+    target (one trim per record), not every stored target again (quadratic start-up)."""
+    n = 2000
+    cfg = parse_config("history: {results: 1000, span: 1h}\ntargets:\n" + "".join(
+        f"  - {{name: t{i}, url: 'http://127.0.0.1:1/{i}'}}\n" for i in range(n)))
+    h = History.from_config(cfg)
+    trims: list[int] = []
+    real_trim = _Results.trim
+
+    def counting(self: _Results, cap: int, oldest: float) -> None:
+        trims.append(cap)
+        real_trim(self, cap, oldest)
+
+    monkeypatch.setattr(_Results, "trim", counting)
+    for round_ in range(3):
+        for i in range(n):
+            h.record(ok(f"t{i}", float(round_)))
+    assert len(trims) == 3 * n  # one per record: nobody else was re-trimmed
+    assert set(trims) == {200_000 // n}  # the share never changed during start-up
+    # Removals do not rebalance one by one; the reload's reconfigure does, once.
+    trims.clear()
+    for i in range(10, n):
+        h.forget(f"t{i}")
+    assert trims == []
+    h.reconfigure(results=1000, span=3600.0, targets=10)
+    assert len(trims) == 10 and set(trims) == {1000}
+    for i in range(2000):
+        h.record(ok("t0", 10.0 + i))
+    assert h.count("t0") == 1000
+
+
+def test_more_targets_than_announced_still_respect_the_global_bound() -> None:
+    h = History(results=1000, span=1e9, total_results=5000, total_transitions=3000, targets=10)
+    for round_ in range(40):
+        for t in range(300):
+            h.record(ok(f"t{t}", float(round_)))
+            h.transition(T(f"t{t}", "pending", "ready", None, "", float(round_)))
+    counts = [h.count(f"t{t}") for t in range(300)]
+    assert sum(counts) <= 5000 and min(counts) == max(counts) >= 5000 // 300 * 8 // 9
+    assert h.stored() <= 2 * 5000 + 64 * 300
+    changes = [len(h.snapshot(f"t{t}", 40.0, max_transitions=100)["transitions"])
+               for t in range(300)]
+    assert sum(changes) <= 3000

@@ -7,7 +7,7 @@ import math
 from typing import Any
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from probe.config import Config
@@ -391,3 +391,50 @@ def test_ready_with_a_latency_target_means_the_window_is_within_it(
             assert percentile(kept, 95) <= 0.100
         if t.state == "ready" and len(kept) >= min_samples and percentile(kept, 95) > 0.100:
             assert not t.ready and t.failure == "latency"
+
+
+# --- the hot path agrees with the full verdict -----------------------------------------------
+
+
+@FAST
+@given(
+    bounds=st.fixed_dictionaries({}, optional={
+        "p50": st.sampled_from([0.02, 0.05]), "p95": st.sampled_from([0.05, 0.1]),
+        "p99": st.sampled_from([0.1, 0.2])}),
+    window=st.integers(1, 12), min_samples=st.integers(1, 12),
+    expect_version=st.sampled_from([None, "v1"]),
+    steps=st.lists(st.tuples(st.booleans(), st.sampled_from([0.01, 0.02, 0.05, 0.1, 0.2, 0.3]),
+                             st.sampled_from([None, "v1", "v2"]), st.booleans()), max_size=60),
+)
+@example(bounds={"p95": 0.05}, window=3, min_samples=1, expect_version=None,
+         steps=[(True, 0.05, None, True)])  # a quantile exactly at its bound is not a breach
+def test_cheap_ready_never_disagrees_with_the_full_verdict(
+    bounds: dict[str, float], window: int, min_samples: int, expect_version: str | None,
+    steps: list[tuple[bool, float, str | None, bool]],
+) -> None:
+    """`observe` keeps the gate with `_ready` (no sorting, no strings); `verdict` explains with
+    `_judge`. Over any results, including samples exactly at a bound, the two must agree, and
+    the sorted copy of the window must be the window sorted."""
+    from probe.readiness import _judge, _ready
+
+    latency = ({**bounds, "window": window, "min_samples": min(min_samples, window)}
+               if bounds else None)
+    cfg = make_config({"success_threshold": 1, "failure_threshold": 1, "version_path": "$.v",
+                       **({"latency": latency} if latency else {})}, expect_version=expect_version)
+    r = Readiness(cfg)
+    for i, (success, seconds, version, has_total) in enumerate(steps):
+        lat = {"total": seconds} if has_total else {}
+        r.observe(ok(duration=seconds, latency=lat, version=version) if success else
+                  bad(version=version), float(i))
+        track = r._tracks["t0"]
+        assert track.ordered == sorted(track.windows.get("total", ()))
+        full = _judge(track, r.expect_version)
+        assert _ready(track, r.expect_version) == full.ready
+        window = list(track.windows.get("total", ()))  # an independent model of "ready"
+        breached = latency is not None and len(window) >= latency["min_samples"] and any(
+            round(percentile(window, float(label[1:])) * 1000, 3) > bound * 1000
+            for label, bound in bounds.items())
+        wrong_build = expect_version is not None and track.version != expect_version
+        assert full.ready == (track.state == "ready" and not wrong_build and not breached)
+        assert full.ready or full.failure is not None or track.state != "ready"
+        assert r.verdict(float(i)).ready == full.ready == (not r._blocking)
