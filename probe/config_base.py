@@ -26,6 +26,12 @@ def parse_duration(value: object) -> float:
     return seconds
 
 
+def fmt(seconds: float) -> str:
+    """5s, 2.5s, 250ms: a duration as the config file writes it (the inverse of parse_duration,
+    so a detail names the timeout the way its author wrote it)."""
+    return f"{round(seconds, 3):g}s" if seconds >= 1 else f"{round(seconds * 1000):d}ms"
+
+
 Duration = Annotated[float, BeforeValidator(parse_duration)]
 
 

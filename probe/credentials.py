@@ -213,7 +213,7 @@ class _OAuth2(_Provider):
             async with asyncio.timeout(self.spec.timeout):
                 async with self._session.post(
                     self.spec.token_url, data=form, headers={"Accept": "application/json"},
-                    timeout=aiohttp.ClientTimeout(total=self.spec.timeout), allow_redirects=False,
+                    allow_redirects=False,
                 ) as resp:
                     status = resp.status
                     body = bytearray()
@@ -323,8 +323,10 @@ class Credentials:
 
 @dataclass
 class Attached:
-    """Where a target's credential goes in its request."""
+    """Where a target's credential goes in its request, and the token itself (for the checks
+    to scrub from their details: one value covers header, query and subprotocol alike)."""
 
+    token: str = field(default="", repr=False)
     headers: dict[str, str] = field(default_factory=dict, repr=False)
     query: dict[str, str] = field(default_factory=dict, repr=False)
     subprotocols: list[str] = field(default_factory=list, repr=False)
@@ -336,6 +338,7 @@ async def attach(target: Target, credentials: Credentials) -> Attached:
     if target.credential is None:
         return out
     token = await credentials.token(target.credential)
+    out.token = token
     if target.credential_in == "header":
         name = target.credential_name or "Authorization"
         out.headers[name] = f"{target.credential_scheme} {token}".strip()

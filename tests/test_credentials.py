@@ -377,6 +377,8 @@ async def test_attach_places_the_token_as_the_target_says() -> None:
     assert d.subprotocols == ["tok-abc"]
     assert (e.headers, e.query, e.subprotocols) == ({}, {}, [])
     assert "tok-abc" not in repr(a) + repr(c) + repr(d)
+    # the bare token travels with the placement, for the checks to scrub it from details
+    assert [x.token for x in (a, b, c, d, e)] == ["tok-abc"] * 4 + [""]
 
 
 async def test_no_secret_in_repr_or_str(tmp_path: Path) -> None:

@@ -8,6 +8,7 @@ step timeout plus a margin", never a speed goal.
 from __future__ import annotations
 
 import asyncio
+import datetime
 import json
 import socket
 import time
@@ -18,6 +19,7 @@ from typing import Any
 
 import jwt
 import pytest
+import yaml
 from aiohttp import web
 from websockets.asyncio.server import ServerConnection, serve
 from websockets.datastructures import Headers
@@ -159,6 +161,24 @@ async def test_no_credential_says_so(twin: Twin) -> None:
     target, ctx = setup({"url": twin_ws(twin), "messages": [PING]})
     outcome, _ = await probe(target, ctx)
     assert outcome.detail == "WebSocket upgrade rejected: HTTP 403 (no credential was sent)"
+
+
+async def test_a_token_echoed_in_a_clipped_rejection_is_redacted() -> None:
+    """A server that rejects the upgrade with a body quoting the Authorization header: the
+    detail clips the body mid-token, and no 8-character start of the token may survive."""
+    token = "tok-" + "0123456789abcdef" * 4
+
+    async def process_request(conn: ServerConnection, request: Request) -> Response | None:
+        return conn.respond(500, f"denied for {request.headers.get('Authorization')}\n")
+
+    async with ws_server(process_request=process_request) as base:
+        target, ctx = setup({"url": f"{base}/ws", "credential": "svc", "messages": [PING]},
+                            {"svc": {"bearer": {"token": token}}})
+        outcome, _ = await probe(target, ctx)
+    assert outcome.failure is Failure.WS_REJECTED, outcome.detail
+    assert outcome.detail.startswith("WebSocket upgrade rejected: HTTP 500: 'denied for ")
+    leaked = [token[:n] for n in range(8, len(token) + 1) if token[:n] in outcome.detail]
+    assert not leaked, outcome.detail
 
 
 async def test_twin_audience_is_checked(twin: Twin) -> None:
@@ -303,6 +323,22 @@ async def test_mismatched_expect_is_an_assertion() -> None:
         outcome, _ = await probe(target, ctx)
     assert outcome.failure is Failure.ASSERTION
     assert outcome.detail == "step 1: expected a message matching /^pong$/, got 'hello'"
+
+
+async def test_yaml_dates_in_a_step_are_sent_and_matched_as_json_text() -> None:
+    """YAML turns `2024-01-02` into a date: a step sends and expects it as its ISO text, and a
+    wrong date is an assertion, never an internal error."""
+    cfg = yaml.safe_load("send: {d: 2024-01-02}\nexpect: {json: {d: 2024-01-02}}\n")
+    assert isinstance(cfg["send"]["d"], datetime.date)
+    async with ws_server(echo_handler) as base:
+        target, ctx = setup({"url": f"{base}/ws", "messages": [cfg]})
+        outcome, _ = await probe(target, ctx)
+        assert outcome.success, outcome.detail
+        wrong = {**cfg, "expect": {"json": {"d": datetime.date(2024, 1, 3)}}}
+        target, ctx = setup({"url": f"{base}/ws", "messages": [wrong]})
+        outcome, _ = await probe(target, ctx)
+    assert outcome.failure is Failure.ASSERTION
+    assert outcome.detail == 'step 1: expected d = "2024-01-03", got "2024-01-02"'
 
 
 async def test_connections_open_concurrently(twin: Twin) -> None:
@@ -561,6 +597,10 @@ async def test_bearer_file_change_reaches_the_next_probe(tmp_path: Path) -> None
         ({"json": {"data.items.-1.id": 7}}, '{"data": {"items": [{"id": 7}]}}', None),
         ({"json": {"n": 1}}, '{"n": 1.0}', None),
         ({"json": {"ok": True}}, '{"ok": 1}', "expected ok = true, got 1"),
+        ({"json": {"a": {"b": 1}}}, '{"a": {"b": true}}', 'expected a = {"b": 1}, got'),
+        ({"json": {"a": [1]}}, '{"a": [true]}', "expected a = [1], got"),
+        ({"json": {"d": datetime.date(2024, 1, 2)}}, '{"d": "2024-01-02"}', None),
+        ({"json": {"d": datetime.date(2024, 1, 2)}}, '{"d": 1}', 'expected d = "2024-01-02"'),
         ({"json": {"a.b": 1}}, '{"a": {}}', "expected a.b = 1, but a.b is missing"),
         ({"json": {"a.5": 1}}, '{"a": [1]}', "expected a.5 = 1, but a.5 is missing"),
         ({"json": {"a": 1}}, "plain text", "expected a JSON message, got 'plain text'"),

@@ -8,6 +8,7 @@ Failure from the closed vocabulary. Checks know nothing of metrics or readiness.
 
 from __future__ import annotations
 
+import re
 import ssl
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -15,9 +16,12 @@ from functools import lru_cache
 from importlib import import_module
 from pathlib import Path
 
+from probe import __version__
 from probe.config import Target
 from probe.credentials import Credentials
 from probe.outcome import Outcome
+
+USER_AGENT = f"stageprobe/{__version__}"
 
 Check = Callable[[Target, "CheckContext"], Awaitable[Outcome]]
 
@@ -38,11 +42,51 @@ def checker_for(target: Target) -> Check:
 
 
 @lru_cache(maxsize=64)
-def ssl_context(verify: bool, ca_file: Path | None) -> ssl.SSLContext:
-    """One SSLContext per (verify, CA file): building one loads the trust store; never per probe."""
+def ssl_context(
+    verify: bool, ca_file: Path | None, sslobject_class: type[ssl.SSLObject] | None = None
+) -> ssl.SSLContext:
+    """One SSLContext per (verify, CA file, SSLObject class): building one loads the trust store;
+    never per probe. A check that hooks the handshake (the HTTP check times it) asks for its own
+    class here, so the class is set once at construction, never on a context already shared."""
     if not verify:
         ctx = ssl.create_default_context()
         ctx.check_hostname = False
         ctx.verify_mode = ssl.CERT_NONE
-        return ctx
-    return ssl.create_default_context(cafile=str(ca_file) if ca_file else None)
+    else:
+        ctx = ssl.create_default_context(cafile=str(ca_file) if ca_file else None)
+    if sslobject_class is not None:
+        ctx.sslobject_class = sslobject_class
+    return ctx
+
+
+# --- what every check's details share ---------------------------------------------------------
+
+
+def host_port(host: str | None, port: int | None) -> str:
+    """`host:port` as a detail names a peer, an IPv6 address in brackets."""
+    return f"[{host}]:{port}" if host and ":" in host else f"{host}:{port}"
+
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def clip(text: str, limit: int = 80) -> str:
+    """`text` on one line (control characters dropped, whitespace collapsed), at most `limit`
+    characters: a detail is one line whatever the peer sent."""
+    text = " ".join(_CONTROL.sub(" ", text).split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+_URL_QUERY = re.compile(r"((?:https?|wss?)://[^\s?#'\"]*)[?#][^\s'\"]*")
+
+
+def scrub(detail: str, secrets: list[str]) -> str:
+    """No query strings, no credential values, one line, short: applied to every failure detail
+    just before it leaves a check, whatever built it."""
+    detail = _URL_QUERY.sub(r"\1", detail)
+    for secret in sorted(secrets, key=len, reverse=True):
+        if len(secret) >= 8:  # also catches a secret cut short by clip()
+            detail = re.sub(re.escape(secret[:8]) + r"\S*", "***", detail)
+        elif secret:
+            detail = detail.replace(secret, "***")
+    return clip(detail, 200)

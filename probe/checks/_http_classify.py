@@ -16,8 +16,9 @@ import aiohttp
 import structlog
 from aiohttp import http_exceptions as hx
 
-from probe.checks._http_expect import clip
+from probe.checks import clip, host_port
 from probe.config import Target
+from probe.config_base import fmt
 from probe.outcome import Failure
 
 log = structlog.get_logger("probe.checks.http")
@@ -55,7 +56,7 @@ class Progress:
 
 
 def timed_out(target: Target, probe: Progress) -> tuple[Failure, str]:
-    within = f"within {target.timeout:g}s"
+    within = f"within {fmt(target.timeout)}"
     stage = probe.stage
     if stage == "credential":
         return Failure.CREDENTIAL, f"credential {target.credential} not obtained {within}"
@@ -81,10 +82,6 @@ def os_text(exc: BaseException) -> str:
     return re.sub(r"\s*\(_ssl\.c:\d+\)$", "", text) or type(exc).__name__
 
 
-def _host_port(host: str | None, port: int | None) -> str:
-    return f"[{host}]:{port}" if host and ":" in host else f"{host}:{port}"
-
-
 def _when(probe: Progress) -> str:
     if probe.stage == "body":
         return f"during the body ({probe.bytes_read} bytes read)"
@@ -97,12 +94,12 @@ def classify(exc: Exception, probe: Progress, target: Target) -> tuple[Failure, 
         why = getattr(err, "verify_message", None) or os_text(err)
         return Failure.TLS, f"certificate verify failed: {why}"
     if isinstance(exc, aiohttp.ClientConnectorSSLError):
-        where = _host_port(exc.host, exc.port)
+        where = host_port(exc.host, exc.port)
         return Failure.TLS, f"TLS handshake with {where} failed: {os_text(exc.os_error)}"
     if isinstance(exc, aiohttp.ClientConnectorDNSError):
         return Failure.DNS, f"cannot resolve {exc.host}: {os_text(exc.os_error)}"
     if isinstance(exc, aiohttp.ClientConnectorError):
-        os_error, where = exc.os_error, _host_port(exc.host, exc.port)
+        os_error, where = exc.os_error, host_port(exc.host, exc.port)
         if probe.stage == "tls":
             return Failure.TLS, f"TLS handshake with {where} failed: {os_text(os_error)}"
         refused = f"[Errno {errno.ECONNREFUSED}]" in str(os_error)  # one of several addresses
@@ -152,17 +149,3 @@ def _log_unexpected(exc: Exception, target: Target) -> None:
     _LOGGED.add(key)
     log.error("unexpected error in the http check, classified protocol", target=target.name,
               exc_info=exc)
-
-
-_URL_QUERY = re.compile(r"((?:https?|wss?)://[^\s?#'\"]*)[?#][^\s'\"]*")
-
-
-def scrub(detail: str, secrets: list[str]) -> str:
-    """No query strings, no credential values, one line, short."""
-    detail = _URL_QUERY.sub(r"\1", detail)
-    for secret in secrets:
-        if len(secret) >= 8:  # also catches a secret cut short by clip()
-            detail = re.sub(re.escape(secret[:8]) + r"\S*", "***", detail)
-        elif secret:
-            detail = detail.replace(secret, "***")
-    return clip(detail, 200)

@@ -27,12 +27,11 @@ from typing import Any
 from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
-from probe import __version__
+from probe.checks import USER_AGENT, clip, host_port
 from probe.config import Target
 from probe.outcome import Failure
 
 MISSING: Any = object()
-USER_AGENT = f"stageprobe/{__version__}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,7 +92,6 @@ def plan_for(target: Target) -> Plan:
 
 def _build(t: Target) -> Plan:
     url = URL(t.url)
-    host = f"[{url.host}]" if url.host and ":" in url.host else url.host
     headers: CIMultiDict[str] = CIMultiDict(t.headers)
     headers.setdefault("User-Agent", USER_AGENT)
     data: bytes | None = None
@@ -106,14 +104,14 @@ def _build(t: Target) -> Plan:
     expect = t.expect
     statuses = frozenset(expect.status) if expect.status else None
     json_checks = tuple(
-        JsonCheck(path, tuple(path.split(".")), _as_json(value))
+        JsonCheck(path, tuple(path.split(".")), as_json(value))
         for path, value in expect.json_.items()
     )
     # aiohttp raises TooManyRedirects when the Nth redirect ARRIVES; ours means "follow up to N".
     follow = t.follow_redirects and t.max_redirects > 0
     return Plan(
         url=url,
-        where=f"{host}:{url.port}",
+        where=host_port(url.host, url.port),
         method=t.method,
         headers=headers,
         data=data,
@@ -130,7 +128,7 @@ def _build(t: Target) -> Plan:
     )
 
 
-def _as_json(value: Any) -> Any:
+def as_json(value: Any) -> Any:
     """YAML may hand us dates and the like; compare what JSON would have carried."""
     return json.loads(json.dumps(value, default=str))
 
@@ -142,12 +140,6 @@ def _wording(codes: list[int]) -> str:
 
 
 # --- formatting ------------------------------------------------------------------------------
-
-
-def clip(text: str, limit: int = 80) -> str:
-    """One line, at most `limit` characters."""
-    text = " ".join(text.split())
-    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def show(value: Any, limit: int = 60) -> str:

@@ -22,13 +22,12 @@ from websockets.frames import Close
 from websockets.protocol import State
 from websockets.typing import Origin, Subprotocol
 
-from probe import __version__
-from probe.checks import ssl_context
-from probe.checks.messages import mismatch, oneline, payload
+from probe.checks import USER_AGENT, clip, host_port, ssl_context
+from probe.checks.messages import mismatch, payload
 from probe.config import Step, Target
+from probe.config_base import fmt
 from probe.outcome import Failure
 
-USER_AGENT = f"stageprobe/{__version__}"
 CLOSE_TIMEOUT = 1.0  # the closing handshake after the steps; a slow close is not a failure
 
 # websockets logs every handshake header at DEBUG, Authorization included. Its logger for our
@@ -62,7 +61,7 @@ class Plan:
 
     @property
     def where(self) -> str:
-        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+        return host_port(self.host, self.port)
 
 
 @dataclass
@@ -77,13 +76,7 @@ class Session:
     received: int = 0
     rtts: list[float] = field(default_factory=list)
     steps_time: float = 0.0
-    status: int | None = None
     close_code: int | None = None
-
-
-def fmt(seconds: float) -> str:
-    """5s, 2.5s, 250ms: durations as the config file writes them."""
-    return f"{round(seconds, 3):g}s" if seconds >= 1 else f"{round(seconds * 1000):d}ms"
 
 
 def _plural(n: int, word: str) -> str:
@@ -158,7 +151,7 @@ def _rejected(plan: Plan, exc: InvalidStatus) -> Fail:
     if status == 200:
         detail += " (not a WebSocket endpoint)"
     elif exc.response.body:
-        detail += f": {oneline(exc.response.body.decode('utf-8', 'replace'), 60)!r}"
+        detail += f": {clip(exc.response.body.decode('utf-8', 'replace'), 60)!r}"
     return Fail(Failure.WS_REJECTED, detail, status=status)
 
 
@@ -228,11 +221,11 @@ def _open_failure(exc: BaseException, target: Target, plan: Plan, s: Session) ->
             detail = "connection closed before the WebSocket upgrade was answered"
             return Fail(Failure.DISCONNECTED, detail)
         return Fail(
-            Failure.PROTOCOL, f"invalid answer to the WebSocket upgrade: {oneline(str(cause))}"
+            Failure.PROTOCOL, f"invalid answer to the WebSocket upgrade: {clip(str(cause))}"
         )
     if isinstance(exc, InvalidHandshake):
         return Fail(
-            Failure.PROTOCOL, f"invalid answer to the WebSocket upgrade: {oneline(str(exc))}"
+            Failure.PROTOCOL, f"invalid answer to the WebSocket upgrade: {clip(str(exc))}"
         )
     if isinstance(exc, OSError):
         reason = exc.strerror or type(exc).__name__
@@ -273,10 +266,10 @@ def _closed(
             detail = f"a message larger than body_limit ({target.body_limit} bytes) arrived{at}"
             return Fail(Failure.BODY_TOO_LARGE, detail, status=101)
         if sent.code in (1002, 1007):
-            detail = f"server sent an invalid frame{at}: {oneline(sent.reason)}"
+            detail = f"server sent an invalid frame{at}: {clip(sent.reason)}"
             return Fail(Failure.PROTOCOL, detail, status=101)
     if rcvd is not None:
-        reason = f' "{oneline(rcvd.reason)}"' if rcvd.reason else ""
+        reason = f' "{clip(rcvd.reason)}"' if rcvd.reason else ""
         note = " (server error)" if rcvd.code == 1011 else ""
         detail = f"server closed the session: {rcvd.code}{reason}{note} {after}{at}"
         return Fail(Failure.WS_CLOSED, detail, status=101, close=rcvd.code)
@@ -361,7 +354,6 @@ async def run_session(
         ws = await _handshake(target, plan, sock, s, deadline)
     finally:  # a rejected upgrade took time too: how long until the answer
         s.handshake = time.perf_counter() - t1
-    s.status = ws.response.status_code if ws.response is not None else 101
     proto = ws.protocol
     try:
         try:

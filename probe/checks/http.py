@@ -7,7 +7,7 @@ accepting new connections. A session costs ~25 us to make, far below the connect
 Phases follow blackbox_exporter and are summed over redirect hops: resolve (DNS), connect (TCP),
 tls (handshake), processing (request sent -> response headers), transfer (body read). aiohttp's
 trace hooks mark DNS and connection start/end, but TCP connect and TLS handshake happen in one
-aiohttp call; the split comes from the SSL object: the shared SSLContext gets an SSLObject
+aiohttp call; the split comes from the SSL object: the cached SSLContext is built with an SSLObject
 subclass whose first do_handshake() marks "TCP connected, TLS begins" and whose completed
 handshake yields the peer certificate (DER, so it works with verification off too) for
 `cert_expiry`. The hook finds the running probe through a ContextVar and does nothing elsewhere.
@@ -35,9 +35,9 @@ from cryptography import x509
 from multidict import CIMultiDict
 from yarl import URL
 
-from probe.checks import CheckContext, ssl_context
-from probe.checks._http_classify import Progress, classify, os_text, scrub, timed_out
-from probe.checks._http_expect import Plan, clip, evaluate, plan_for, size
+from probe.checks import CheckContext, clip, host_port, scrub, ssl_context
+from probe.checks._http_classify import Progress, classify, os_text, timed_out
+from probe.checks._http_expect import Plan, evaluate, plan_for, size
 from probe.config import Target
 from probe.credentials import CredentialError, attach
 from probe.outcome import Failure, Outcome
@@ -81,10 +81,8 @@ class _TimedSSLObject(ssl.SSLObject):
 
 
 def _tls_context(target: Target) -> ssl.SSLContext:
-    ctx = ssl_context(target.tls_verify, target.ca_file)
-    if ctx.sslobject_class is not _TimedSSLObject:  # same behaviour, plus the timing hook
-        ctx.sslobject_class = _TimedSSLObject
-    return ctx
+    """The shared context for the target's TLS settings, with the timing hook built in."""
+    return ssl_context(target.tls_verify, target.ca_file, _TimedSSLObject)
 
 
 # --- trace hooks -----------------------------------------------------------------------------
@@ -131,8 +129,7 @@ async def _on_redirect(_s: Any, trace_ctx: SimpleNamespace, params: Any) -> None
         if location:
             try:
                 nxt = params.url.join(URL(location))
-                host = f"[{nxt.host}]" if nxt.host and ":" in nxt.host else nxt.host
-                probe.where = f"{host}:{nxt.port}"
+                probe.where = host_port(nxt.host, nxt.port)
             except ValueError:
                 pass
 
@@ -227,13 +224,9 @@ async def _run(
         probe.stage = "credential"
         try:
             placed = await attach(target, ctx.credentials)
-        except CredentialError as exc:
-            why = clip(str(exc), 120) or "no token"
-            if target.credential not in why:
-                why = f"credential {target.credential}: {why}"
-            raise _Fail(Failure.CREDENTIAL, why) from None
-        secrets += [*placed.query.values(), *placed.headers.values()]
-        secrets += [v.rpartition(" ")[2] for v in placed.headers.values()]  # without the scheme
+        except CredentialError as exc:  # its message already starts "credential NAME:"
+            raise _Fail(Failure.CREDENTIAL, clip(str(exc), 120)) from None
+        secrets += [placed.token, *placed.headers.values()]
         if placed.headers:
             headers = CIMultiDict(headers)
             headers.update(placed.headers)

@@ -1,69 +1,82 @@
 """Matching WebSocket messages against a step's `expect` / `until`, and encoding what a step sends.
 
-Pure functions, so the rules (dotted paths, list indices, bool vs number) are tested without a
-socket. A mismatch is explained in one line, expected vs actual, short enough for a detail.
+Pure functions, so the rules are tested without a socket. The rules are the HTTP check's
+(`_http_expect`): dotted paths that index lists, values compared as JSON (`1` equals `1.0`, but
+`true` is not `1` and `{"a": 1}` is not `{"a": true}`), and an expected value normalised the way
+JSON would carry it (a YAML date is its ISO text). A mismatch is explained in one line, expected
+vs actual, short enough for a detail.
+
+A step's match is compiled once (split paths, normalised values, their wording) and reused for
+every message of every probe while that Match object lives; a reload builds new ones.
 """
 
 from __future__ import annotations
 
 import json
 import re
+import weakref
+from dataclasses import dataclass
 from typing import Any
 
+from probe.checks import clip
+from probe.checks._http_expect import MISSING, as_json, resolve, same
 from probe.config import Match
 
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]+")
+
+@dataclass(frozen=True, slots=True)
+class _Expected:
+    path: str
+    keys: tuple[str, ...]
+    value: Any  # as JSON would carry it
+    shown: str  # how a detail writes it
 
 
-def oneline(text: str, limit: int = 80) -> str:
-    """`text` on one line, cut to `limit` characters (for a failure detail)."""
-    text = _CONTROL.sub(" ", text).strip()
-    return text if len(text) <= limit else text[: limit - 1] + "…"
+_COMPILED: dict[int, tuple[weakref.ref[Match], tuple[_Expected, ...]]] = {}
 
 
-def dig(doc: Any, path: str) -> tuple[bool, Any]:
-    """Follow a dotted path (`data.items.0.id`) through objects and lists: (found, value)."""
-    node = doc
-    for part in path.split("."):
-        if isinstance(node, dict) and part in node:
-            node = node[part]
-        elif isinstance(node, list) and re.fullmatch(r"-?\d+", part):
-            index = int(part)
-            if not -len(node) <= index < len(node):
-                return False, None
-            node = node[index]
-        else:
-            return False, None
-    return True, node
+def _compiled(match: Match) -> tuple[_Expected, ...]:
+    key = id(match)
+    held = _COMPILED.get(key)
+    if held is not None and held[0]() is match:
+        return held[1]
+    expected = []
+    for path, want in match.json_.items():
+        value = as_json(want)
+        expected.append(_Expected(path, tuple(path.split(".")), value, json.dumps(value)))
+    compiled = tuple(expected)
 
+    def forget(ref: weakref.ref[Match], key: int = key) -> None:
+        entry = _COMPILED.get(key)
+        if entry is not None and entry[0] is ref:
+            del _COMPILED[key]
 
-def same(want: Any, got: Any) -> bool:
-    """Equality as a YAML author means it: 1 == 1.0, but `true` never equals the number 1."""
-    if isinstance(want, bool) or isinstance(got, bool):
-        return type(want) is type(got) and want == got
-    return bool(want == got)
+    _COMPILED[key] = (weakref.ref(match, forget), compiled)
+    return compiled
 
 
 def mismatch(match: Match, message: str | bytes) -> str | None:
     """None when `message` satisfies `match`, else why not."""
     text = message if isinstance(message, str) else message.decode("utf-8", "replace")
     if match.regex is not None and not re.search(match.regex, text):
-        return f"expected a message matching /{match.regex}/, got {oneline(text)!r}"
+        return f"expected a message matching /{match.regex}/, got {clip(text)!r}"
     if match.json_:
         try:
             doc = json.loads(text)
         except ValueError:
-            return f"expected a JSON message, got {oneline(text)!r}"
-        for path, want in match.json_.items():
-            found, got = dig(doc, path)
-            if not found:
-                return f"expected {path} = {json.dumps(want)}, but {path} is missing"
-            if not same(want, got):
-                shown = oneline(json.dumps(got, default=str), 60)
-                return f"expected {path} = {json.dumps(want)}, got {shown}"
+            return f"expected a JSON message, got {clip(text)!r}"
+        for want in _compiled(match):
+            got = resolve(doc, want.keys)
+            if got is MISSING:
+                return f"expected {want.path} = {want.shown}, but {want.path} is missing"
+            if not same(want.value, got):
+                shown = clip(json.dumps(got, default=str), 60)
+                return f"expected {want.path} = {want.shown}, got {shown}"
     return None
 
 
 def payload(send: Any) -> str:
-    """What a step sends: a string as a text frame, anything else as compact JSON text."""
-    return send if isinstance(send, str) else json.dumps(send, separators=(",", ":"))
+    """What a step sends: a string as a text frame, anything else as compact JSON text (a YAML
+    date as its ISO text, as in an expected value)."""
+    if isinstance(send, str):
+        return send
+    return json.dumps(send, separators=(",", ":"), default=str)

@@ -30,9 +30,10 @@ from urllib.parse import urlencode, urlsplit, urlunsplit
 
 from websockets.typing import Subprotocol
 
-from probe.checks import CheckContext, ssl_context
-from probe.checks._ws_session import Fail, Plan, Session, fmt, resolve, run_session
+from probe.checks import CheckContext, scrub, ssl_context
+from probe.checks._ws_session import Fail, Plan, Session, resolve, run_session
 from probe.config import Target
+from probe.config_base import fmt
 from probe.credentials import Attached, CredentialError, attach
 from probe.outcome import Failure, Outcome
 
@@ -85,19 +86,6 @@ async def _run(
             raise exc
 
 
-def _scrub(text: str, secrets: list[str]) -> str:
-    for secret in secrets:
-        if secret:
-            text = text.replace(secret, "[redacted]")
-    return text
-
-
-def _secrets_of(attached: Attached) -> list[str]:
-    values = [*attached.headers.values(), *attached.query.values(), *attached.subprotocols]
-    values += [v.split(" ", 1)[1] for v in attached.headers.values() if " " in v]
-    return sorted({v for v in values if len(v) >= 4}, key=len, reverse=True)
-
-
 async def check(target: Target, ctx: CheckContext) -> Outcome:
     """Probe one WebSocket target; never raises for anything the target does."""
     loop = asyncio.get_running_loop()
@@ -122,7 +110,7 @@ async def check(target: Target, ctx: CheckContext) -> Outcome:
                     f"credential {target.credential}: not obtained within {fmt(target.timeout)}"
                 )
                 raise Fail(Failure.CREDENTIAL, detail) from None
-            secrets = _secrets_of(attached)
+            secrets = [attached.token, *attached.headers.values()]
             plan = _plan(target, attached)
             t0 = time.perf_counter()
             infos = await resolve(plan, deadline)
@@ -134,7 +122,7 @@ async def check(target: Target, ctx: CheckContext) -> Outcome:
             target.name,
             "websocket",
             fail.failure,
-            _scrub(fail.detail, secrets),
+            scrub(fail.detail, secrets),
             time.perf_counter() - start,
             status_code=fail.status,
             close_code=fail.close,
