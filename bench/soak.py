@@ -358,7 +358,7 @@ def main(argv: list[str] | None = None) -> int:
         print(HEADER, flush=True)
         with tempfile.TemporaryDirectory() as tmp:
             samples, final, worst, elapsed = run_loop(  # type: ignore[call-overload]
-                soak(args, plan, Path(tmp)))
+                soak(args, plan, Path(tmp)), daemon=True)
     finally:
         stop_servers(proc)
     problems, summary = verdict(args, plan, samples, final, worst, elapsed)

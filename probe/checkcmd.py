@@ -17,42 +17,18 @@ import argparse
 import asyncio
 import sys
 import time
-from collections.abc import Callable, Coroutine
-from typing import Any, TypeVar
 
-from probe.checks import CheckContext, checker_for
+from probe.checks import CheckContext
 from probe.cli import EXIT_NOT_READY, EXIT_READY, config_path
 from probe.config import Config, Target, load_config
-from probe.credentials import CredentialError, Credentials
-from probe.outcome import Failure, Outcome
+from probe.credentials import Credentials
+from probe.logging import configure
+from probe.loop import run_loop
 from probe.readiness import Readiness, Verdict
 from probe.report import Progress, emit
+from probe.scheduler import load_check, probe_once
 
-BACKSTOP = 0.5  # on top of target.timeout, in case a check overruns its own budget
 TICK = 1.0  # how often the progress line is refreshed while nothing changes
-
-T = TypeVar("T")
-
-
-async def probe_once(target: Target, ctx: CheckContext) -> Outcome:
-    """Run one check; whatever happens, the answer is an Outcome (a raising check is a bug,
-    reported as `protocol` by exception type only: its message might carry a URL or token)."""
-    started_at, t0 = time.time(), time.monotonic()
-
-    def failed(failure: Failure, detail: str) -> Outcome:
-        return Outcome.failed(target.name, target.kind, failure, detail,
-                              time.monotonic() - t0, started_at=started_at)
-
-    try:
-        async with asyncio.timeout(target.timeout + BACKSTOP):
-            return await checker_for(target)(target, ctx)
-    except TimeoutError:
-        return failed(Failure.TIMEOUT, f"no result within {target.timeout:g}s")
-    except CredentialError as exc:
-        return failed(Failure.CREDENTIAL, str(exc))
-    except Exception as exc:
-        return failed(Failure.PROTOCOL,
-                      f"the {target.kind} check raised {type(exc).__name__} (a stageprobe bug)")
 
 
 def _decided(readiness: Readiness, name: str) -> bool:
@@ -63,15 +39,16 @@ def _decided(readiness: Readiness, name: str) -> bool:
 
 
 async def _drive(target: Target, readiness: Readiness, ctx: CheckContext, stop: asyncio.Event,
-                 changed: asyncio.Event, one_round: bool) -> None:
+                 changed: asyncio.Event, one_round: bool, crashed: set[str]) -> None:
     loop = asyncio.get_running_loop()
+    check = load_check(target)
     limit = target.success_threshold + target.failure_threshold - 1
     if target.latency is not None:
         limit += target.latency.min_samples
     probes = 0
     while not stop.is_set():
         started = loop.time()
-        outcome = await probe_once(target, ctx)
+        outcome = await probe_once(target, check, ctx, crashed=crashed)
         readiness.observe(outcome, time.time())
         probes += 1
         changed.set()
@@ -99,7 +76,8 @@ async def run_check(config: Config, expect_version: str | None = None,
     ctx = CheckContext(credentials=Credentials(config.credentials),
                        expect_version=readiness.expect_version)
     stop, changed = asyncio.Event(), asyncio.Event()
-    tasks = [asyncio.create_task(_drive(t, readiness, ctx, stop, changed, wait is None))
+    crashed: set[str] = set()
+    tasks = [asyncio.create_task(_drive(t, readiness, ctx, stop, changed, wait is None, crashed))
              for t in config.targets]
     try:
         if wait is None:
@@ -131,22 +109,11 @@ async def run_check(config: Config, expect_version: str | None = None,
     return readiness.verdict(time.time())
 
 
-def run_async(factory: Callable[[], Coroutine[Any, Any, T]]) -> T:
-    """Run a coroutine on uvloop when it is installed, else on the default loop."""
-    try:
-        import uvloop
-
-        loop_factory: Callable[[], asyncio.AbstractEventLoop] | None = uvloop.new_event_loop
-    except ImportError:  # pragma: no cover - uvloop is a dependency where available
-        loop_factory = None
-    with asyncio.Runner(loop_factory=loop_factory) as runner:
-        return runner.run(factory())
-
-
 def main(args: argparse.Namespace) -> int:
     config = load_config(config_path(args.config))  # ConfigError: the CLI prints it, exit 2
-    expect = args.expect_version or config.expect_version
+    configure(level="warning")  # a check bug's traceback goes to stderr; stdout is the report
     progress = Progress(args.wait) if args.wait is not None else None
-    verdict = run_async(lambda: run_check(config, expect, args.wait, progress))
+    # Readiness falls back to the config's expect_version when --expect-version is not given
+    verdict = run_loop(run_check(config, args.expect_version, args.wait, progress))
     emit(verdict, args.format, args.junit, out=sys.stdout)
     return EXIT_READY if verdict.ready else EXIT_NOT_READY

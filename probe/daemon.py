@@ -31,6 +31,7 @@ from probe.config import Config, ConfigError, Settings, Target, load_config
 from probe.credentials import Credentials
 from probe.history import History
 from probe.logging import configure, log_transition
+from probe.loop import run_loop
 from probe.metrics import Metrics
 from probe.outcome import Outcome
 from probe.readiness import Readiness
@@ -165,11 +166,9 @@ class Daemon:
         for name in removed:
             self.metrics.forget(name)
             self.history.forget(name)
-        for name in changed:  # a changed kind (http <-> ws) changes the series; add_target fixes
+        for name in added + changed:  # a changed kind (http <-> ws): add_target swaps the series
             self.metrics.add_target(new_targets[name])
-        for name in added:
-            self.metrics.add_target(new_targets[name])
-        self.history.reconfigure(new.history.results, new.history.span)
+        self.history.reconfigure(new.history.results, new.history.span, len(new.targets))
         log.info("config reloaded", added=added, removed=removed, changed=changed,
                  targets=len(new.targets))
 
@@ -220,28 +219,6 @@ async def serve(
     return 0
 
 
-SWITCH_INTERVAL = 0.001  # seconds; CPython's default is 0.005
-
-
-def run_loop(main: Awaitable[int]) -> int:
-    """Run `main` on uvloop when it is installed (fewer microseconds per probe), else asyncio.
-
-    The GIL switch interval is shortened because /metrics renders in a worker thread: each time
-    the loop thread comes back from epoll it must win the GIL back from the renderer, and at
-    the default 5 ms that handoff alone made the scheduler lag p99 ~80 ms during a 2 000-target
-    scrape; at 1 ms it is ~10 ms (bench/: measured on this project's 2-core machine).
-    """
-    sys.setswitchinterval(SWITCH_INTERVAL)
-    try:
-        import uvloop
-
-        factory: Callable[[], asyncio.AbstractEventLoop] | None = uvloop.new_event_loop
-    except ImportError:
-        factory = None
-    with asyncio.Runner(loop_factory=factory) as runner:
-        return runner.run(main)  # type: ignore[arg-type]
-
-
 GC_THRESHOLDS = (10_000, 20, 100)  # CPython's default is (700, 10, 10)
 
 
@@ -280,6 +257,6 @@ def main(args: argparse.Namespace) -> int:
         raise ConfigError("environment", [str(exc)]) from None
     token = settings.gate_token.get_secret_value() if settings.gate_token else None
     code = run_loop(serve(config, host=host, port=port, config_path=path, gate_token=token,
-                          on_started=settle_gc))
+                          on_started=settle_gc), daemon=True)
     sys.stderr.flush()
     return code

@@ -12,8 +12,9 @@ import secrets
 import sys
 
 from probe.config import Config, parse_config
-from probe.daemon import Daemon, run_loop, serve
+from probe.daemon import Daemon, serve
 from probe.logging import configure
+from probe.loop import run_loop
 from probe.twin import Twin
 
 BOOT_SECONDS = 4.0
@@ -105,4 +106,4 @@ async def _run(args: argparse.Namespace) -> int:
 
 def main(args: argparse.Namespace) -> int:
     configure(level="info")
-    return run_loop(_run(args))
+    return run_loop(_run(args), daemon=True)

@@ -33,10 +33,10 @@ from urllib.parse import urlsplit, urlunsplit
 
 import aiohttp
 
-from probe.checkcmd import run_async
 from probe.cli import EXIT_NOT_READY, EXIT_READY, EXIT_USAGE
+from probe.loop import run_loop
 from probe.readiness import TargetVerdict, Verdict
-from probe.report import Progress, emit
+from probe.report import Progress, emit, public_url
 
 POLL = 1.0  # seconds between polls while waiting
 REQUEST_TIMEOUT = 10.0
@@ -47,21 +47,11 @@ FAILURE_WINDOW = "5m"
 Fetch = Callable[[aiohttp.ClientSession, float], Awaitable[Verdict]]
 
 
-def _safe(url: str) -> str:
-    """scheme://host[:port]/path: no userinfo, no query (either may carry a secret)."""
-    p = urlsplit(url)
-    host = p.hostname or ""
-    if ":" in host:
-        host = f"[{host}]"
-    netloc = f"{host}:{p.port}" if p.port else host
-    return urlunsplit((p.scheme, netloc, p.path, "", ""))
-
-
 def _endpoint(url: str, what: str, suffix: str, keep_query: bool) -> str:
     """`url` with `suffix` appended to its path unless it already ends there."""
     p = urlsplit(url)
     if p.scheme not in ("http", "https") or not p.hostname:
-        raise ValueError(f"{what} must be an http(s) URL with a host, got {_safe(url)!r}")
+        raise ValueError(f"{what} must be an http(s) URL with a host, got {public_url(url)!r}")
     path = p.path.rstrip("/")
     if not path.endswith(suffix):
         path += suffix
@@ -110,7 +100,7 @@ async def _get(session: aiohttp.ClientSession, url: str, headers: dict[str, str]
 
 def readyz_fetcher(url: str, token: str | None, token_env: str | None) -> Fetch:
     target = readyz_url(url)
-    shown = _safe(target)
+    shown = public_url(target)
     headers = {"Authorization": f"Bearer {token}"} if token else {}
 
     async def fetch(session: aiohttp.ClientSession, budget: float) -> Verdict:
@@ -203,7 +193,7 @@ def prometheus_verdict(gates: list[float], targets: dict[str, list[float]],
 
 def prometheus_fetcher(url: str, token: str | None) -> Fetch:
     api = query_url(url)
-    shown = _safe(api)
+    shown = public_url(api)
     headers = {"Authorization": f"Bearer {token}"} if token else {}
 
     async def fetch(session: aiohttp.ClientSession, budget: float) -> Verdict:
@@ -278,6 +268,6 @@ def main(args: argparse.Namespace) -> int:
         print(f"probe gate: {exc}", file=sys.stderr)
         return EXIT_USAGE
     progress = Progress(args.wait) if args.wait is not None else None
-    verdict = run_async(lambda: run_gate(fetch, args.wait, progress))
+    verdict = run_loop(run_gate(fetch, args.wait, progress))
     emit(verdict, args.format, args.junit, out=sys.stdout)
     return EXIT_READY if verdict.ready else EXIT_NOT_READY

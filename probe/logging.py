@@ -142,7 +142,5 @@ def log_transition(transition: Transition) -> None:
         fields["detail"] = transition.detail
     if transition.new == "failing":
         log.warning(f"target {transition.target} is failing", **fields)
-    elif transition.new == "ready":
-        log.info(f"target {transition.target} is ready", **fields)
     else:
         log.info(f"target {transition.target} is {transition.new}", **fields)

@@ -33,7 +33,7 @@ from prometheus_client import (
 )
 
 from probe import __version__
-from probe.config import Target
+from probe.config import MEASURES, Target
 from probe.outcome import Failure, Outcome
 
 if TYPE_CHECKING:
@@ -49,7 +49,6 @@ LATENCY_BUCKETS = (
 )
 LAG_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 RESULTS = ("success", "failure")
-MEASURES = ("total", "handshake", "rtt", "ttfb")
 BOUNDS = (("0.5", "p50"), ("0.95", "p95"), ("0.99", "p99"))  # quantile label -> LatencyTarget field
 
 
@@ -177,7 +176,7 @@ class Metrics:
 
     def record(self, outcome: Outcome, target: Target) -> None:
         c = self._children.get(target.name)
-        if c is None or c.kind != target.kind:
+        if c is None:  # a kind change (http <-> ws) is not checked here: Daemon.apply re-adds it
             self.add_target(target)
             c = self._children[target.name]
         g = c.gauges
@@ -206,9 +205,7 @@ class Metrics:
     def _describe(self, target: Target) -> None:
         """Export the target's latency bounds and criticality, replacing earlier ones."""
         self.target_critical.labels(target.name).set(1 if target.critical else 0)
-        for measure in MEASURES:
-            for quantile, _ in BOUNDS:
-                _remove(self.latency_target, target.name, measure, quantile)
+        self._undescribe(target.name)
         lat = target.latency
         if lat is not None:
             for quantile, attr in BOUNDS:
@@ -244,6 +241,10 @@ class Metrics:
         for measure in c.latency if c is not None else ():
             _remove(self.latency, target_name, measure)
         _remove(self.target_critical, target_name)
+        self._undescribe(target_name)
+
+    def _undescribe(self, target_name: str) -> None:
+        """Remove a target's latency-bound series (whichever measure they were for)."""
         for measure in MEASURES:
             for quantile, _ in BOUNDS:
                 _remove(self.latency_target, target_name, measure, quantile)

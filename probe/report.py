@@ -25,12 +25,26 @@ import xml.etree.ElementTree as ET
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TextIO
+from urllib.parse import urlsplit, urlunsplit
 
 from probe.readiness import TargetVerdict, Verdict, fmt_ms
 
 SUITE = "stageprobe"
 # Characters XML 1.0 cannot carry at all, even escaped; a server's body may contain them.
 _XML_INVALID = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff]")
+
+
+def public_url(url: str) -> str:
+    """scheme://host[:port]/path: no userinfo, query or fragment (where tokens hide).
+
+    Here (not in server.py) so `probe gate` can show URLs without importing the daemon's server.
+    """
+    p = urlsplit(url)
+    host = p.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    netloc = f"{host}:{p.port}" if p.port else host
+    return urlunsplit((p.scheme, netloc, p.path or ("/" if netloc else ""), "", ""))
 
 
 def cause(t: TargetVerdict) -> str:

@@ -36,6 +36,56 @@ OnOutcome = Callable[[Outcome, Target], None]
 OnLag = Callable[[float], None]
 
 
+def load_check(target: Target, checker: Callable[[Target], Check] = checker_for) -> Check:
+    """The target's check, or (a missing or broken check module) one that raises why, so the
+    failure is reported like any other check bug instead of killing the caller."""
+    try:
+        return checker(target)
+    except Exception as exc:
+        error, trace = exc, exc.__traceback__
+
+        async def broken(_target: Target, _ctx: CheckContext) -> Outcome:
+            raise error.with_traceback(trace)  # the load's traceback, not one that grows
+
+        return broken
+
+
+async def probe_once(
+    target: Target, check: Check, ctx: CheckContext, *, crashed: set[str] | None = None
+) -> Outcome:
+    """Run one check; whatever happens (short of cancellation) the answer is an Outcome.
+
+    Shared by the daemon's scheduler and `probe check`, so both report a stalled or raising
+    check the same way. A raising check is a bug: it becomes `protocol`, named by exception
+    type only (its message might carry a URL or token), and is logged with its traceback once
+    per target name in `crashed` (every time when None), not once per probe.
+    """
+    t0 = time.perf_counter()
+    started_at = time.time()
+    try:
+        async with asyncio.timeout(target.timeout + BACKSTOP):
+            outcome = await check(target, ctx)
+        if not isinstance(outcome, Outcome):
+            raise TypeError(f"the check returned {type(outcome).__name__}, not an Outcome")
+        return outcome
+    except TimeoutError:
+        return Outcome.failed(
+            target.name, target.kind, Failure.TIMEOUT,
+            f"no complete answer within {target.timeout:g}s", time.perf_counter() - t0,
+            started_at=started_at,
+        )
+    except Exception as exc:
+        if crashed is None or target.name not in crashed:
+            if crashed is not None:
+                crashed.add(target.name)
+            log.error("check raised", target=target.name, kind=target.kind, exc_info=exc)
+        return Outcome.failed(
+            target.name, target.kind, Failure.PROTOCOL,
+            f"internal error in the {target.kind} check: {type(exc).__name__}",
+            time.perf_counter() - t0, started_at=started_at,
+        )
+
+
 class Scheduler:
     """Runs every target of a config on its own loop until stop()."""
 
@@ -57,14 +107,6 @@ class Scheduler:
         self._heartbeat: asyncio.Task[None] | None = None
         self._running = False
         self.last_tick = time.monotonic()
-
-    @property
-    def config(self) -> Config:
-        return self._config
-
-    @property
-    def running(self) -> bool:
-        return self._running
 
     async def start(self) -> None:
         if self._running:
@@ -161,11 +203,7 @@ class Scheduler:
             await asyncio.wait([after])
         loop = asyncio.get_running_loop()
         period = target.interval
-        try:
-            check: Check | None = self._checker(target)
-            load_error: Exception | None = None
-        except Exception as exc:  # a missing or broken check module: report it, keep looping
-            check, load_error = None, exc
+        check = load_check(target, self._checker)
         next_at = loop.time() + random.uniform(0, min(period, 1.0))
         while True:
             await asyncio.sleep(max(0.0, next_at - loop.time()))
@@ -173,7 +211,7 @@ class Scheduler:
                 started = loop.time()
                 self._last_start[target.name] = time.monotonic()
                 self._lag(started - next_at)
-                outcome = await self._probe(target, check, load_error)
+                outcome = await probe_once(target, check, self._ctx, crashed=self._crashed)
             if self._tasks.get(target.name) is not asyncio.current_task():
                 return  # removed or replaced while probing: its result no longer counts
             self._deliver(outcome, target)
@@ -181,37 +219,6 @@ class Scheduler:
             now = loop.time()
             if next_at <= now:  # overran: skip the missed slots, keep the cadence
                 next_at += period * (int((now - next_at) // period) + 1)
-
-    async def _probe(
-        self, target: Target, check: Check | None, load_error: Exception | None
-    ) -> Outcome:
-        t0 = time.perf_counter()
-        started_at = time.time()
-        try:
-            if check is None:
-                raise load_error or RuntimeError("no check")
-            async with asyncio.timeout(target.timeout + BACKSTOP):
-                outcome = await check(target, self._ctx)
-            if not isinstance(outcome, Outcome):
-                raise TypeError(f"the check returned {type(outcome).__name__}, not an Outcome")
-            return outcome
-        except TimeoutError:
-            return Outcome.failed(
-                target.name, target.kind, Failure.TIMEOUT,
-                f"no complete answer within {target.timeout:g}s", time.perf_counter() - t0,
-                started_at=started_at,
-            )
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:
-            if target.name not in self._crashed:
-                self._crashed.add(target.name)
-                log.error("check raised", target=target.name, kind=target.kind, exc_info=exc)
-            return Outcome.failed(
-                target.name, target.kind, Failure.PROTOCOL,
-                f"internal error in the {target.kind} check: {type(exc).__name__}",
-                time.perf_counter() - t0, started_at=started_at,
-            )
 
     def _deliver(self, outcome: Outcome, target: Target) -> None:
         try:

@@ -17,7 +17,6 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import urlsplit
 
 from aiohttp import web
 from prometheus_client.exposition import choose_encoder
@@ -27,6 +26,7 @@ from probe.config import Config, Target
 from probe.history import History
 from probe.metrics import Metrics
 from probe.readiness import Readiness
+from probe.report import public_url
 from probe.scheduler import Scheduler
 from probe.statuspage import add_status_routes
 
@@ -47,16 +47,6 @@ class Runtime:
     draining: bool = False
     clock: Callable[[], float] = field(default=time.time)
     renders: dict[str, asyncio.Future[bytes]] = field(default_factory=dict)  # in-flight /metrics
-
-
-def public_url(url: str) -> str:
-    """scheme://host[:port]/path — no userinfo, query or fragment (where tokens hide)."""
-    parts = urlsplit(url)
-    host = parts.hostname or ""
-    if ":" in host:
-        host = f"[{host}]"
-    port = f":{parts.port}" if parts.port else ""
-    return f"{parts.scheme}://{host}{port}{parts.path or '/'}"
 
 
 def _runtime(request: web.Request) -> Runtime:
@@ -83,7 +73,7 @@ async def _render(rt: Runtime, encoder: Callable[[Any], bytes], content_type: st
 
     prometheus_client needs ~10 us per sample line: 1.5 s for 2 000 targets. On the event loop
     that would stall every probe's timing for the whole scrape; in a thread the loop keeps
-    running (see daemon.SWITCH_INTERVAL), and concurrent scrapers share the one render.
+    running (see loop.SWITCH_INTERVAL), and concurrent scrapers share the one render.
     """
     pending = rt.renders.get(content_type)
     if pending is None:
@@ -159,8 +149,8 @@ async def status_api(request: web.Request) -> web.StreamResponse:
         target = targets.get(tv.name)
         if target is not None:
             entry.update(_target_extra(target))
-            measure = target.latency.measure if target.latency else "total"
-            entry["history"] = rt.history.snapshot(tv.name, now, max_points=points, measure=measure)
+            entry["history"] = rt.history.snapshot(tv.name, now, max_points=points,
+                                                   measure=target.measure)
         out.append(entry)
     return _json({
         "ready": verdict.ready and not rt.draining, "since": verdict.since, "generated_at": now,

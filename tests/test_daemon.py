@@ -446,3 +446,35 @@ async def test_a_closed_stderr_does_not_stop_the_daemon_from_stopping(
         if proc.returncode is None:
             proc.kill()
             await proc.wait()
+
+
+async def test_a_reload_that_changes_a_targets_kind_swaps_its_series(
+    twin: Twin, http: aiohttp.ClientSession
+) -> None:
+    """Daemon.apply (not each probe) moves a target from http to websocket series."""
+    def config(url: str) -> Any:
+        return parse_config(yaml.safe_dump({"targets": [
+            {"name": "k", "url": url, "interval": "200ms", "timeout": "200ms"}]}), env={})
+
+    daemon = Daemon(config(f"{twin.url}/health"))
+    base = await daemon.start("127.0.0.1", 0)
+
+    async def metrics() -> str:
+        async with http.get(f"{base}/metrics") as r:
+            return await r.text()
+
+    try:
+        await until(lambda: _has(metrics(), 'probe_http_status_code{target="k"} 200.0'),
+                    "the http target probed")
+        daemon.apply(config(f"ws{twin.url.removeprefix('http')}/ws"))
+        text = await until(lambda: _has(metrics(), 'probe_websocket_status_code{target="k"}'),
+                           "the websocket target probed")
+        assert 'probe_http_status_code{target="k"}' not in text
+        assert 'probe_http_duration_seconds{phase="connect",target="k"}' not in text
+    finally:
+        await daemon.stop()
+
+
+async def _has(text: Any, needle: str) -> str | None:
+    got = await text
+    return got if needle in got else None

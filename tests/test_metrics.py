@@ -209,6 +209,7 @@ def test_counters_exist_before_the_first_probe_and_gauges_after() -> None:
     assert value(s, "probe_success", target="t") == 0
     assert value(s, "probe_failures_total", target="t", failure="refused") == 1
     ws = target.model_copy(update={"url": "ws://127.0.0.1:1/"})  # same name, now a WebSocket
+    m.add_target(ws)  # as Daemon.apply does on a reload that changes a target's kind
     m.record(Outcome("t", "websocket", True, 0.01, status_code=101), ws)
     s = samples(m)
     assert value(s, "probe_websocket_status_code", target="t") == 101

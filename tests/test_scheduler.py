@@ -23,7 +23,7 @@ import yaml
 from probe.checks import Check, CheckContext, checker_for
 from probe.config import Config, Target, parse_config
 from probe.outcome import Failure, Outcome
-from probe.scheduler import BACKSTOP, Scheduler
+from probe.scheduler import BACKSTOP, Scheduler, load_check, probe_once
 from probe.twin import Twin
 
 MARGIN = 1.0  # seconds of slack for a 2-core CI machine
@@ -316,3 +316,27 @@ async def test_stuck_reports_a_stale_heartbeat(twin: Twin) -> None:
         reasons = sched.stuck(now=later)
         assert any("heartbeat" in r for r in reasons)
         assert any("target t: no probe started" in r for r in reasons)
+
+
+async def test_probe_once_turns_any_check_bug_into_an_outcome(twin: Twin) -> None:
+    """The one probe step the scheduler and `probe check` share."""
+    target = make_config([{"name": "b", "url": f"{twin.url}/health", "timeout": "200ms"}]
+                         ).targets[0]
+
+    async def not_an_outcome(target: Target, ctx: CheckContext) -> Outcome:
+        return "ok"  # type: ignore[return-value]
+
+    def no_module(target: Target) -> Check:
+        raise ImportError("no check module")
+
+    crashed: set[str] = set()
+    with structlog.testing.capture_logs() as logs:
+        wrong = await probe_once(target, not_an_outcome, CheckContext(), crashed=crashed)
+        broken = load_check(target, no_module)
+        missing = [await probe_once(target, broken, CheckContext(), crashed=crashed)
+                   for _ in range(2)]
+    assert wrong.failure is Failure.PROTOCOL and "TypeError" in wrong.detail
+    assert all(o.failure is Failure.PROTOCOL and "ImportError" in o.detail for o in missing)
+    assert [e["event"] for e in logs] == ["check raised"]  # once per target name
+    ok = await probe_once(target, load_check(target), CheckContext())
+    assert ok.success, ok
