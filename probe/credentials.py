@@ -26,6 +26,7 @@ import structlog
 from cryptography.hazmat.primitives.serialization import load_pem_private_key
 
 from probe.config import BearerSpec, CredentialSpec, JwtSpec, OAuth2Spec, Target
+from probe.config_base import fmt
 
 log = structlog.get_logger(__name__)
 
@@ -208,7 +209,7 @@ class _OAuth2(_Provider):
             form["audience"] = self.spec.audience
         if self._session is None or self._session.closed:
             self._session = aiohttp.ClientSession()
-        limit = f"{self.spec.timeout:g}s"
+        limit = fmt(self.spec.timeout)
         try:
             async with asyncio.timeout(self.spec.timeout):
                 async with self._session.post(

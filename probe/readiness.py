@@ -21,36 +21,28 @@ On top of the state, a `ready` target is still *not ready* when
 The gate is ready when every critical target is ready. With no critical target at all the gate is
 vacuously ready: `critical: false` means "do not gate on me", and the report still lists them.
 
-Latency windows keep the last `latency.window` samples (default 100) of every measure a
-*successful* probe reported (`total` falls back to the probe's duration). Failed probes are judged
-by the hysteresis; their durations (often just the timeout) would only blur the percentiles.
-Percentiles are nearest-rank: the smallest sample with at least p% of the window at or below it,
-so a reported p95 is a latency that was really observed, never an interpolation. No latency
-verdict is given before `min_samples` samples.
+Latency windows and percentiles live in probe.latency_window (re-exported here).
 
-The gate is kept current on every probe result, so that path must be cheap: each target keeps its
-judged measure's window also as a sorted list (updated by bisection, O(log n) search plus a short
-memmove), and `_ready` reads only the configured bounds from it. `_judge` builds the full
-TargetVerdict (all quantiles, detail strings) only when someone asks (verdict(), target()), and
-takes its `ready` from `_ready`, so the two can never disagree.
+The gate is kept current on every probe result, so that path must be cheap: `_ready` asks only
+`LatencyWindows.breached()` (no strings, no sorting). `_judge` builds the full TargetVerdict
+(all quantiles, detail strings) only when someone asks (verdict(), target()), and takes its
+`ready` from `_ready`, so the two can never disagree.
 """
 
 from __future__ import annotations
 
-import math
-from bisect import bisect_left, insort
-from collections import deque
-from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
-from probe.config import Config, LatencyTarget, Target
+from probe.config import Config, Target
+from probe.latency_window import QUANTILES, LatencyWindows, fmt_ms, percentile
 from probe.outcome import Failure, Outcome
+
+__all__ = ["QUANTILES", "STATES", "Readiness", "State", "TargetVerdict", "Transition", "Verdict",
+           "fmt_ms", "percentile"]
 
 State = Literal["pending", "ready", "failing"]
 STATES: tuple[State, ...] = ("pending", "ready", "failing")
-QUANTILES = (("p50", 50.0), ("p95", 95.0), ("p99", 99.0))
-DEFAULT_WINDOW = 100
 
 
 @dataclass(frozen=True)
@@ -149,22 +141,6 @@ class Verdict:
                    since=_opt(data.get("since"), float))
 
 
-def percentile(samples: Iterable[float], p: float) -> float:
-    """Nearest-rank percentile (0 < p <= 100) of a non-empty collection."""
-    return _ranked(sorted(samples), p)
-
-
-def _ranked(ordered: Sequence[float], p: float) -> float:
-    if not ordered:
-        raise ValueError("percentile of no samples")
-    rank = max(1, math.ceil(p / 100.0 * len(ordered)))
-    return ordered[min(rank, len(ordered)) - 1]
-
-
-def fmt_ms(ms: float) -> str:
-    return f"{ms:.0f}ms" if ms >= 10 else f"{ms:.1f}ms"
-
-
 @dataclass
 class _Track:
     """Mutable per-target state; only Readiness touches it."""
@@ -178,63 +154,14 @@ class _Track:
     last_failure: Outcome | None = None
     last_probe_at: float | None = None
     version: str | None = None
-    windows: dict[str, deque[float]] = field(default_factory=dict)
-    # The judged measure's window, sorted; kept in step with windows[measure] by add_samples.
-    ordered: list[float] = field(default_factory=list)
-    measure: str = "total"
-    window_size: int = DEFAULT_WINDOW
-    bounds: list[tuple[str, float, float]] = field(default_factory=list)  # (label, p, seconds)
+    latency: LatencyWindows = field(init=False)
 
     def __post_init__(self) -> None:
-        self.resize()
-
-    def add_samples(self, outcome: Outcome) -> None:
-        latency = outcome.latency
-        for measure, seconds in latency.items():
-            self._push(measure, seconds)
-        if "total" not in latency:
-            self._push("total", outcome.duration)
-
-    def _push(self, measure: str, seconds: float) -> None:
-        window = self.windows.get(measure)
-        if window is None:
-            window = self.windows[measure] = deque(maxlen=self.window_size)
-        if measure != self.measure:
-            window.append(seconds)
-            return
-        ordered = self.ordered
-        if len(window) == window.maxlen:  # the oldest sample leaves the sorted copy too
-            oldest = window[0]
-            i = bisect_left(ordered, oldest)
-            if i < len(ordered) and ordered[i] == oldest:
-                del ordered[i]
-            else:  # only NaN (unordered) gets here: rebuild rather than drift
-                window.append(seconds)
-                self.ordered = sorted(window)
-                return
-        window.append(seconds)
-        insort(ordered, seconds)
+        self.latency = LatencyWindows(self.target.latency, self.target.measure)
 
     def resize(self) -> None:
-        """Follow the target's (possibly new) window size and measure; config time only."""
-        lat = self.target.latency
-        self.measure = self.target.measure
-        self.bounds = _bounds(lat) if lat else []
-        size = self.window_size = lat.window if lat else DEFAULT_WINDOW
-        for measure, window in self.windows.items():
-            if window.maxlen != size:
-                self.windows[measure] = deque(window, maxlen=size)
-        self.ordered = sorted(self.windows.get(self.measure, ()))
-
-
-def _over(seconds: float, bound: float) -> bool:
-    """Is a quantile over its bound, compared as reported (ms, 3 decimals)."""
-    return round(seconds * 1000.0, 3) > bound * 1000.0
-
-
-def _bounds(lat: LatencyTarget) -> list[tuple[str, float, float]]:
-    return [(label, p, bound) for label, p in QUANTILES
-            if (bound := getattr(lat, label)) is not None]
+        """Follow the target's (possibly new) latency target; config time only."""
+        self.latency.configure(self.target.latency, self.target.measure)
 
 
 def _ready(track: _Track, expect_version: str | None) -> bool:
@@ -244,41 +171,12 @@ def _ready(track: _Track, expect_version: str | None) -> bool:
     t = track.target
     if expect_version and t.version_path and track.version != expect_version:
         return False
-    lat = t.latency
-    if lat is None:
-        return True
-    ordered = track.ordered
-    if len(ordered) < lat.min_samples:
-        return True
-    for _, p, bound in track.bounds:
-        if _over(_ranked(ordered, p), bound):
-            return False
-    return True
-
-
-def _latency(track: _Track) -> tuple[dict[str, float], str | None]:
-    """Window percentiles in ms for the target's measure, and a breach detail (None if fine)."""
-    lat = track.target.latency
-    ordered = track.ordered
-    out: dict[str, float] = {}
-    if ordered:
-        for label, p in QUANTILES:
-            out[label] = round(_ranked(ordered, p) * 1000.0, 3)
-    if lat is None:
-        return out, None
-    breaches = []
-    for label, p, bound in track.bounds:
-        out[f"target_{label}"] = round(bound * 1000.0, 3)
-        if len(ordered) >= lat.min_samples and _over(_ranked(ordered, p), bound):
-            breaches.append(f"{label} {fmt_ms(out[label])} over target {fmt_ms(bound * 1000.0)}")
-    if not breaches:
-        return out, None
-    return out, f"{', '.join(breaches)} (measure {lat.measure}, {len(ordered)} samples)"
+    return not track.latency.breached()
 
 
 def _judge(track: _Track, expect_version: str | None) -> TargetVerdict:
     t = track.target
-    latency_ms, breach = _latency(track)
+    latency_ms, breach = track.latency.summary()
     failure: str | None = None
     detail = ""
     ready = _ready(track, expect_version)  # the one definition; the rest only explains it
@@ -290,7 +188,7 @@ def _judge(track: _Track, expect_version: str | None) -> TargetVerdict:
             detail = (f"serving build {track.version}, expected {expect_version}"
                       if track.version is not None else
                       f"no version reported at {t.version_path!r}, expected {expect_version}")
-        else:  # _ready and _latency share _over, so a breach was found
+        else:  # breached() and summary() share one comparison, so a breach was found
             failure, detail = Failure.LATENCY.value, breach or "latency over target"
     elif track.last_failure is not None:
         assert track.last_failure.failure is not None
@@ -350,7 +248,7 @@ class Readiness:
             track.version = outcome.version
         if outcome.success:
             track.successes, track.failures = track.successes + 1, 0
-            track.add_samples(outcome)
+            track.latency.add(outcome)
         else:
             track.successes, track.failures = 0, track.failures + 1
             track.last_failure = outcome
@@ -399,9 +297,7 @@ class Readiness:
         `probe check` keeps probing such a target: "ready" before a latency verdict is premature.
         """
         track = self._tracks.get(name)
-        if track is None or track.target.latency is None:
-            return False
-        return len(track.ordered) < track.target.latency.min_samples
+        return track is not None and track.latency.awaiting()
 
     def _refresh(self, track: _Track, now: float | None) -> None:
         """Keep the set of blocking critical targets current, so the gate is O(1) per result."""

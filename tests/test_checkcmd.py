@@ -8,27 +8,17 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
 import time
 import xml.etree.ElementTree as ET
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from helpers import until
+from helpers import free_port, until
+from helpers import run_cli as run
 
-from probe.cli import main as cli
 from probe.twin import Twin
 
-pytestmark = pytest.mark.timeout(60)
-
-
-@pytest.fixture
-async def twin() -> AsyncIterator[Twin]:
-    t = Twin(version="abc")
-    await t.start("127.0.0.1", 0)
-    yield t
-    await t.stop()
+pytestmark = [pytest.mark.timeout(60), pytest.mark.twin(version="abc")]
 
 
 def write_config(tmp_path: Path, targets: str, interval: str = "200ms") -> Path:
@@ -43,10 +33,6 @@ def write_config(tmp_path: Path, targets: str, interval: str = "200ms") -> Path:
 
 def health(twin: Twin, extra: str = "", name: str = "backend-health") -> str:
     return f"  - name: {name}\n    url: {twin.url}/health\n{extra}"
-
-
-async def run(*argv: str) -> int:
-    return await asyncio.to_thread(cli, list(argv))
 
 
 async def test_healthy_twin_is_ready(twin: Twin, tmp_path: Path,
@@ -130,9 +116,7 @@ async def test_wait_on_a_twin_that_never_heals_ends_at_the_deadline_with_the_rea
 
 async def test_refused_and_non_critical_targets(
         twin: Twin, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    with socket.socket() as s:  # a port that was free a moment ago: connection refused
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()  # a port that was free a moment ago: connection refused
     targets = health(twin) + (f"  - name: gone\n    url: http://127.0.0.1:{port}/\n"
                               "    critical: false\n")
     cfg = write_config(tmp_path, targets)

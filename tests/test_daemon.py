@@ -7,7 +7,6 @@ would add nothing but time.
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import re
 import signal
@@ -15,21 +14,23 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
 import yaml
-from helpers import free_port, until
+from helpers import ProbeRun, StartDaemon, until
 
 from probe.config import parse_config
-from probe.daemon import Daemon
 from probe.twin import DEV_JWT_SECRET, Twin
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "config" / "example.yaml"
+
+
+pytestmark = pytest.mark.twin(jwt_secret=DEV_JWT_SECRET)
 
 
 def example_for(twin: Twin, interval: str = "300ms", timeout: str = "250ms") -> str:
@@ -37,74 +38,6 @@ def example_for(twin: Twin, interval: str = "300ms", timeout: str = "250ms") -> 
     text = EXAMPLE.read_text().replace("127.0.0.1:8080", f"127.0.0.1:{twin.port}")
     text = text.replace("interval: 5s", f"interval: {interval}")
     return text.replace("timeout: 2s", f"timeout: {timeout}")
-
-
-class Proc:
-    """A `probe run` subprocess with its output in files (a full pipe must never block it)."""
-
-    def __init__(self, tmp: Path, config: Path, **env: str) -> None:
-        self.port = free_port()
-        self.base = f"http://127.0.0.1:{self.port}"
-        self.err_path = tmp / "stderr.log"
-        self._err = open(self.err_path, "wb")  # closed in close()
-        environ = {**os.environ, "PROBE_LISTEN": f"127.0.0.1:{self.port}",
-                   "PROBE_LOG_FORMAT": "json", **env}
-        environ.pop("PORT", None)
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "probe", "run", "-c", str(config)],
-            stdout=subprocess.DEVNULL, stderr=self._err, env=environ, cwd=tmp,
-        )
-
-    @property
-    def stderr(self) -> str:
-        return self.err_path.read_text(errors="replace")
-
-    def logs(self) -> list[dict[str, Any]]:
-        return [json.loads(line) for line in self.stderr.splitlines() if line.startswith("{")]
-
-    def signal(self, sig: signal.Signals) -> None:
-        self.proc.send_signal(sig)
-
-    async def wait(self, within: float) -> int:
-        deadline = time.monotonic() + within
-        while self.proc.poll() is None:
-            assert time.monotonic() < deadline, f"still running {within}s later"
-            await asyncio.sleep(0.02)
-        return self.proc.returncode
-
-    def close(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(10)
-        self._err.close()
-
-
-@pytest.fixture
-async def twin() -> AsyncIterator[Twin]:
-    t = Twin(version="twin-1", jwt_secret=DEV_JWT_SECRET)
-    await t.start()
-    yield t
-    await t.stop()
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as s:
-        yield s
-
-
-@pytest.fixture
-def procs(tmp_path: Path) -> Iterator[Callable[..., Proc]]:
-    started: list[Proc] = []
-
-    def start(config: Path, **env: str) -> Proc:
-        p = Proc(tmp_path, config, **env)
-        started.append(p)
-        return p
-
-    yield start
-    for p in started:
-        p.close()
 
 
 async def get_text(http: aiohttp.ClientSession, url: str) -> str | None:
@@ -128,33 +61,33 @@ def metric(text: str | None, name: str, **labels: str) -> float | None:
 
 
 async def test_run_example_against_the_twin(
-    twin: Twin, http: aiohttp.ClientSession, procs: Callable[..., Proc], tmp_path: Path
+    twin: Twin, http: aiohttp.ClientSession, probe_run: Callable[..., ProbeRun], tmp_path: Path
 ) -> None:
     cfg = tmp_path / "example.yaml"
     cfg.write_text(example_for(twin))
-    p = procs(cfg)
+    p = probe_run(cfg)
 
     async def healthy() -> bool:
-        text = await get_text(http, f"{p.base}/metrics")
+        text = await get_text(http, f"{p.url}/metrics")
         # agents-stop: the twin accepted a JWT the prober minted
         return all(metric(text, "probe_success", target=name) == 1
                    for name in ("backend-health", "api-health", "agents-stop"))
 
     await until(healthy, "probe_success 1 for the HTTP targets")
-    async with http.get(f"{p.base}/livez") as r:
+    async with http.get(f"{p.url}/livez") as r:
         assert r.status == 200
 
     twin.set_fault(health="503")
 
     async def failing() -> bool:
-        text = await get_text(http, f"{p.base}/metrics")
+        text = await get_text(http, f"{p.url}/metrics")
         n = metric(text, "probe_failures_total", target="backend-health", failure="http_status")
         return metric(text, "probe_success", target="backend-health") == 0 and (n or 0) > 0
 
     await until(failing, "probe_success 0 and http_status failures")
 
     async def gate_names_the_cause() -> dict[str, Any] | None:
-        async with http.get(f"{p.base}/readyz") as r:
+        async with http.get(f"{p.url}/readyz") as r:
             body = await r.json()
             if r.status != 503:
                 return None
@@ -164,7 +97,7 @@ async def test_run_example_against_the_twin(
     health = await until(gate_names_the_cause, "/readyz 503 naming backend-health")
     assert health["failure"] == "http_status" and "503" in health["detail"]
     more = twin.requests("/health") + 3
-    await until(lambda: asyncio.sleep(0, twin.requests("/health") >= more), "more failing probes")
+    await until(lambda: twin.requests("/health") >= more, "more failing probes")
 
     p.signal(signal.SIGTERM)
     assert await p.wait(5) == 0
@@ -174,42 +107,42 @@ async def test_run_example_against_the_twin(
                and line.get("new") == "failing"]
     assert len(changes) == 1, changes  # one line per state change, not one per probe
     assert changes[0]["failure"] == "http_status" and changes[0]["severity"] == "WARNING"
-    assert DEV_JWT_SECRET not in p.stderr and "eyJ" not in p.stderr
-    assert "Traceback" not in p.stderr
+    assert DEV_JWT_SECRET not in p.log_text() and "eyJ" not in p.log_text()
+    assert "Traceback" not in p.log_text()
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 async def test_shutdown_with_probes_in_flight(
     sig: signal.Signals, twin: Twin, http: aiohttp.ClientSession,
-    procs: Callable[..., Proc], tmp_path: Path,
+    probe_run: Callable[..., ProbeRun], tmp_path: Path,
 ) -> None:
     twin.set_fault(health="hang")
     cfg = tmp_path / "hang.yaml"
     cfg.write_text(yaml.safe_dump({"targets": [
         {"name": f"hang{i}", "url": f"{twin.url}/health", "interval": "30s", "timeout": "25s"}
         for i in range(5)]}))
-    p = procs(cfg)
+    p = probe_run(cfg)
 
     async def all_in_flight() -> bool:
-        return twin.requests("/health") >= 5 and await get_text(http, f"{p.base}/livez") is not None
+        return twin.requests("/health") >= 5 and await get_text(http, f"{p.url}/livez") is not None
 
     await until(all_in_flight, "five probes hanging on the twin")
     t0 = time.monotonic()
     p.signal(sig)
     try:  # if it still answers while it drains, it must not say ready
-        async with http.get(f"{p.base}/readyz") as r:
+        async with http.get(f"{p.url}/readyz") as r:
             assert r.status == 503
             assert (await r.json())["ready"] is False
     except (aiohttp.ClientConnectorError, aiohttp.ServerDisconnectedError):
         pass  # the listener already closed: fine too; any other error fails the test
     code = await p.wait(5)
     assert code == 0 and time.monotonic() - t0 < 5
-    assert "Traceback" not in p.stderr
+    assert "Traceback" not in p.log_text()
     assert any(line.get("message") == "draining" for line in p.logs())
 
 
 async def test_sighup_reload_add_remove_and_invalid(
-    twin: Twin, http: aiohttp.ClientSession, procs: Callable[..., Proc], tmp_path: Path
+    twin: Twin, http: aiohttp.ClientSession, probe_run: Callable[..., ProbeRun], tmp_path: Path
 ) -> None:
     def write(*names: str) -> None:
         cfg.write_text(yaml.safe_dump({
@@ -218,11 +151,11 @@ async def test_sighup_reload_add_remove_and_invalid(
 
     cfg = tmp_path / "reload.yaml"
     write("keep", "gone")
-    p = procs(cfg)
+    p = probe_run(cfg)
 
     async def status() -> dict[str, Any] | None:
         try:
-            async with http.get(f"{p.base}/api/v1/status") as r:
+            async with http.get(f"{p.url}/api/v1/status") as r:
                 return await r.json() if r.status == 200 else None
         except aiohttp.ClientError:
             return None
@@ -237,7 +170,7 @@ async def test_sighup_reload_add_remove_and_invalid(
     p.signal(signal.SIGHUP)
 
     async def reloaded() -> str | None:
-        text = await get_text(http, f"{p.base}/metrics")
+        text = await get_text(http, f"{p.url}/metrics")
         ok = (metric(text, "probe_success", target="added") == 1
               and 'target="gone"' not in (text or ""))
         return text if ok else None
@@ -264,23 +197,22 @@ async def test_sighup_reload_add_remove_and_invalid(
     assert any("targets[0].expect.status" in e for e in failed["errors"])
 
     async def still_probing() -> bool:
-        text = await get_text(http, f"{p.base}/metrics")
+        text = await get_text(http, f"{p.url}/metrics")
         n = metric(text, "probe_results_total", target="keep", result="success") or 0
         return n > probes + 2 and metric(text, "probe_success", target="added") == 1
 
     await until(still_probing, "the old config to keep running")
     p.signal(signal.SIGTERM)
     assert await p.wait(5) == 0
-    assert "Traceback" not in p.stderr
+    assert "Traceback" not in p.log_text()
 
 
-def test_bad_config_and_busy_port_exit_2(tmp_path: Path) -> None:
+async def test_bad_config_and_busy_port_exit_2(tmp_path: Path) -> None:
     bad = tmp_path / "bad.yaml"
     bad.write_text("targets:\n  - name: a\n    url: ftp://x/\n")
-    run = subprocess.run([sys.executable, "-m", "probe", "run", "-c", str(bad)],
-                         capture_output=True, text=True, timeout=30)
-    assert run.returncode == 2
-    assert "targets[0].url" in run.stderr and "Traceback" not in run.stderr
+    run = ProbeRun(bad, tmp_path)
+    assert await run.wait(30) == 2
+    assert "targets[0].url" in run.log_text() and "Traceback" not in run.log_text()
 
     good = tmp_path / "good.yaml"
     good.write_text("targets:\n  - {name: a, url: 'http://127.0.0.1:1/'}\n")
@@ -289,24 +221,21 @@ def test_bad_config_and_busy_port_exit_2(tmp_path: Path) -> None:
         busy.listen()
         port = busy.getsockname()[1]
         # PORT (as Cloud Run sets it) wins over PROBE_LISTEN's port
-        env = {**os.environ, "PROBE_LISTEN": "127.0.0.1:0", "PORT": str(port),
-               "PROBE_LOG_FORMAT": "json"}
-        run = subprocess.run([sys.executable, "-m", "probe", "run", "-c", str(good)],
-                             capture_output=True, text=True, timeout=30, env=env)
-    assert run.returncode == 2
-    assert "cannot listen" in run.stderr and f"127.0.0.1:{port}" in run.stderr
-    assert "Traceback" not in run.stderr
+        run = ProbeRun(good, tmp_path, {"PROBE_LISTEN": "127.0.0.1:0", "PORT": str(port)})
+        assert await run.wait(30) == 2
+    assert "cannot listen" in run.log_text() and f"127.0.0.1:{port}" in run.log_text()
+    assert "Traceback" not in run.log_text()
 
-    env = {**os.environ, "PROBE_LOG_LEVEL": "loud"}
-    run = subprocess.run([sys.executable, "-m", "probe", "run", "-c", str(good)],
-                         capture_output=True, text=True, timeout=30, env=env)
-    assert run.returncode == 2 and "PROBE_LOG_LEVEL" in run.stderr
+    run = ProbeRun(good, tmp_path, {"PROBE_LOG_LEVEL": "loud"})
+    assert await run.wait(30) == 2 and "PROBE_LOG_LEVEL" in run.log_text()
 
 
 # --- the server in-process -------------------------------------------------------------------
 
 
-async def test_gate_token_and_status_api(twin: Twin, http: aiohttp.ClientSession) -> None:
+async def test_gate_token_and_status_api(
+    twin: Twin, http: aiohttp.ClientSession, start_daemon: StartDaemon
+) -> None:
     config = parse_config(yaml.safe_dump({
         "defaults": {"interval": "200ms", "timeout": "200ms", "success_threshold": 1},
         "targets": [
@@ -314,62 +243,56 @@ async def test_gate_token_and_status_api(twin: Twin, http: aiohttp.ClientSession
                                  "?token=abc123"},
             {"name": "n", "url": f"{twin.url}/api/health", "critical": False},
         ]}), env={})
-    daemon = Daemon(config, gate_token="gate-secret-1")
-    base = await daemon.start("127.0.0.1", 0)
-    try:
-        auth = {"Authorization": "Bearer gate-secret-1"}
+    daemon = await start_daemon(config, gate_token="gate-secret-1")
+    base = daemon.url
+    auth = {"Authorization": "Bearer gate-secret-1"}
 
-        async def ready() -> bool:
-            async with http.get(f"{base}/readyz", headers=auth) as r:
-                return r.status == 200
-
-        await until(ready, "ready")
-        async with http.get(f"{base}/readyz") as r:
-            assert r.status == 200 and await r.json() == {"ready": True}
-        async with http.get(f"{base}/readyz", headers={"Authorization": "Bearer wrong"}) as r:
-            assert await r.json() == {"ready": True}
+    async def ready() -> bool:
         async with http.get(f"{base}/readyz", headers=auth) as r:
-            body = await r.json()
-        assert {t["name"] for t in body["targets"]} == {"h", "n"}
-        async with http.get(f"{base}/api/v1/status") as r:
-            assert r.status == 401 and r.headers["WWW-Authenticate"].startswith("Bearer")
-        async with http.get(f"{base}/api/v1/status?points=5", headers=auth) as r:
-            status = await r.json()
-        h = {t["name"]: t for t in status["targets"]}["h"]
-        assert h["url"] == f"{twin.url}/health"  # no userinfo, no query
-        assert h["interval"] == 0.2 and h["history"]["count"] >= 1
-        assert len(h["history"]["points"]) <= 5
-        assert status["draining"] is False and "generated_at" in status
-        for path in ("/metrics", "/readyz", "/api/v1/status"):
-            async with http.get(f"{base}{path}", headers=auth) as r:
-                text = await r.text()
-            assert "abc123" not in text and "gate-secret-1" not in text and "pw@" not in text
+            return r.status == 200
 
-        daemon.request_stop("test")
-        async with http.get(f"{base}/readyz", headers=auth) as r:
-            assert r.status == 503 and await r.json() == {"ready": False, "draining": True}
-        async with http.get(f"{base}/livez") as r:
-            assert r.status == 200
-    finally:
-        await daemon.stop()
+    await until(ready, "ready")
+    async with http.get(f"{base}/readyz") as r:
+        assert r.status == 200 and await r.json() == {"ready": True}
+    async with http.get(f"{base}/readyz", headers={"Authorization": "Bearer wrong"}) as r:
+        assert await r.json() == {"ready": True}
+    async with http.get(f"{base}/readyz", headers=auth) as r:
+        body = await r.json()
+    assert {t["name"] for t in body["targets"]} == {"h", "n"}
+    async with http.get(f"{base}/api/v1/status") as r:
+        assert r.status == 401 and r.headers["WWW-Authenticate"].startswith("Bearer")
+    async with http.get(f"{base}/api/v1/status?points=5", headers=auth) as r:
+        status = await r.json()
+    h = {t["name"]: t for t in status["targets"]}["h"]
+    assert h["url"] == f"{twin.url}/health"  # no userinfo, no query
+    assert h["interval"] == 0.2 and h["history"]["count"] >= 1
+    assert len(h["history"]["points"]) <= 5
+    assert status["draining"] is False and "generated_at" in status
+    for path in ("/metrics", "/readyz", "/api/v1/status"):
+        async with http.get(f"{base}{path}", headers=auth) as r:
+            text = await r.text()
+        assert "abc123" not in text and "gate-secret-1" not in text and "pw@" not in text
+
+    daemon.request_stop("test")
+    async with http.get(f"{base}/readyz", headers=auth) as r:
+        assert r.status == 503 and await r.json() == {"ready": False, "draining": True}
+    async with http.get(f"{base}/livez") as r:
+        assert r.status == 200
 
 
 async def test_livez_turns_503_when_the_scheduler_is_stuck(
-    twin: Twin, http: aiohttp.ClientSession
+    twin: Twin, http: aiohttp.ClientSession, start_daemon: StartDaemon
 ) -> None:
     config = parse_config(yaml.safe_dump({"targets": [
         {"name": "h", "url": f"{twin.url}/health", "interval": "1s"}]}), env={})
-    daemon = Daemon(config)
-    base = await daemon.start("127.0.0.1", 0)
-    try:
-        async with http.get(f"{base}/livez") as r:
-            assert r.status == 200
-        daemon.scheduler.last_tick -= 60  # as if the event loop had been blocked for a minute
-        async with http.get(f"{base}/livez") as r:
-            assert r.status == 503
-            assert "heartbeat" in (await r.json())["reasons"][0]
-    finally:
-        await daemon.stop()
+    daemon = await start_daemon(config)
+    base = daemon.url
+    async with http.get(f"{base}/livez") as r:
+        assert r.status == 200
+    daemon.scheduler.last_tick -= 60  # as if the event loop had been blocked for a minute
+    async with http.get(f"{base}/livez") as r:
+        assert r.status == 503
+        assert "heartbeat" in (await r.json())["reasons"][0]
 
 
 
@@ -428,51 +351,42 @@ async def test_a_closed_stderr_does_not_stop_the_daemon_from_stopping(
     cfg = tmp_path / "c.yaml"
     cfg.write_text(yaml.safe_dump({"targets": [
         {"name": "h", "url": f"{twin.url}/health", "interval": "200ms", "timeout": "200ms"}]}))
-    port = free_port()
-    env = {**os.environ, "PROBE_LISTEN": f"127.0.0.1:{port}", "PROBE_LOG_FORMAT": "json"}
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "probe", "run", "-c", str(cfg), stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.PIPE, env=env)
-    assert proc.stderr is not None
+    p = ProbeRun(cfg, tmp_path, stderr=subprocess.PIPE)
     try:
-        assert b"stageprobe started" in await asyncio.wait_for(proc.stderr.readline(), 30)
-        proc._transport.get_pipe_transport(2).close()  # type: ignore[attr-defined]
-        await until(lambda: asyncio.sleep(0, twin.requests("/health") >= 3), "probes")
-        async with http.get(f"http://127.0.0.1:{port}/livez") as r:
+        first = await asyncio.wait_for(asyncio.to_thread(p.stderr.readline), 30)
+        assert b"stageprobe started" in first
+        p.stderr.close()  # `head -1` has exited: the pipe has no reader any more
+        await until(lambda: twin.requests("/health") >= 3, "probes")
+        async with http.get(f"{p.url}/livez") as r:
             assert r.status == 200
-        proc.send_signal(signal.SIGTERM)
-        assert await asyncio.wait_for(proc.wait(), 5) == 0
+        p.signal(signal.SIGTERM)
+        assert await p.wait(5) == 0
     finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
+        p.close()
 
 
 async def test_a_reload_that_changes_a_targets_kind_swaps_its_series(
-    twin: Twin, http: aiohttp.ClientSession
+    twin: Twin, http: aiohttp.ClientSession, start_daemon: StartDaemon
 ) -> None:
     """Daemon.apply (not each probe) moves a target from http to websocket series."""
     def config(url: str) -> Any:
         return parse_config(yaml.safe_dump({"targets": [
             {"name": "k", "url": url, "interval": "200ms", "timeout": "200ms"}]}), env={})
 
-    daemon = Daemon(config(f"{twin.url}/health"))
-    base = await daemon.start("127.0.0.1", 0)
+    daemon = await start_daemon(config(f"{twin.url}/health"))
+    base = daemon.url
 
     async def metrics() -> str:
         async with http.get(f"{base}/metrics") as r:
             return await r.text()
 
-    try:
-        await until(lambda: _has(metrics(), 'probe_http_status_code{target="k"} 200.0'),
-                    "the http target probed")
-        daemon.apply(config(f"ws{twin.url.removeprefix('http')}/ws"))
-        text = await until(lambda: _has(metrics(), 'probe_websocket_status_code{target="k"}'),
-                           "the websocket target probed")
-        assert 'probe_http_status_code{target="k"}' not in text
-        assert 'probe_http_duration_seconds{phase="connect",target="k"}' not in text
-    finally:
-        await daemon.stop()
+    await until(lambda: _has(metrics(), 'probe_http_status_code{target="k"} 200.0'),
+                "the http target probed")
+    daemon.apply(config(f"ws{twin.url.removeprefix('http')}/ws"))
+    text = await until(lambda: _has(metrics(), 'probe_websocket_status_code{target="k"}'),
+                       "the websocket target probed")
+    assert 'probe_http_status_code{target="k"}' not in text
+    assert 'probe_http_duration_seconds{phase="connect",target="k"}' not in text
 
 
 async def _has(text: Any, needle: str) -> str | None:

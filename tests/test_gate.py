@@ -1,75 +1,76 @@
-"""`probe gate`: against a daemon-like /readyz on loopback, and `--prometheus` against a real
-Prometheus server scraping two fake replicas' metrics endpoints."""
+"""`probe gate URL`: against a real daemon's /readyz on loopback (in-process, probing the twin).
+(`--prometheus` is in test_gate_prometheus.py.)
+
+Only answers a real daemon never gives (garbage, a contradictory status, a hang) come from a
+stand-in, as "a daemon URL that answers garbage"; its one valid-looking body is a real daemon's.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import json
-import shutil
-import subprocess
-import threading
+import re
 import time
-import urllib.parse
-import urllib.request
 from collections.abc import AsyncIterator, Callable, Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 from typing import Any
 
 import pytest
+import structlog
 from aiohttp import web
-from helpers import free_port, until
+from helpers import StartDaemon, free_port, http_get, silent_server, until, until_stderr
+from helpers import run_cli as run
 
 from probe.cli import main as cli
-from probe.gate import prometheus_verdict, readyz_url
+from probe.config import Config, parse_config
+from probe.daemon import Daemon
+from probe.gate import readyz_url
+from probe.twin import Twin
 
-pytestmark = pytest.mark.timeout(90)
+pytestmark = [pytest.mark.timeout(90), pytest.mark.twin(version="abc")]
 
 TOKEN = "s3cret-gate-token-value"
 
-TARGET_OK = {"name": "backend-health", "kind": "http", "critical": True, "ready": True,
-             "state": "ready", "failure": None, "detail": "", "status_code": 200,
-             "close_code": None, "version": "abc", "latency_ms": {"p95": 12.0}}
-TARGET_BAD = {**TARGET_OK, "ready": False, "state": "failing", "failure": "http_status",
-              "detail": "HTTP 503 (expected 200)", "status_code": 503}
+
+def gate_config(twin: Twin) -> Config:
+    return parse_config(f"""
+defaults: {{interval: 200ms, timeout: 200ms, success_threshold: 1, failure_threshold: 2}}
+targets:
+  - {{name: backend-health, url: "{twin.url}/health", version_path: version}}
+""", env={})
 
 
-class Daemon:
-    """A stand-in for the daemon's /readyz, switchable by the test."""
+async def readyz_says(daemon: Daemon, status: int, state: str) -> dict[str, Any] | None:
+    """The daemon's full /readyz body once it answers `status` with backend-health in `state`."""
+    headers = {"Authorization": f"Bearer {daemon.runtime.gate_token}"}
+    got = await http_get(f"{daemon.url}/readyz", headers)
+    if got is None or got[0] != status:
+        return None
+    body: dict[str, Any] = json.loads(got[1])
+    return body if body["targets"][0]["state"] == state else None
 
-    def __init__(self) -> None:
-        self.verdict: dict[str, Any] = {"ready": False, "targets": [TARGET_BAD]}
-        self.token: str | None = None
-        self.requests = 0
-        self.answer: Callable[[], web.StreamResponse] | None = None
-        self.url = ""
 
-    async def readyz(self, request: web.Request) -> web.StreamResponse:
-        self.requests += 1
-        if self.answer is not None:
-            return self.answer()
-        status = 200 if self.verdict["ready"] else 503
-        if self.token and request.headers.get("Authorization") != f"Bearer {self.token}":
-            return web.json_response({"ready": self.verdict["ready"]}, status=status)
-        return web.json_response(self.verdict, status=status)
+async def ready(daemon: Daemon) -> Daemon:
+    await until(lambda: readyz_says(daemon, 200, "ready"), "the daemon to be ready")
+    return daemon
+
+
+async def failing(daemon: Daemon, twin: Twin) -> Daemon:
+    twin.set_fault(health="503")
+    await until(lambda: readyz_says(daemon, 503, "failing"), "the daemon to see the twin fail")
+    return daemon
+
+
+@pytest.fixture(autouse=True)
+def daemon_logs() -> Iterator[list[Any]]:
+    """An in-process daemon logs to stdout: keep its lines out of the gate's report."""
+    with structlog.testing.capture_logs() as logs:
+        yield logs
 
 
 @pytest.fixture
-async def daemon() -> AsyncIterator[Daemon]:
-    d = Daemon()
-    app = web.Application()
-    app.router.add_get("/readyz", d.readyz)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    d.url = f"http://127.0.0.1:{runner.addresses[0][1]}"
-    yield d
-    await runner.cleanup()
-
-
-async def run(*argv: str) -> int:
-    return await asyncio.to_thread(cli, list(argv))
+async def daemon(twin: Twin, start_daemon: StartDaemon) -> Daemon:
+    """A real daemon probing the twin (healthy, until a test breaks it)."""
+    return await start_daemon(gate_config(twin))
 
 
 def test_readyz_url_is_appended_to_a_base_url() -> None:
@@ -80,25 +81,28 @@ def test_readyz_url_is_appended_to_a_base_url() -> None:
 
 
 async def test_ready_daemon_exits_0(daemon: Daemon, capsys: pytest.CaptureFixture[str]) -> None:
-    daemon.verdict = {"ready": True, "targets": [TARGET_OK]}
+    await ready(daemon)
     assert await run("gate", daemon.url) == 0
     out = capsys.readouterr().out
-    assert out.startswith("OK   backend-health  ready (HTTP 200, p95 12ms, version abc)")
+    assert re.match(r"OK   backend-health  ready \(HTTP 200, p95 [\d.]+ms, version abc\)", out), out
 
 
 async def test_not_ready_daemon_exits_1_with_the_cause(
-        daemon: Daemon, capsys: pytest.CaptureFixture[str]) -> None:
+        daemon: Daemon, twin: Twin, capsys: pytest.CaptureFixture[str]) -> None:
+    await failing(daemon, twin)
     assert await run("gate", daemon.url + "/readyz", "--format", "json") == 1
     data = json.loads(capsys.readouterr().out)
     assert data["ready"] is False
-    assert data["targets"][0]["failure"] == "http_status"
-    assert data["targets"][0]["detail"] == "HTTP 503 (expected 200)"
+    [target] = data["targets"]
+    assert target["name"] == "backend-health" and target["state"] == "failing"
+    assert target["failure"] == "http_status" and "HTTP 503" in target["detail"], target
+    assert target["status_code"] == 503
 
 
 async def test_gate_token_is_sent_from_the_env_and_never_printed(
-        daemon: Daemon, capsys: pytest.CaptureFixture[str],
+        twin: Twin, start_daemon: StartDaemon, capsys: pytest.CaptureFixture[str],
         monkeypatch: pytest.MonkeyPatch) -> None:
-    daemon.token = TOKEN
+    daemon = await failing(await start_daemon(gate_config(twin), gate_token=TOKEN), twin)
     monkeypatch.delenv("PROBE_GATE_TOKEN", raising=False)
     assert await run("gate", daemon.url) == 1
     out = capsys.readouterr().out
@@ -113,18 +117,15 @@ async def test_gate_token_is_sent_from_the_env_and_never_printed(
     assert "token in $MY_TOKEN was not accepted" in capsys.readouterr().out
 
 
-async def test_wait_until_the_daemon_is_ready(daemon: Daemon,
+async def test_wait_until_the_daemon_is_ready(daemon: Daemon, twin: Twin,
                                               capsys: pytest.CaptureFixture[str]) -> None:
-    async def heal() -> None:
-        await until(lambda: daemon.requests >= 2)
-        daemon.verdict = {"ready": True, "targets": [TARGET_OK]}
-
-    healer = asyncio.create_task(heal())
-    assert await run("gate", daemon.url, "--wait", "20s") == 0
-    await healer
-    captured = capsys.readouterr()
-    assert "backend-health: http_status: HTTP 503" in captured.err
-    assert daemon.requests >= 3
+    await failing(daemon, twin)
+    gate = asyncio.create_task(run("gate", daemon.url, "--wait", "20s"))
+    progress = await until_stderr(capsys, "backend-health: http_status: HTTP 503")
+    assert not gate.done(), "it kept waiting while the daemon said not ready"
+    twin.set_fault(health="ok")
+    assert await gate == 0, progress
+    assert capsys.readouterr().out.startswith("OK   backend-health")
 
 
 async def test_unreachable_daemon_is_not_ready_with_the_reason(
@@ -140,39 +141,79 @@ async def test_unreachable_daemon_is_not_ready_with_the_reason(
     assert "refused" in captured.out and "refused" in captured.err
 
 
-async def test_unreachable_while_waiting_then_up(capsys: pytest.CaptureFixture[str]) -> None:
+async def test_unreachable_while_waiting_then_up(
+        twin: Twin, start_daemon: StartDaemon, capsys: pytest.CaptureFixture[str]) -> None:
     port = free_port()
-    d = Daemon()
-    d.verdict = {"ready": True, "targets": [TARGET_OK]}
-    app = web.Application()
-    app.router.add_get("/readyz", d.readyz)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-
-    async def come_up() -> None:
-        await until(lambda: "refused" in capsys.readouterr().err)
-        await web.TCPSite(runner, "127.0.0.1", port).start()
-
-    starter = asyncio.create_task(come_up())
-    try:
-        assert await run("gate", f"http://127.0.0.1:{port}", "--wait", "20s") == 0
-        await starter
-    finally:
-        await runner.cleanup()
+    gate = asyncio.create_task(run("gate", f"http://127.0.0.1:{port}", "--wait", "20s"))
+    await until_stderr(capsys, "refused")
+    await start_daemon(gate_config(twin), port=port)
+    assert await gate == 0
 
 
-async def test_odd_answers_are_named(daemon: Daemon, capsys: pytest.CaptureFixture[str]) -> None:
-    daemon.answer = lambda: web.Response(status=404, text="not found")
-    assert await run("gate", daemon.url) == 1
+async def test_a_wrong_path_and_a_draining_daemon_are_named(
+        daemon: Daemon, capsys: pytest.CaptureFixture[str]) -> None:
+    await ready(daemon)
+    assert await run("gate", daemon.url + "/not-the-prober/") == 1
     assert "http_status: the daemon answered HTTP 404" in capsys.readouterr().out
-    daemon.answer = lambda: web.json_response({"ready": False, "draining": True}, status=503)
+    daemon.request_stop("test")  # what SIGTERM does: /readyz says draining until it closes
     assert await run("gate", daemon.url) == 1
     assert "is draining" in capsys.readouterr().out
-    daemon.answer = lambda: web.Response(status=200, text="OK")
-    assert await run("gate", daemon.url) == 1
+
+
+class StandIn:
+    """Something at the daemon's URL that is not a daemon, or a broken one: it answers /readyz
+    with whatever the test sets (valid-looking bodies come from a real daemon)."""
+
+    def __init__(self) -> None:
+        self.answer: Callable[[], web.StreamResponse] = lambda: web.Response(status=500)
+        self.url = ""
+
+    async def readyz(self, request: web.Request) -> web.StreamResponse:
+        return self.answer()
+
+
+@pytest.fixture
+async def stand_in() -> AsyncIterator[StandIn]:
+    s = StandIn()
+    app = web.Application()
+    app.router.add_get("/readyz", s.readyz)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    s.url = f"http://127.0.0.1:{runner.addresses[0][1]}"
+    yield s
+    await runner.cleanup()
+
+
+async def test_answers_no_daemon_gives_are_named(
+        daemon: Daemon, stand_in: StandIn, capsys: pytest.CaptureFixture[str]) -> None:
+    stand_in.answer = lambda: web.Response(status=200, text="OK")
+    assert await run("gate", stand_in.url) == 1
     assert "protocol: the daemon's answer" in capsys.readouterr().out
-    daemon.answer = lambda: web.json_response({"ready": True, "targets": []}, status=503)
-    assert await run("gate", daemon.url) == 1, "a 503 is never ready, whatever the body says"
+    stand_in.answer = lambda: web.Response(status=200, text="<html>login</html>",
+                                           content_type="text/html")
+    assert await run("gate", stand_in.url) == 1
+    assert "protocol: the daemon's answer" in capsys.readouterr().out
+
+    await ready(daemon)
+    got = await http_get(f"{daemon.url}/readyz")
+    assert got is not None and got[0] == 200
+    ready_body = got[1]
+    assert json.loads(ready_body)["ready"] is True
+    stand_in.answer = lambda: web.Response(status=503, text=ready_body,
+                                           content_type="application/json")
+    assert await run("gate", stand_in.url) == 1, "a 503 is never ready, whatever the body says"
+
+
+async def test_a_daemon_that_never_answers_is_a_timeout(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    async with silent_server() as silent:
+        t0 = time.monotonic()
+        assert await run("gate", silent.url, "--wait", "1s") == 1
+        assert time.monotonic() - t0 < 15
+    out = capsys.readouterr().out
+    assert out.startswith("FAIL probe-daemon  timeout: cannot reach the daemon at"), out
+    assert "no answer in time" in out
 
 
 def test_usage_errors_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
@@ -180,192 +221,3 @@ def test_usage_errors_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
     assert cli(["gate", "ftp://127.0.0.1/"]) == 2
     assert "http(s) URL" in capsys.readouterr().err
     assert cli(["gate", "http://127.0.0.1:1", "--prometheus", "http://127.0.0.1:2"]) == 2
-
-
-def test_prometheus_verdict_is_strict_across_replicas() -> None:
-    v = prometheus_verdict([1.0, 1.0], {"a": [1.0, 1.0], "b": [1.0, 0.0]}, {})
-    assert v.ready and [t.name for t in v.not_ready()] == ["b"]
-    assert not v.not_ready()[0].critical, "gate ready everywhere: b must be non-critical"
-    v = prometheus_verdict([1.0, 0.0], {"a": [1.0, 1.0]}, {})
-    assert not v.ready and v.not_ready()[0].detail == "probe_gate_ready is 0 in 1 of 2 replicas"
-    v = prometheus_verdict([1.0], {"a": [1.0], "b": [0.0]}, {}, {"b": True, "a": False})
-    assert not v.targets[0].critical and v.targets[1].critical, "probe_target_critical wins"
-    v = prometheus_verdict([float("nan")], {}, {})
-    assert not v.ready
-
-
-# --- against a real Prometheus ---------------------------------------------------------------
-
-
-class Replica:
-    """A fake prober replica's /metrics, served from a thread (Prometheus scrapes it)."""
-
-    def __init__(self) -> None:
-        self.body = ""
-        self.failures = 0.0
-        self.failing = False
-        replica = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                text = replica.render().encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "text/plain; version=0.0.4")
-                self.send_header("Content-Length", str(len(text)))
-                self.end_headers()
-                self.wfile.write(text)
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
-        self.address = f"127.0.0.1:{self.server.server_address[1]}"
-        self.state: dict[str, float] | None = None  # None: no probe_* series at all
-
-    def render(self) -> str:
-        if self.state is None:
-            return "# nothing yet\n"
-        if self.failing:
-            self.failures += 1
-        lines = ["# TYPE probe_gate_ready gauge", f"probe_gate_ready {self.state['gate']}",
-                 "# TYPE probe_target_ready gauge"]
-        lines += [f'probe_target_ready{{target="{k}"}} {v}' for k, v in self.state.items()
-                  if k != "gate"]
-        lines += ["# TYPE probe_target_critical gauge",
-                  'probe_target_critical{target="backend-health"} 1']
-        lines += ["# TYPE probe_failures_total counter",
-                  f'probe_failures_total{{target="backend-health",failure="http_status"}} '
-                  f"{self.failures}", ""]
-        return "\n".join(lines)
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-
-
-class Prometheus:
-    def __init__(self, tmp: Path, replicas: list[Replica]) -> None:
-        self.port = free_port()
-        cfg = tmp / "prometheus.yml"
-        cfg.write_text(
-            "global: {scrape_interval: 1s, scrape_timeout: 900ms, evaluation_interval: 1s}\n"
-            "scrape_configs:\n  - job_name: stageprobe\n    static_configs:\n"
-            f"      - targets: [{', '.join(repr(r.address) for r in replicas)}]\n")
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log = open(tmp / "prometheus.log", "wb")  # closed in stop()
-        self.proc = subprocess.Popen(
-            ["prometheus", f"--config.file={cfg}", f"--storage.tsdb.path={tmp / 'data'}",
-             f"--web.listen-address=127.0.0.1:{self.port}"],
-            stdout=self.log, stderr=subprocess.STDOUT)
-        self.until(lambda: self._get("/-/ready") is not None, "Prometheus to start")
-
-    def _get(self, path: str) -> bytes | None:
-        try:
-            with urllib.request.urlopen(self.url + path, timeout=2) as resp:
-                return bytes(resp.read())
-        except OSError:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"prometheus exited with {self.proc.returncode}") from None
-            return None
-
-    def query(self, promql: str) -> list[dict[str, Any]]:
-        body = self._get("/api/v1/query?" + urllib.parse.urlencode({"query": promql}))
-        return json.loads(body)["data"]["result"] if body else []
-
-    def until(self, cond: Callable[[], bool], what: str, timeout: float = 30.0) -> None:
-        deadline = time.monotonic() + timeout
-        while not cond():
-            if time.monotonic() > deadline:
-                raise AssertionError(f"timed out waiting for {what}")
-            time.sleep(0.1)
-
-    def values(self, promql: str) -> list[float]:
-        return sorted(float(s["value"][1]) for s in self.query(promql))
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-        self.log.close()
-
-
-@pytest.fixture(scope="module")
-def prom(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Prometheus, list[Replica]]]:
-    if shutil.which("prometheus") is None:
-        pytest.skip("the prometheus binary is not installed (Debian package `prometheus`)")
-    replicas = [Replica(), Replica()]
-    p = Prometheus(tmp_path_factory.mktemp("prometheus"), replicas)
-    try:
-        yield p, replicas
-    finally:
-        p.stop()
-        for r in replicas:
-            r.close()
-
-
-def test_prometheus_without_data_is_not_ready(prom: tuple[Prometheus, list[Replica]],
-                                              capsys: pytest.CaptureFixture[str]) -> None:
-    p, replicas = prom
-    for r in replicas:
-        r.state = None
-    p.until(lambda: p.values("up") == [1.0, 1.0] and not p.query("probe_gate_ready"),
-            "both replicas scraped, no probe_gate_ready series")
-    assert cli(["gate", "--prometheus", p.url]) == 1
-    assert "no data from Prometheus for probe_gate_ready" in capsys.readouterr().out
-
-
-def test_prometheus_ready_in_every_replica(prom: tuple[Prometheus, list[Replica]],
-                                           capsys: pytest.CaptureFixture[str]) -> None:
-    p, replicas = prom
-    for r in replicas:
-        r.failing = False
-        r.state = {"gate": 1, "backend-health": 1, "docs": 1}
-    replicas[1].state = {"gate": 1, "backend-health": 1, "docs": 0}
-    p.until(lambda: p.values("probe_gate_ready") == [1.0, 1.0]
-            and p.values("probe_target_ready") == [0.0, 1.0, 1.0, 1.0], "all series in")
-    assert cli(["gate", "--prometheus", p.url + "/"]) == 0
-    out = capsys.readouterr().out
-    assert "OK   backend-health" in out
-    assert "WARN docs" in out and "not ready in 1 of 2 replicas" in out
-
-
-def test_prometheus_one_replica_failing_names_the_cause(
-        prom: tuple[Prometheus, list[Replica]], capsys: pytest.CaptureFixture[str]) -> None:
-    p, replicas = prom
-    replicas[0].state = {"gate": 1, "backend-health": 1}
-    replicas[1].state = {"gate": 0, "backend-health": 0}
-    replicas[1].failing = True
-    p.until(lambda: p.values("probe_gate_ready") == [0.0, 1.0]
-            and bool(p.values('increase(probe_failures_total{failure="http_status"}[5m]) > 0')),
-            "replica 1 failing with counted failures")
-    assert cli(["gate", "--prometheus", p.url, "--format", "junit"]) == 1
-    out = capsys.readouterr().out
-    assert 'failures="1"' in out
-    assert 'type="http_status"' in out and "not ready in 1 of 2 replicas" in out
-
-    # --wait: it keeps polling until the failing replica heals
-    results: list[int] = []
-    waiter = threading.Thread(target=lambda: results.append(
-        cli(["gate", "--prometheus", p.url, "--wait", "30s"])))
-    waiter.start()
-    seen = ""
-    deadline = time.monotonic() + 20
-    while "backend-health: http_status" not in seen and time.monotonic() < deadline:
-        seen += capsys.readouterr().err
-        time.sleep(0.05)
-    assert "backend-health: http_status" in seen, "progress named the cause while waiting"
-    replicas[1].state = {"gate": 1, "backend-health": 1}
-    replicas[1].failing = False
-    waiter.join(40)
-    assert results == [0]
-    assert "READY" in capsys.readouterr().out
-
-
-def test_prometheus_unreachable(capsys: pytest.CaptureFixture[str]) -> None:
-    assert cli(["gate", "--prometheus", f"http://127.0.0.1:{free_port()}"]) == 1
-    assert "refused: cannot reach Prometheus at" in capsys.readouterr().out

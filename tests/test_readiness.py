@@ -427,10 +427,11 @@ def test_cheap_ready_never_disagrees_with_the_full_verdict(
         r.observe(ok(duration=seconds, latency=lat, version=version) if success else
                   bad(version=version), float(i))
         track = r._tracks["t0"]
-        assert track.ordered == sorted(track.windows.get("total", ()))
+        windows = track.latency
+        assert windows.ordered == sorted(windows.windows.get("total", ()))
         full = _judge(track, r.expect_version)
         assert _ready(track, r.expect_version) == full.ready
-        window = list(track.windows.get("total", ()))  # an independent model of "ready"
+        window = list(windows.windows.get("total", ()))  # an independent model of "ready"
         breached = latency is not None and len(window) >= latency["min_samples"] and any(
             round(percentile(window, float(label[1:])) * 1000, 3) > bound * 1000
             for label, bound in bounds.items())

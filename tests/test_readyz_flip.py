@@ -11,11 +11,10 @@ import asyncio
 import json
 import sys
 import time
-from collections.abc import AsyncIterator
+from typing import Any
 
-import aiohttp
 import pytest
-from helpers import free_port
+from helpers import StartDaemon, free_port, http_get, until
 
 from probe.config import parse_config
 from probe.daemon import Daemon
@@ -26,10 +25,11 @@ SUCCESS_THRESHOLD, FAILURE_THRESHOLD = 2, 3
 SLACK = 1.5  # scheduling and polling slack on a busy 2-core CI machine
 
 
+pytestmark = pytest.mark.twin(version="build-7")
+
+
 @pytest.fixture
-async def setup() -> AsyncIterator[tuple[Twin, Daemon]]:
-    twin = Twin(version="build-7")
-    await twin.start()
+async def setup(twin: Twin, start_daemon: StartDaemon) -> tuple[Twin, Daemon]:
     config = parse_config(
         f"""
 defaults: {{interval: {INTERVAL}s, timeout: {TIMEOUT}s,
@@ -41,28 +41,24 @@ targets:
 """,
         env={},
     )
-    daemon = Daemon(config)
-    await daemon.start("127.0.0.1", 0)
-    yield twin, daemon
-    await daemon.stop()
-    await twin.stop()
+    return twin, await start_daemon(config)
 
 
-async def readyz(url: str) -> tuple[int, dict[str, object]]:
-    async with aiohttp.ClientSession() as http, http.get(f"{url}/readyz") as resp:
-        return resp.status, await resp.json()
+async def readyz(url: str) -> tuple[int, dict[str, Any]]:
+    got = await http_get(f"{url}/readyz")
+    assert got is not None, f"the daemon at {url} does not answer"
+    return got[0], json.loads(got[1])
 
 
-async def wait_for_status(url: str, want: int, within: float) -> tuple[float, dict[str, object]]:
+async def wait_for_status(url: str, want: int, within: float) -> tuple[float, dict[str, Any]]:
     """Seconds until /readyz answers `want` (polled every 20 ms), and that answer's body."""
-    start = time.monotonic()
-    while True:
+    async def answered() -> dict[str, Any] | None:
         status, body = await readyz(url)
-        elapsed = time.monotonic() - start
-        if status == want:
-            return elapsed, body
-        assert elapsed < within, f"/readyz still {status} after {within:.1f}s: {body}"
-        await asyncio.sleep(0.02)
+        return body if status == want else None
+
+    start = time.monotonic()
+    body = await until(answered, f"/readyz to answer {want}", within=within, every=0.02)
+    return time.monotonic() - start, body
 
 
 async def gate(*argv: str) -> tuple[int, str]:
@@ -89,7 +85,7 @@ async def test_readyz_flips_within_the_thresholds_and_not_sooner(
     assert failing_probes >= FAILURE_THRESHOLD, (
         f"flipped after {failing_probes} failed probe(s): hysteresis ignored"
     )
-    [target] = [t for t in body["targets"] if t["name"] == "backend-health"]  # type: ignore[union-attr]
+    [target] = [t for t in body["targets"] if t["name"] == "backend-health"]
     assert target["failure"] == "http_status" and "503" in target["detail"], target
     assert elapsed <= FAILURE_THRESHOLD * INTERVAL + TIMEOUT + SLACK
 
@@ -106,16 +102,15 @@ async def test_non_critical_target_does_not_block_the_gate(setup: tuple[Twin, Da
     _, daemon = setup
     # The optional target is refused from the start and goes failing; the gate opens anyway.
     await wait_for_status(daemon.url, 200, within=10)
-    deadline = time.monotonic() + 10
-    while True:
+
+    async def optional_failing() -> dict[str, Any] | None:
         status, body = await readyz(daemon.url)
-        assert status == 200, body
-        [api] = [t for t in body["targets"] if t["name"] == "optional-api"]  # type: ignore[union-attr]
-        if api["state"] == "failing":
-            assert api["failure"] == "refused" and body["ready"] is True, body
-            break
-        assert time.monotonic() < deadline, body
-        await asyncio.sleep(0.05)
+        assert status == 200, body  # and it stays open all along
+        [api] = [t for t in body["targets"] if t["name"] == "optional-api"]
+        return api if api["state"] == "failing" else None
+
+    api = await until(optional_failing, "the optional target to go failing", within=10)
+    assert api["failure"] == "refused", api
 
 
 async def test_probe_gate_against_the_real_daemon(setup: tuple[Twin, Daemon]) -> None:

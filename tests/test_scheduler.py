@@ -16,9 +16,9 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 from urllib.parse import urlsplit
 
-import pytest
 import structlog
 import yaml
+from helpers import silent_server, until
 
 from probe.checks import Check, CheckContext, checker_for
 from probe.config import Config, Target, parse_config
@@ -82,39 +82,6 @@ class Recorder:
                 await asyncio.wait_for(self.changed.wait(), min(left, 0.5))
 
 
-@pytest.fixture
-async def twin() -> AsyncIterator[Twin]:
-    t = Twin()
-    await t.start()
-    yield t
-    await t.stop()
-
-
-@contextlib.asynccontextmanager
-async def silent_server() -> AsyncIterator[tuple[int, list[int]]]:
-    """Accepts, reads, never answers. Yields (port, [connections accepted, connections closed])."""
-    counts = [0, 0]
-    writers: list[asyncio.StreamWriter] = []
-
-    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        counts[0] += 1
-        writers.append(writer)
-        with contextlib.suppress(ConnectionError):
-            while await reader.read(4096):
-                pass
-        counts[1] += 1
-        writer.close()
-
-    server = await asyncio.start_server(handle, "127.0.0.1", 0)
-    try:
-        yield server.sockets[0].getsockname()[1], counts
-    finally:
-        server.close()
-        for writer in writers:
-            writer.close()
-        await server.wait_closed()
-
-
 @contextlib.asynccontextmanager
 async def running(scheduler: Scheduler) -> AsyncIterator[Scheduler]:
     await scheduler.start()
@@ -129,9 +96,9 @@ def _with(check: Check) -> Callable[[Target], Check]:
 
 
 async def test_silent_server_times_out_while_others_keep_their_schedule(twin: Twin) -> None:
-    async with silent_server() as (port, _):
+    async with silent_server() as silent:
         config = make_config([
-            {"name": "silent", "url": f"http://127.0.0.1:{port}/", "interval": "1s",
+            {"name": "silent", "url": f"{silent.url}/", "interval": "1s",
              "timeout": "400ms"},
             {"name": "a", "url": f"{twin.url}/health", "interval": "200ms", "timeout": "200ms"},
             {"name": "b", "url": f"{twin.url}/api/health", "interval": "200ms",
@@ -157,8 +124,8 @@ async def test_silent_server_times_out_while_others_keep_their_schedule(twin: Tw
 
 
 async def test_real_http_check_bounds_a_silent_server() -> None:
-    async with silent_server() as (port, _):
-        config = make_config([{"name": "silent", "url": f"http://127.0.0.1:{port}/",
+    async with silent_server() as silent:
+        config = make_config([{"name": "silent", "url": f"{silent.url}/",
                                "interval": "1s", "timeout": "400ms"}])
         rec = Recorder()
         async with running(Scheduler(config, CheckContext(), rec.on_outcome, rec.on_lag)):
@@ -283,25 +250,22 @@ async def test_reconfigure_adds_removes_and_restarts(twin: Twin) -> None:
 
 
 async def test_stop_cancels_probes_in_flight_promptly() -> None:
-    async with silent_server() as (port, counts):
-        config = make_config([{"name": f"s{i}", "url": f"http://127.0.0.1:{port}/",
+    async with silent_server() as silent:
+        config = make_config([{"name": f"s{i}", "url": f"{silent.url}/",
                                "interval": "10s", "timeout": "9s"} for i in range(5)])
         rec = Recorder()
         sched = Scheduler(config, CheckContext(), rec.on_outcome, rec.on_lag,
                           checker=_with(naive_check))
         await sched.start()
-        deadline = time.monotonic() + 10
-        while counts[0] < 5:  # every target has a probe hanging on the silent server
-            assert time.monotonic() < deadline
-            await asyncio.sleep(0.02)
+        await until(lambda: silent.accepted >= 5,
+                    "every target to have a probe hanging on the silent server", within=10)
         assert sched.stuck() == []
         t0 = time.monotonic()
         await sched.stop()
         assert time.monotonic() - t0 < 1.5
         assert [t for t in asyncio.all_tasks() if t.get_name().startswith("probe")] == []
-        while counts[1] < 5:  # the prober closed every connection it had open
-            assert time.monotonic() < deadline
-            await asyncio.sleep(0.02)
+        await until(lambda: silent.closed >= 5,
+                    "the prober to close every connection it had open", within=10)
     assert rec.count("s0") == 0
     assert sched.stuck() == ["scheduler is not running"]
 

@@ -9,7 +9,6 @@ daemon's HTTP answers, or a report.
 
 from __future__ import annotations
 
-import asyncio
 import io
 import json
 import logging
@@ -25,6 +24,7 @@ import structlog
 from aiohttp import WSMsgType, web
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
+from helpers import refused_port, until
 from prometheus_client import generate_latest
 from prometheus_client.openmetrics.exposition import generate_latest as generate_openmetrics
 
@@ -122,11 +122,7 @@ async def hostile() -> AsyncIterator[Hostile]:
     await runner.setup()
     await web.TCPSite(runner, "127.0.0.1", 0).start()
     h.base = f"127.0.0.1:{runner.addresses[0][1]}"
-    import socket
-
-    with socket.socket() as s:  # bound, never listening: refused
-        s.bind(("127.0.0.1", 0))
-        h.closed_port = s.getsockname()[1]
+    with refused_port() as h.closed_port:
         yield h
     await runner.cleanup()
 
@@ -291,14 +287,9 @@ async def test_daemon_answers_and_logs_hold_no_secret(
     url = await daemon.start("127.0.0.1", 0)
     bodies: dict[str, str] = {}
     try:
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + 15
-        while True:  # every target probed at least once
-            verdict = daemon.runtime.readiness.verdict(time.time())
-            if all(t.last_probe_at is not None for t in verdict.targets):
-                break
-            assert loop.time() < deadline, "not every target was probed within 15s"
-            await asyncio.sleep(0.1)
+        await until(lambda: all(t.last_probe_at is not None for t in
+                                daemon.runtime.readiness.verdict(time.time()).targets),
+                    "every target to be probed at least once", within=15)
         async with aiohttp.ClientSession() as http:
             for path in ("/metrics", "/readyz", "/api/v1/status", "/status"):
                 async with http.get(url + path) as resp:

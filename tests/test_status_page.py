@@ -15,17 +15,10 @@ from typing import Any
 
 import pytest
 from aiohttp import web
+from helpers import free_port, run_daemon
 
 from probe.twin import Twin
-from tests.statuspage_util import (
-    CHROMIUM,
-    CHROMIUM_ARGS,
-    ConsoleErrors,
-    free_port,
-    run_daemon,
-)
-
-pytestmark = pytest.mark.skipif(not os.path.exists(CHROMIUM), reason="needs Debian chromium")
+from tests.statuspage_util import CHROMIUM, CHROMIUM_ARGS, ConsoleErrors
 
 INTERVAL = 0.3
 FAILURE_THRESHOLD = 2
@@ -33,6 +26,11 @@ REFRESH = 2.0  # the page's default poll period
 STARTUP_MS = 20_000  # first page load and first results: generous, CI has 2 cores
 SECRET = "page-test-jwt-secret-0f9e8d7c-4b3a2918"
 TARGETS = ("backend-health", "api-health", "agents-stop", "legacy-admin")
+
+pytestmark = [
+    pytest.mark.skipif(not os.path.exists(CHROMIUM), reason="needs Debian chromium"),
+    pytest.mark.twin(version="build-4711", jwt_secret=SECRET),
+]
 
 
 def twin_config(base: str) -> str:
@@ -61,14 +59,6 @@ targets:
     url: http://127.0.0.1:{closed}/admin
     critical: false
 """
-
-
-@pytest.fixture
-async def twin() -> AsyncIterator[Twin]:
-    t = Twin(version="build-4711", jwt_secret=SECRET)
-    await t.start("127.0.0.1", 0)
-    yield t
-    await t.stop()
 
 
 @pytest.fixture

@@ -8,21 +8,23 @@ had a chance to leak something.
 from __future__ import annotations
 
 import re
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
+from helpers import run_daemon, until
 
 from probe.twin import Twin
-from tests.statuspage_util import run_daemon, wait_for
 
 JWT_SECRET = "jwt-secret-value-7f3a9c1e5b2d4f6a8c0e2b4d"
 BEARER = "static-bearer-value-91ab27cd38ef"
 GATE = "gate-token-value-5e6f7a8b9c0d"
 SECRETS = (JWT_SECRET, BEARER, GATE)
 JWT_SHAPE = re.compile(r"eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}\.")  # a minted token itself
+
+
+pytestmark = pytest.mark.twin(jwt_secret=JWT_SECRET)
 
 
 def config(base: str) -> str:
@@ -50,14 +52,6 @@ targets:
 """
 
 
-@pytest.fixture
-async def twin() -> AsyncIterator[Twin]:
-    t = Twin(jwt_secret=JWT_SECRET)
-    await t.start("127.0.0.1", 0)
-    yield t
-    await t.stop()
-
-
 def assert_clean(where: str, text: str) -> None:
     for secret in SECRETS:
         assert secret not in text, f"{where} contains a credential value"
@@ -71,19 +65,18 @@ async def get(http: aiohttp.ClientSession, url: str, token: str | None = None) -
         return r.status, await r.text()
 
 
-async def test_page_and_api_carry_no_credential(twin: Twin, tmp_path: Path) -> None:
+async def test_page_and_api_carry_no_credential(
+    twin: Twin, tmp_path: Path, http: aiohttp.ClientSession
+) -> None:
     env = {"JWT_SECRET": JWT_SECRET, "SERVICE_TOKEN": BEARER, "PROBE_GATE_TOKEN": GATE}
-    async with (
-        run_daemon(config(twin.url), tmp_path, env) as daemon,
-        aiohttp.ClientSession() as http,
-    ):
+    async with run_daemon(config(twin.url), tmp_path, env) as daemon:
         api = daemon.url + "/api/v1/status"
 
         async def all_ready() -> Any:
             status, _ = await get(http, daemon.url + "/readyz")
             return status == 200
 
-        await wait_for(all_ready, 15, "the daemon to see the twin ready (credentials accepted)")
+        await until(all_ready, "the daemon to see the twin ready (credentials accepted)", within=15)
         twin.set_fault(health="503", api="500")
 
         async def failing() -> Any:
@@ -92,7 +85,7 @@ async def test_page_and_api_carry_no_credential(twin: Twin, tmp_path: Path) -> N
             states = {t["name"]: t["state"] for t in data["targets"]}
             return all(s == "failing" for s in states.values()) and data
 
-        data = await wait_for(failing, 15, "every target to fail")
+        data = await until(failing, "every target to fail", within=15)
         assert {t["failure"] for t in data["targets"]} == {"http_status"}
         query_target = next(t for t in data["targets"] if t["name"] == "api-health-query-token")
         assert query_target["url"].endswith("/api/health")  # no query string, so no token
@@ -116,12 +109,11 @@ async def test_page_and_api_carry_no_credential(twin: Twin, tmp_path: Path) -> N
     assert_clean("the daemon's log", daemon.log_text())
 
 
-async def test_gate_token_guards_the_api_not_the_page(twin: Twin, tmp_path: Path) -> None:
+async def test_gate_token_guards_the_api_not_the_page(
+    twin: Twin, tmp_path: Path, http: aiohttp.ClientSession
+) -> None:
     env = {"JWT_SECRET": JWT_SECRET, "SERVICE_TOKEN": BEARER, "PROBE_GATE_TOKEN": GATE}
-    async with (
-        run_daemon(config(twin.url), tmp_path, env) as daemon,
-        aiohttp.ClientSession() as http,
-    ):
+    async with run_daemon(config(twin.url), tmp_path, env) as daemon:
         api = daemon.url + "/api/v1/status"
         status, text = await get(http, api)
         assert status == 401 and "backend-health" not in text
@@ -138,12 +130,11 @@ async def test_gate_token_guards_the_api_not_the_page(twin: Twin, tmp_path: Path
             assert "default-src 'none'" in r.headers["Content-Security-Policy"]
 
 
-async def test_without_gate_token_the_api_is_open(twin: Twin, tmp_path: Path) -> None:
+async def test_without_gate_token_the_api_is_open(
+    twin: Twin, tmp_path: Path, http: aiohttp.ClientSession
+) -> None:
     env = {"JWT_SECRET": JWT_SECRET, "SERVICE_TOKEN": BEARER}
-    async with (
-        run_daemon(config(twin.url), tmp_path, env) as daemon,
-        aiohttp.ClientSession() as http,
-    ):
+    async with run_daemon(config(twin.url), tmp_path, env) as daemon:
         status, text = await get(http, daemon.url + "/api/v1/status")
         assert status == 200 and "backend-health" in text
         assert_clean("/api/v1/status", text)

@@ -5,33 +5,21 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator
 
 import aiohttp
 import jwt
 import pytest
+from helpers import free_port, until
 
 from probe.twin import Twin, TwinState
 
 SECRET = "a-test-secret-that-is-long-enough-for-hs256"
 
 
-@pytest.fixture
-async def twin() -> AsyncIterator[Twin]:
-    t = Twin(version="build-7", jwt_secret=SECRET)
-    await t.start("127.0.0.1", 0)
-    yield t
-    await t.stop()
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as s:
-        yield s
+pytestmark = pytest.mark.twin(version="build-7", jwt_secret=SECRET)
 
 
 async def test_healthy_answers(twin: Twin, http: aiohttp.ClientSession) -> None:
@@ -145,10 +133,8 @@ async def test_hung_requests_are_released_on_stop() -> None:
     twin.set_fault(health="hang")
     async with aiohttp.ClientSession() as http:
         pending = asyncio.ensure_future(http.get(f"{url}/health"))
-        deadline = time.monotonic() + 5
-        while twin.requests("/health") == 0:
-            assert time.monotonic() < deadline, "the hung request never arrived"
-            await asyncio.sleep(0.01)
+        await until(lambda: twin.requests("/health") > 0, "the hung request to arrive",
+                    within=5, every=0.01)
         assert not pending.done()
         t0 = time.monotonic()
         await twin.stop()
@@ -167,24 +153,16 @@ async def test_starting_then_healthy(http: aiohttp.ClientSession) -> None:
     try:
         async with http.get(f"{url}/health") as r:
             assert r.status == 503
-        deadline = time.monotonic() + 5
-        while twin.state.health == "starting":
-            assert time.monotonic() < deadline
-            await asyncio.sleep(0.02)
+        await until(lambda: twin.state.health != "starting", "the twin to finish booting",
+                    within=5, every=0.02)
         async with http.get(f"{url}/health") as r:
             assert r.status == 200
     finally:
         await twin.stop()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def test_standalone_module() -> None:
-    port = _free_port()
+    port = free_port()
     proc = subprocess.Popen(
         [sys.executable, "-m", "probe.twin", "--port", str(port), "--build", "cli-1"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ},

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import datetime
 import json
-import socket
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -21,6 +20,7 @@ import jwt
 import pytest
 import yaml
 from aiohttp import web
+from helpers import refused_port, silent_server
 from websockets.asyncio.server import ServerConnection, serve
 from websockets.datastructures import Headers
 from websockets.http11 import Request, Response
@@ -40,6 +40,9 @@ USER_MSG = {"send": {"type": "user_message", "text": "hello"},
             "until": {"json": {"type": "agent_completed"}}, "timeout": "2s"}
 Handler = Callable[[ServerConnection], Awaitable[None]]
 ProcessRequest = Callable[[ServerConnection, Request], Awaitable[Response | None]]
+
+
+pytestmark = pytest.mark.twin(jwt_secret=SECRET)
 
 
 def setup(
@@ -94,14 +97,6 @@ async def ws_server(handler: Handler = pong_handler, **kwargs: Any) -> AsyncIter
     async with serve(handler, "127.0.0.1", 0, ping_interval=None, **kwargs) as server:
         port = server.sockets[0].getsockname()[1]
         yield f"ws://127.0.0.1:{port}"
-
-
-@pytest.fixture
-async def twin() -> AsyncIterator[Twin]:
-    t = Twin(jwt_secret=SECRET)
-    await t.start("127.0.0.1", 0)
-    yield t
-    await t.stop()
 
 
 def twin_ws(t: Twin) -> str:
@@ -417,15 +412,12 @@ async def test_garbage_frames_are_protocol() -> None:
 
 
 @asynccontextmanager
-async def raw_server(answer: bytes | None) -> AsyncIterator[int]:
-    """A TCP server that reads the request and writes `answer` (None: never answers)."""
+async def raw_server(answer: bytes) -> AsyncIterator[int]:
+    """A TCP server that reads the request and writes `answer` (helpers.silent_server: none)."""
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await reader.readuntil(b"\r\n\r\n")
-        if answer is None:
-            await reader.read()
-        else:
-            writer.write(answer)
-            await writer.drain()
+        writer.write(answer)
+        await writer.drain()
         writer.close()
 
     server = await asyncio.start_server(handle, "127.0.0.1", 0)
@@ -453,8 +445,8 @@ async def test_bad_upgrade_answers(answer: bytes, failure: Failure, status: int 
 
 
 async def test_unanswered_upgrade_is_timeout() -> None:
-    async with raw_server(None) as port:
-        target, ctx = setup({"url": f"ws://127.0.0.1:{port}/ws", "timeout": "500ms"})
+    async with silent_server() as silent:
+        target, ctx = setup({"url": f"ws://127.0.0.1:{silent.port}/ws", "timeout": "500ms"})
         outcome, wall = await probe(target, ctx)
     assert outcome.failure is Failure.TIMEOUT
     assert outcome.detail == "no answer to the WebSocket upgrade within 500ms"
@@ -465,9 +457,7 @@ async def test_dns_and_refused() -> None:
     target, ctx = setup({"url": "ws://nonexistent.invalid/ws"})
     outcome, _ = await probe(target, ctx)
     assert outcome.failure is Failure.DNS and "nonexistent.invalid" in outcome.detail
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]  # bound, not listening: connections are refused
+    with refused_port() as port:
         target, ctx = setup({"url": f"ws://127.0.0.1:{port}/ws"})
         outcome, _ = await probe(target, ctx)
     assert outcome.failure is Failure.REFUSED

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers import until
 
 from probe.checks import CheckContext, checker_for
 from probe.config import Config, Target
@@ -93,11 +94,8 @@ def other_tasks() -> set[asyncio.Task[Any]]:
 
 
 async def wait_until(predicate: Callable[[], bool], within: float, what: str) -> None:
-    deadline = time.monotonic() + within
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not within {within}s: {what}")
-        await asyncio.sleep(0.05)
+    """helpers.until, in the argument order the fault tests use."""
+    await until(predicate, what, within=within)
 
 
 def ca_target_fields(certs: TestCerts) -> dict[str, Any]:

@@ -8,10 +8,12 @@ connection task is cancelled), or after a fixed amount of work. Names are `kind`
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import json
 import select
 import socket
 import struct
+import termios
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
@@ -45,6 +47,21 @@ class Conn:
         self.writer.write(data)
         await self.writer.drain()
 
+    async def delivered(self, within: float = 5.0) -> None:
+        """Return once the client's kernel has acknowledged every byte written so far.
+
+        Our send queue (SIOCOUTQ: bytes not yet ACKed by the peer) and the transport's own
+        buffer both empty: what was sent is in the client's receive queue, so whatever we do
+        next (a RST) comes after it. There is no event for this, so it polls the kernel every
+        millisecond (loopback ACKs at once), bounded by `within`."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + within
+        fd = self.writer.get_extra_info("socket").fileno()
+        while self.writer.transport.get_write_buffer_size() or _unacked(fd):
+            if loop.time() > deadline:
+                return  # the client stopped reading (window full): RST it as it is
+            await asyncio.sleep(0.001)
+
     async def until_eof(self) -> None:
         """Read (and discard) whatever the client sends until it hangs up."""
         while await self.reader.read(CHUNK):
@@ -52,6 +69,11 @@ class Conn:
 
 
 Handler = Callable[[Conn], Awaitable[None]]
+
+
+def _unacked(fd: int) -> int:
+    """Bytes in this socket's send queue not yet acknowledged by the peer (SIOCOUTQ)."""
+    return int(struct.unpack("i", fcntl.ioctl(fd, termios.TIOCOUTQ, b"\0\0\0\0"))[0])
 
 
 # --- HTTP ------------------------------------------------------------------------------------
@@ -171,7 +193,7 @@ async def reset(c: Conn) -> None:
     else:
         await c.send(response(200, b"", Content_Type="text/plain").replace(
             b"Content-Length: 0", b"Content-Length: 100000") + b"y" * 1000)
-    await asyncio.sleep(0.1)  # let the partial answer reach the client before the RST
+    await c.delivered()  # the partial answer reaches the client before the RST or FIN
     if "fin" in opts:
         c.writer.close()
         return
