@@ -42,20 +42,15 @@ def checker_for(target: Target) -> Check:
 
 
 @lru_cache(maxsize=64)
-def ssl_context(
-    verify: bool, ca_file: Path | None, sslobject_class: type[ssl.SSLObject] | None = None
-) -> ssl.SSLContext:
-    """One SSLContext per (verify, CA file, SSLObject class): building one loads the trust store;
-    never per probe. A check that hooks the handshake (the HTTP check times it) asks for its own
-    class here, so the class is set once at construction, never on a context already shared."""
+def ssl_context(verify: bool, ca_file: Path | None) -> ssl.SSLContext:
+    """One SSLContext per (verify, CA file): building one loads the trust store; never per
+    probe."""
     if not verify:
         ctx = ssl.create_default_context()
         ctx.check_hostname = False
         ctx.verify_mode = ssl.CERT_NONE
     else:
         ctx = ssl.create_default_context(cafile=str(ca_file) if ca_file else None)
-    if sslobject_class is not None:
-        ctx.sslobject_class = sslobject_class
     return ctx
 
 

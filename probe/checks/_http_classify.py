@@ -1,22 +1,21 @@
 """How a failed HTTP probe is named: the progress it made, and the exception that ended it.
 
 The Failure is decided by what went wrong AND how far the probe had got (its `stage`): a timeout
-while resolving is `dns`, before a TCP/TLS connection `connect_timeout`, after it `timeout`; a
-reset during the TLS handshake is `tls`, after the request `disconnected`. Connect errors other
-than "refused" (unreachable network and the like) become `connect_timeout` with the OS reason.
-Details never quote aiohttp's exception text whole (it carries the URL with its query string).
+while resolving is `dns`, before a TCP/TLS connection `connect_timeout`, after it `timeout`; an
+error while connecting is `refused` (or `connect_timeout` with the OS reason: unreachable and the
+like), during the TLS handshake `tls`, after the request `disconnected`. What the transport
+itself can name (not valid HTTP, a body over the limit, an undecodable body) it raises as `Fail`
+with its failure and detail already decided. Details never carry a URL's query string.
 """
 
 from __future__ import annotations
 
-import errno
 import re
+import ssl
 
-import aiohttp
 import structlog
-from aiohttp import http_exceptions as hx
 
-from probe.checks import clip, host_port
+from probe.checks import clip
 from probe.config import Target
 from probe.config_base import fmt
 from probe.outcome import Failure
@@ -25,7 +24,8 @@ log = structlog.get_logger("probe.checks.http")
 
 
 class Progress:
-    """Timing and progress of one probe, fed by trace hooks, the TLS hook and check() itself."""
+    """Timing and progress of one probe (all hops), fed by the connection steps, the parser's
+    callbacks and check() itself; `stage` is how far it got, for naming a failure."""
 
     __slots__ = (
         "bytes_read", "cert_expiry", "mark", "phases", "stage", "status", "t_headers", "t_sent",
@@ -88,51 +88,44 @@ def _when(probe: Progress) -> str:
     return "before the response headers"
 
 
-def classify(exc: Exception, probe: Progress, target: Target) -> tuple[Failure, str]:
-    if isinstance(exc, aiohttp.ClientConnectorCertificateError):
-        err = exc.certificate_error
-        why = getattr(err, "verify_message", None) or os_text(err)
-        return Failure.TLS, f"certificate verify failed: {why}"
-    if isinstance(exc, aiohttp.ClientConnectorSSLError):
-        where = host_port(exc.host, exc.port)
-        return Failure.TLS, f"TLS handshake with {where} failed: {os_text(exc.os_error)}"
-    if isinstance(exc, aiohttp.ClientConnectorDNSError):
-        return Failure.DNS, f"cannot resolve {exc.host}: {os_text(exc.os_error)}"
-    if isinstance(exc, aiohttp.ClientConnectorError):
-        os_error, where = exc.os_error, host_port(exc.host, exc.port)
-        if probe.stage == "tls":
-            return Failure.TLS, f"TLS handshake with {where} failed: {os_text(os_error)}"
-        refused = f"[Errno {errno.ECONNREFUSED}]" in str(os_error)  # one of several addresses
-        if os_error.errno in (errno.ECONNREFUSED, errno.ECONNRESET) or refused:
-            return Failure.REFUSED, f"connection refused by {where}"
-        return Failure.CONNECT_TIMEOUT, f"cannot connect to {where}: {os_text(os_error)}"
-    if isinstance(exc, aiohttp.TooManyRedirects):
-        last = exc.history[-1] if exc.history else None
-        probe.status = last.status if last is not None else probe.status
-        code = f", last HTTP {last.status}" if last is not None else ""
-        return Failure.HTTP_STATUS, f"more than {target.max_redirects} redirects{code}"
-    if isinstance(exc, aiohttp.RedirectClientError):
-        return Failure.PROTOCOL, f"redirect to an invalid or non-HTTP URL ({type(exc).__name__})"
-    if isinstance(exc, aiohttp.ServerDisconnectedError):
+class Fail(Exception):
+    """A failure already named: raised by the transport and the check, caught by check()."""
+
+    def __init__(self, failure: Failure, detail: str) -> None:
+        super().__init__(failure, detail)
+        self.failure, self.detail = failure, detail
+
+
+def disconnected(exc: BaseException | None, probe: Progress) -> tuple[Failure, str]:
+    """The connection went away before the answer was complete."""
+    if exc is None:
+        if probe.stage == "body":
+            return Failure.DISCONNECTED, f"connection closed {_when(probe)}"
         return Failure.DISCONNECTED, f"server closed the connection {_when(probe)}"
-    if isinstance(exc, aiohttp.ClientPayloadError):
-        cause = exc.__cause__
-        if isinstance(cause, hx.DecompressSizeError):
-            return Failure.BODY_TOO_LARGE, f"decompressed body too large: {clip(cause.message)}"
-        if isinstance(cause, hx.ContentEncodingError):
-            return Failure.PROTOCOL, f"cannot decode the body: {clip(cause.message)}"
-        return Failure.DISCONNECTED, f"connection closed {_when(probe)}"
-    if isinstance(exc, aiohttp.ClientResponseError):  # the parser's verdict on what came back
-        lines = [ln.strip() for ln in exc.message.splitlines() if ln.strip() not in ("", "^")]
-        return Failure.PROTOCOL, f"not valid HTTP: {clip(' '.join(lines), 120)}"
-    if isinstance(exc, ConnectionResetError | BrokenPipeError):
+    if isinstance(exc, ConnectionResetError | BrokenPipeError | ConnectionAbortedError):
         return Failure.DISCONNECTED, f"connection reset {_when(probe)}"
-    if isinstance(exc, aiohttp.ClientOSError):
-        if exc.errno in (errno.ECONNRESET, errno.EPIPE, errno.ECONNABORTED):
-            return Failure.DISCONNECTED, f"connection reset {_when(probe)}"
-        return Failure.DISCONNECTED, f"connection error {_when(probe)}: {os_text(exc)}"
-    if isinstance(exc, aiohttp.ClientConnectionError):
-        return Failure.DISCONNECTED, f"connection lost {_when(probe)}: {clip(str(exc))}"
+    return Failure.DISCONNECTED, f"connection error {_when(probe)}: {clip(os_text(exc))}"
+
+
+def classify(exc: Exception, probe: Progress, target: Target) -> tuple[Failure, str]:
+    """An exception out of resolving, connecting or the TLS handshake (or an unexpected one)."""
+    stage = probe.stage
+    if isinstance(exc, Fail):
+        return exc.failure, exc.detail
+    if stage == "resolve" and isinstance(exc, OSError):
+        host = probe.where.rpartition(":")[0]
+        return Failure.DNS, f"cannot resolve {host}: {clip(os_text(exc))}"
+    if stage == "connect" and isinstance(exc, OSError):
+        if isinstance(exc, ConnectionRefusedError):
+            return Failure.REFUSED, f"connection refused by {probe.where}"
+        return Failure.CONNECT_TIMEOUT, f"cannot connect to {probe.where}: {clip(os_text(exc))}"
+    if stage == "tls" and isinstance(exc, ssl.SSLCertVerificationError):
+        why = exc.verify_message or os_text(exc)
+        return Failure.TLS, f"certificate verify failed: {clip(why)}"
+    if stage == "tls" and isinstance(exc, OSError | EOFError):
+        return Failure.TLS, f"TLS handshake with {probe.where} failed: {clip(os_text(exc))}"
+    if isinstance(exc, OSError):  # after the handshake: the transport reports these itself
+        return disconnected(exc, probe)
     _log_unexpected(exc, target)
     return Failure.PROTOCOL, clip(f"{type(exc).__name__}: {exc}", 160)
 

@@ -1,7 +1,7 @@
 """What an HTTP answer must look like: compiled once per target, checked once per probe.
 
 A daemon probes the same targets every few seconds, so everything that depends only on the
-target (regexes, split JSON paths, the request body, the status set and its wording) is built
+target (the request's bytes, regexes, split JSON paths, the status set and its wording) is built
 into a `Plan` the first time a target is probed and reused while that Target object lives.
 A reload builds new Target objects, so a changed config never sees a stale plan.
 
@@ -27,7 +27,8 @@ from typing import Any
 from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
-from probe.checks import USER_AGENT, clip, host_port
+from probe.checks import USER_AGENT, clip
+from probe.checks._http_request import Hop, build_hop
 from probe.config import Target
 from probe.outcome import Failure
 
@@ -43,15 +44,12 @@ class JsonCheck:
 
 @dataclass(frozen=True, slots=True)
 class Plan:
-    url: URL
-    where: str  # host:port, the only part of the URL a detail may name
-    method: str
-    headers: CIMultiDict[str]
-    data: bytes | None
+    hop: Hop  # the first request, its bytes ready (see _http_request)
+    headers: tuple[tuple[str, str], ...]  # the configured headers, for redirect hops
     statuses: frozenset[int] | None  # None: any 2xx
     expected_status: str  # "2xx", "200", "200 or 204", ...
     allow_redirects: bool
-    max_redirects: int  # as aiohttp counts it (see plan_for)
+    max_redirects: int  # redirects followed at most
     json_checks: tuple[JsonCheck, ...]
     header_checks: tuple[tuple[str, re.Pattern[str]], ...]
     body_re: re.Pattern[str] | None
@@ -91,7 +89,6 @@ def plan_for(target: Target) -> Plan:
 
 
 def _build(t: Target) -> Plan:
-    url = URL(t.url)
     headers: CIMultiDict[str] = CIMultiDict(t.headers)
     headers.setdefault("User-Agent", USER_AGENT)
     data: bytes | None = None
@@ -107,18 +104,14 @@ def _build(t: Target) -> Plan:
         JsonCheck(path, tuple(path.split(".")), as_json(value))
         for path, value in expect.json_.items()
     )
-    # aiohttp raises TooManyRedirects when the Nth redirect ARRIVES; ours means "follow up to N".
     follow = t.follow_redirects and t.max_redirects > 0
     return Plan(
-        url=url,
-        where=host_port(url.host, url.port),
-        method=t.method,
-        headers=headers,
-        data=data,
+        hop=build_hop(t.method, URL(t.url), headers.items(), data),
+        headers=tuple(headers.items()),
         statuses=statuses,
         expected_status=_wording(sorted(statuses)) if statuses else "2xx",
         allow_redirects=follow,
-        max_redirects=t.max_redirects + 1,
+        max_redirects=t.max_redirects,
         json_checks=json_checks,
         header_checks=tuple((n, re.compile(p)) for n, p in expect.headers.items()),
         body_re=re.compile(expect.body_regex) if expect.body_regex is not None else None,

@@ -1,0 +1,364 @@
+"""One HTTP/1.1 exchange over one fresh connection: an asyncio Protocol, httptools parsing.
+
+Why not aiohttp's client: it builds a session, a connector, a request and a response object and
+a stream reader for every probe, ~30% of a probe's CPU. Here one Protocol object per hop is fed
+by the transport and llhttp (httptools' HttpResponseParser, the parser aiohttp itself uses) does
+all the parsing; the check only awaits "headers in" and "message complete".
+
+The phases are measured where they happen: `connect` around create_connection, `tls` around
+start_tls (two steps, so no hook inside the handshake is needed), `processing` from the request
+written to the headers parsed (taken in the parser callback, not when the coroutine wakes).
+
+Bounds against a hostile peer: the response head (status line, headers, any 1xx interim
+answers) may take at most MAX_HEAD bytes and MAX_HEADERS header lines; the body is counted as it
+arrives and reading stops at the body limit, decompressed output included (zlib max_length).
+Whatever the probe does not read is dropped with the connection, never buffered.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import ssl
+import time
+import zlib
+from functools import lru_cache
+from typing import Any
+
+from cryptography import x509
+from httptools import HttpParserError, HttpParserUpgrade, HttpResponseParser
+from multidict import CIMultiDict, CIMultiDictProxy
+
+from probe.checks._http_classify import Fail, Progress, disconnected
+from probe.checks._http_expect import Plan, quote, size
+from probe.checks._http_request import REDIRECTS, Hop
+from probe.outcome import Failure
+
+MAX_HEAD = 64 * 1024
+MAX_HEADERS = 128
+_NO_HEADERS: CIMultiDictProxy[str] = CIMultiDictProxy(CIMultiDict())
+_GZIP, _DEFLATE = zlib.MAX_WBITS | 16, zlib.MAX_WBITS
+_ENCODINGS = {b"gzip": _GZIP, b"x-gzip": _GZIP, b"deflate": _DEFLATE}
+_WATCHED = frozenset({b"content-length", b"content-encoding", b"content-type", b"location"})
+
+
+@lru_cache(maxsize=256)
+def _not_after(der: bytes) -> float | None:
+    try:
+        return x509.load_der_x509_certificate(der).not_valid_after_utc.timestamp()
+    except ValueError:
+        return None
+
+
+async def connect(
+    loop: asyncio.AbstractEventLoop, wire: Wire, hop: Hop, tls: ssl.SSLContext | None,
+    probe: Progress, handshake_timeout: float,
+) -> None:
+    """Resolve (unless an IP literal), connect (addresses in order, as aiohttp tries them) and
+    start TLS, timing each; OSError / ssl.SSLError escape for the classifier, `probe.stage`
+    telling how far it got."""
+    probe.where = hop.where
+    probe.mark = time.perf_counter()
+    if hop.literal:
+        hosts = [hop.host]
+    else:
+        probe.stage = "resolve"
+        infos = await loop.getaddrinfo(hop.host, hop.port, type=socket.SOCK_STREAM)
+        probe.close_phase("resolve", time.perf_counter())
+        hosts = list(dict.fromkeys(info[4][0] for info in infos))
+        if not hosts:
+            raise socket.gaierror(socket.EAI_NONAME, "no address")
+    probe.stage = "connect"
+    errors: list[OSError] = []
+    for host in hosts:
+        try:
+            transport, _ = await loop.create_connection(wire, host, hop.port)
+            break
+        except OSError as exc:
+            errors.append(exc)
+    else:
+        refused = [e for e in errors if isinstance(e, ConnectionRefusedError)]
+        raise (refused or errors)[0]
+    probe.close_phase("connect", time.perf_counter())
+    if tls is not None:
+        probe.stage = "tls"
+        transport = await loop.start_tls(
+            transport, wire, tls, server_hostname=hop.host,
+            ssl_handshake_timeout=handshake_timeout,
+        )
+        probe.close_phase("tls", time.perf_counter())
+        if transport is None:  # typed Optional by asyncio; treated as a hang-up mid-handshake
+            raise ConnectionResetError()
+        wire.transport = transport
+        ssl_object = transport.get_extra_info("ssl_object")
+        der = ssl_object.getpeercert(binary_form=True) if ssl_object is not None else None
+        expiry = _not_after(der) if der else None
+        if expiry is not None:
+            probe.cert_expiry = min(expiry, probe.cert_expiry or expiry)
+    probe.stage = "request"
+
+
+class Wire(asyncio.Protocol):
+    """The response side of one exchange. Callbacks only record and count; a failure is kept in
+    `error` and raised to the awaiting check; the transport is the check's to close."""
+
+    __slots__ = (
+        "chunks", "ctype", "decoded", "decoder", "done", "encoding", "error", "first", "follow",
+        "head_bytes", "head_done", "head_only", "headers", "length", "limit", "location",
+        "parser", "plan", "probe", "status", "t_done", "t_head", "transport", "waiter",
+    )
+
+    def __init__(self, plan: Plan, head_only: bool, limit: int, probe: Progress) -> None:
+        self.plan, self.head_only, self.limit, self.probe = plan, head_only, limit, probe
+        self.parser = HttpResponseParser(self)
+        self.transport: asyncio.Transport | None = None
+        self.waiter: asyncio.Future[None] | None = None
+        self.error: BaseException | None = None
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.head_done = self.done = self.follow = False
+        self.status = 0
+        self.head_bytes = 0
+        self.first = b""
+        self.length: int | None = None
+        self.encoding = self.ctype = self.location = b""
+        self.chunks: list[bytes] | None = [] if plan.keep_body else None
+        self.decoder: Any = None
+        self.decoded = 0
+        self.t_head = self.t_done = 0.0
+
+    def __call__(self) -> Wire:  # the protocol factory create_connection wants
+        return self
+
+    # --- what the check calls ----------------------------------------------------------------
+
+    def send(self, data: bytes) -> None:
+        assert self.transport is not None
+        self.transport.write(data)
+        self.probe.t_sent = time.perf_counter()
+
+    async def head(self) -> None:
+        """Until the final response head is parsed (or the exchange ended or failed)."""
+        if not (self.head_done or self.done or self.error):
+            self.waiter = asyncio.get_running_loop().create_future()
+            await self.waiter
+        if self.error is not None:
+            raise self.error
+
+    async def rest(self) -> None:
+        """Until the message is complete."""
+        if not (self.done or self.error):
+            self.waiter = asyncio.get_running_loop().create_future()
+            await self.waiter
+        if self.error is not None:
+            raise self.error
+
+    def close(self) -> None:
+        """Hang up: politely after a complete message; at once otherwise (a body not read, a TLS
+        shutdown not waited for: RST if data is unread)."""
+        transport, self.transport = self.transport, None
+        if transport is not None:
+            if self.t_done and self.error is None:
+                transport.close()
+            else:
+                transport.abort()
+        self.error = self.error or _CLOSED
+
+    def body_bytes(self) -> bytes:
+        return b"".join(self.chunks) if self.chunks else b""
+
+    def header_map(self) -> CIMultiDictProxy[str]:
+        """The headers for evaluate(); only built when the plan checks headers."""
+        if not self.plan.header_checks:
+            return _NO_HEADERS
+        return CIMultiDictProxy(CIMultiDict(
+            (n.decode("utf-8", "surrogateescape"), v.decode("utf-8", "surrogateescape"))
+            for n, v in self.headers
+        ))
+
+    def charset(self) -> str | None:
+        for param in self.ctype.split(b";")[1:]:
+            name, _, value = param.partition(b"=")
+            if name.strip().lower() == b"charset":
+                return value.strip().strip(b"\"'").decode("ascii", "replace") or None
+        return None
+
+    # --- asyncio.Protocol --------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        if self.done or self.error is not None:
+            return
+        if not self.head_done:
+            if not self.first:
+                self.first = data[:64]
+            self.head_bytes += len(data)
+        try:
+            self.parser.feed_data(data)
+        except HttpParserUpgrade:
+            pass  # a 101 is a final answer here (on_headers_complete), and nothing follows it
+        except HttpParserError as exc:
+            if self.done:  # bytes after the end of the message: not our concern
+                return
+            cause = exc.__context__
+            self._fail(cause if isinstance(cause, Fail) else self._invalid(exc))
+        else:
+            if not self.head_done and self.head_bytes > MAX_HEAD:
+                self._fail(Fail(Failure.PROTOCOL, "not valid HTTP: response head exceeds"
+                                                  f" {size(MAX_HEAD)} without ending"))
+
+    def eof_received(self) -> bool | None:
+        return None  # let the transport close; connection_lost decides what the EOF meant
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.done or self.error is not None:
+            return
+        if exc is None and self.head_done and self.length is None and not self.chunked():
+            self._complete()  # a body delimited by the end of the connection
+            return
+        self._fail(Fail(*disconnected(exc, self.probe)))
+
+    # --- httptools callbacks -----------------------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        if self.headers:  # after a 1xx interim answer
+            self.headers = []
+            self.length, self.encoding, self.ctype, self.location = None, b"", b"", b""
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        headers = self.headers
+        headers.append((name, value))
+        if len(headers) > MAX_HEADERS:
+            raise Fail(Failure.PROTOCOL, f"not valid HTTP: more than {MAX_HEADERS} headers")
+        low = name.lower()
+        if low in _WATCHED:
+            if low == b"content-length":
+                self.length = int(value)  # llhttp has checked it is digits
+            elif low == b"content-encoding":
+                self.encoding = value.strip().lower()
+            elif low == b"content-type":
+                self.ctype = value
+            else:
+                self.location = value
+
+    def on_headers_complete(self) -> None:
+        status = self.parser.get_status_code()
+        if status < 200 and status != 101:
+            return  # interim (100 Continue, 103 Early Hints): the real answer follows
+        now = self.t_head = time.perf_counter()
+        probe, plan = self.probe, self.plan
+        probe.headers_received(now)
+        probe.status, probe.stage = status, "body"
+        self.status, self.head_done = status, True
+        self.follow = plan.allow_redirects and status in REDIRECTS and bool(self.location)
+        if not self.follow:
+            probe.t_headers = now
+        if self.head_only or self.follow or status == 101 or not plan.status_ok(status):
+            self.done = True  # no body wanted: the check hangs up
+        elif self.length is not None and self.length > self.limit:
+            raise Fail(Failure.BODY_TOO_LARGE, f"body of {self.length} bytes (Content-Length)"
+                                               f" exceeds the {size(self.limit)} limit")
+        elif self.encoding in _ENCODINGS:
+            self.decoder = _Decoder(self.encoding, self.limit)
+        self._wake()
+
+    def on_body(self, data: bytes) -> None:
+        if self.done:
+            return
+        probe = self.probe
+        probe.bytes_read += len(data)
+        if probe.bytes_read > self.limit:
+            raise Fail(Failure.BODY_TOO_LARGE, f"body exceeds the {size(self.limit)} limit"
+                                               f" (stopped reading at {probe.bytes_read} bytes)")
+        if self.decoder is not None:
+            data = self.decoder.feed(data, self.limit - self.decoded)
+            self.decoded += len(data)
+        if self.chunks is not None:
+            self.chunks.append(data)
+
+    def on_message_complete(self) -> None:
+        if self.head_done and not self.done:
+            self._complete()
+
+    # --- inside ------------------------------------------------------------------------------
+
+    def chunked(self) -> bool:
+        return any(n.lower() == b"transfer-encoding" and b"chunked" in v.lower()
+                   for n, v in self.headers)
+
+    def _complete(self) -> None:
+        self.t_done = time.perf_counter()
+        if self.decoder is not None:
+            try:
+                tail = self.decoder.finish(self.limit - self.decoded)
+            except Fail as exc:
+                self._fail(exc)
+                return
+            if self.chunks is not None and tail:
+                self.chunks.append(tail)
+        self.done = True
+        self._wake()
+
+    def _fail(self, error: BaseException) -> None:
+        if self.error is None:
+            self.error = error
+        self._wake()
+
+    def _wake(self) -> None:
+        waiter = self.waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def _invalid(self, exc: HttpParserError) -> Fail:
+        reason = str(exc) or type(exc).__name__
+        if self.head_done:
+            where = f"in the body, {self.probe.bytes_read} bytes read"
+        else:
+            where = f"response starts {quote(self.first.decode('latin-1'), 40)}"
+        return Fail(Failure.PROTOCOL, f"not valid HTTP: {reason} ({where})")
+
+
+_CLOSED = ConnectionAbortedError("the probe hung up")
+
+
+class _Decoder:
+    """gzip / deflate Content-Encoding, its output capped (a small body can inflate to GBs)."""
+
+    __slots__ = ("limit", "name", "zobj")
+
+    def __init__(self, name: bytes, limit: int) -> None:
+        self.name, self.limit = name.decode(), limit
+        self.zobj: Any = None if name == b"deflate" else zlib.decompressobj(_GZIP)
+
+    def feed(self, data: bytes, room: int) -> bytes:
+        if self.zobj is None:  # deflate: zlib-wrapped as the RFC says, or raw as IIS sends it
+            raw = len(data) < 2 or (data[0] & 0x0F) != 8 or (data[0] << 8 | data[1]) % 31 != 0
+            self.zobj = zlib.decompressobj(-zlib.MAX_WBITS if raw else _DEFLATE)
+        try:
+            out: bytes = self.zobj.decompress(data, room + 1)  # room + 1 >= 1: 0 is "no cap"
+        except zlib.error as exc:
+            raise self._undecodable(exc) from None
+        if len(out) > room:
+            raise self._too_large()
+        return out
+
+    def finish(self, room: int) -> bytes:
+        if self.zobj is None:
+            return b""
+        try:
+            out: bytes = self.zobj.flush()  # all input was consumed: only zlib's own buffer left
+        except zlib.error as exc:
+            raise self._undecodable(exc) from None
+        if len(out) > room:
+            raise self._too_large()
+        if self.name == "deflate" and not self.zobj.eof:  # as aiohttp: a cut deflate stream
+            raise Fail(Failure.PROTOCOL, "cannot decode the body: deflate stream incomplete")
+        return out
+
+    def _undecodable(self, exc: zlib.error) -> Fail:
+        return Fail(Failure.PROTOCOL, f"cannot decode the body: {self.name}: {exc}")
+
+    def _too_large(self) -> Fail:
+        return Fail(Failure.BODY_TOO_LARGE, f"decompressed body too large: the {self.name}"
+                                            f" body inflates past the {size(self.limit)} limit")
