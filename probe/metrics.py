@@ -1,14 +1,30 @@
 """Prometheus metrics with blackbox_exporter's names, so existing dashboards and alerts just work.
 
-Everything lives on a registry of our own (never the global one), so tests and the demo can run
-several daemons in one process. Label values are bounded: `target` is the target's name, the
-others come from closed sets (Failure, phase names, measures), never from an error message.
+Per-target series are plain Python numbers on one small object per target (TargetSeries), not
+prometheus-client metrics: at 2 000 targets prometheus-client needed 1.5 s of CPU per scrape
+(2.1 s in OpenMetrics) and a lock per recorded value, on the core that also times the probes.
+record() is now attribute stores and integer increments; probe.exposition writes the text from
+series prefixes built once per target. The few process-wide series (build info, gate, scheduler
+lag) stay on a prometheus-client registry of our own (never the global one, so tests and the
+demo can run several daemons in one process) and are appended to the same exposition.
 
-Choices worth knowing:
-- probe_failures_total has every failure label pre-initialised to 0 for each target, so
-  `rate()` and `increase()` see a 0 -> 1 step instead of a series that appears out of nowhere.
-  (`latency` stays 0 there: it is a window verdict, shown by probe_target_ready, not a probe
-  result.)
+Label values are bounded: `target` is the target's name, the others come from closed sets
+(Failure, phase names, measures), never from an error message.
+
+Which series, and why (a probed HTTP target: 44 lines, was 70; WebSocket with messages: 47,
+was 90):
+- probe_failures_total is pre-initialised to 0 for each failure the target's KIND can report,
+  so `rate()` and `increase()` see a 0 -> 1 step instead of a series appearing out of nowhere.
+  An HTTP target never reports ws_*, a WebSocket one never http_status or version_mismatch, and
+  `latency` is a window verdict (probe_target_ready shows it), not a probe result. A failure
+  outside the kind's set is still counted: its series appears when it first happens.
+- probe_latency_seconds keeps a histogram for `total` and, if the target's latency target
+  judges another measure (Target.measure: ttfb, handshake, rtt), for that one too: what the
+  latency alert and the dashboard compare against the configured bounds. Other measures a probe
+  reports (every HTTP probe's ttfb: 20 lines per target) are not exported: nothing read them,
+  and a target whose ttfb matters says so with `latency: {measure: ttfb}`. The 17 buckets
+  stay: histogram_quantile interpolates within a bucket, and the alert compares that estimate
+  with bounds from 10 ms to seconds.
 - probe_scheduler_lag_seconds is a histogram, not a summary: dashboards want a p99 and
   `histogram_quantile(0.99, sum by (le) (rate(probe_scheduler_lag_seconds_bucket[5m])))` also
   aggregates across replicas, which summary quantiles cannot.
@@ -21,19 +37,37 @@ Choices worth knowing:
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from bisect import bisect_left
+from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
-from prometheus_client import (
-    CollectorRegistry,
-    Counter,
-    Gauge,
-    Histogram,
-    disable_created_metrics,
-)
+from prometheus_client import CollectorRegistry, Gauge, Histogram, disable_created_metrics
+from prometheus_client.metrics_core import Metric
+from prometheus_client.parser import text_string_to_metric_families
+from prometheus_client.registry import Collector
 
 from probe import __version__
-from probe.config import MEASURES, Target
+from probe.config import Target
+from probe.exposition import (
+    DURATION,
+    FAILURES,
+    HTTP_PHASE,
+    HTTP_STATUS,
+    LATENCY,
+    LATENCY_TARGET,
+    RESULTS,
+    SSL_EXPIRY,
+    SUCCESS,
+    TARGET_CRITICAL,
+    TARGET_READY,
+    WS_CLOSE,
+    WS_PHASE,
+    WS_STATUS,
+    escape,
+    num,
+    prefix,
+    render,
+)
 from probe.outcome import Failure, Outcome
 
 if TYPE_CHECKING:
@@ -48,174 +82,190 @@ LATENCY_BUCKETS = (
     1.0, 1.5, 2.5, 5.0, 10.0,
 )
 LAG_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
-RESULTS = ("success", "failure")
+RESULT_VALUES = ("success", "failure")
 BOUNDS = (("0.5", "p50"), ("0.95", "p95"), ("0.99", "p99"))  # quantile label -> LatencyTarget field
+_NEVER_A_PROBE_RESULT = {Failure.LATENCY}
+KIND_FAILURES: dict[str, tuple[str, ...]] = {
+    "http": tuple(f.value for f in Failure
+                  if not f.value.startswith("ws_") and f not in _NEVER_A_PROBE_RESULT),
+    "websocket": tuple(f.value for f in Failure if f not in _NEVER_A_PROBE_RESULT
+                       and f not in (Failure.HTTP_STATUS, Failure.VERSION_MISMATCH)),
+}
+_LE = (*(num(b) for b in LATENCY_BUCKETS), "+Inf")
 
 
-@dataclass
-class _Gauges:
-    """A target's last-probe gauges; they exist only once it has been probed (absent = unknown,
-    where a 0 would claim a failure that never happened)."""
+class _Cell:
+    """One counter series: its line prefix and its value."""
 
-    success: Gauge
-    duration: Gauge
-    status: Gauge
-    close: Gauge | None
-    phases: dict[str, Gauge]
+    __slots__ = ("prefix", "value")
+
+    def __init__(self, line_prefix: str) -> None:
+        self.prefix = line_prefix
+        self.value = 0
 
 
-@dataclass
-class _Children:
-    """The labelled children of one target, so a probe's record() does no label lookups."""
+class _Histogram:
+    """One target's latency histogram for one measure. `counts` are per bucket, not cumulative
+    (observe is one increment); the last one counts what is above every bound."""
 
-    kind: str
-    results: dict[str, Counter]
-    failures: dict[str, Counter]
-    gauges: _Gauges | None = None
-    latency: dict[str, Histogram] = field(default_factory=dict)
-    expiry: Gauge | None = None
+    __slots__ = ("counts", "p_buckets", "p_count", "p_sum", "sum")
+
+    def __init__(self, labels: str) -> None:
+        self.p_buckets = tuple(prefix(LATENCY.name + "_bucket", f'le="{le}",{labels}')
+                               for le in _LE)
+        self.p_count = prefix(LATENCY.name + "_count", labels)
+        self.p_sum = prefix(LATENCY.name + "_sum", labels)
+        self.counts = [0] * len(_LE)
+        self.sum = 0.0
+
+    def observe(self, seconds: float) -> None:
+        self.counts[bisect_left(LATENCY_BUCKETS, seconds)] += 1
+        self.sum += seconds
 
 
-class Metrics:
-    def __init__(self, version: str = __version__) -> None:
-        r = self.registry = CollectorRegistry(auto_describe=True)
-        t = ["target"]
-        self.success = Gauge("probe_success", "1 if the last probe succeeded", t, registry=r)
-        self.duration = Gauge(
-            "probe_duration_seconds", "how long the last probe took", t, registry=r
-        )
-        self.http_status = Gauge(
-            "probe_http_status_code", "HTTP status of the last probe (0: none)", t, registry=r
-        )
-        self.http_phase = Gauge(
-            "probe_http_duration_seconds", "duration of each HTTP phase of the last probe",
-            ["target", "phase"], registry=r,
-        )
-        self.ssl_expiry = Gauge(
-            "probe_ssl_earliest_cert_expiry", "unix time the earliest certificate expires",
-            t, registry=r,
-        )
-        self.ws_status = Gauge(
-            "probe_websocket_status_code", "HTTP status of the WebSocket upgrade (101: accepted)",
-            t, registry=r,
-        )
-        self.ws_close = Gauge(
-            "probe_websocket_close_code", "close code the session ended with (0: none)",
-            t, registry=r,
-        )
-        self.ws_phase = Gauge(
-            "probe_websocket_duration_seconds",
-            "duration of each WebSocket phase of the last probe",
-            ["target", "phase"], registry=r,
-        )
-        self.latency = Histogram(
-            "probe_latency_seconds", "latency of each probe by measure (total|handshake|rtt|ttfb)",
-            ["target", "measure"], buckets=LATENCY_BUCKETS, registry=r,
-        )
-        self.results = Counter(
-            "probe_results", "probes by result (success|failure)", ["target", "result"],
-            registry=r,
-        )
-        self.failures = Counter(
-            "probe_failures", "failed probes by failure class", ["target", "failure"], registry=r
-        )
-        self.target_ready = Gauge(
-            "probe_target_ready", "1 if the target counts as ready", t, registry=r
-        )
-        self.gate_ready = Gauge(
-            "probe_gate_ready", "1 if every critical target is ready", registry=r
-        )
-        self.build_info = Gauge(
-            "probe_build_info", "stageprobe's own version", ["version"], registry=r
-        )
-        self.lag = Histogram(
-            "probe_scheduler_lag_seconds", "how late probes start against their schedule",
-            buckets=LAG_BUCKETS, registry=r,
-        )
-        # The target's config as series, so alerts and dashboards can compare against it
-        # (issue 5): the latency bounds, and which targets gate readiness.
-        self.latency_target = Gauge(
-            "probe_latency_target_seconds",
-            "configured latency bound by measure and quantile (0.5|0.95|0.99)",
-            ["target", "measure", "quantile"], registry=r,
-        )
-        self.target_critical = Gauge(
-            "probe_target_critical", "1 if the target gates readiness (critical: true)", t,
-            registry=r,
-        )
-        self.build_info.labels(version).set(1)
-        self._children: dict[str, _Children] = {}
+class TargetSeries:
+    """Everything /metrics shows about one target, as numbers plus precomputed line prefixes.
 
-    def add_target(self, target: Target) -> None:
-        """Create a target's counters at 0 and its config series (at start and on reload)."""
-        self._describe(target)
-        current = self._children.get(target.name)
-        if current is not None and current.kind == target.kind:
-            return
-        if current is not None:  # same name, other kind (http <-> ws): other series
-            self.forget(target.name)
-            self._describe(target)
-        name = target.name
-        self._children[name] = _Children(
-            kind=target.kind,
-            results={r: self.results.labels(name, r) for r in RESULTS},
-            failures={f.value: self.failures.labels(name, f.value) for f in Failure},
-        )
+    Labels are in prometheus-client's order (sorted by name), so every line reads exactly as
+    it did when prometheus-client wrote it. Written only on the event loop; read by the render
+    thread. Values are replaced whole
+    (floats, tuples, lists) or bumped in place; a dict the render may be iterating is never
+    resized: a new one replaces it.
+    """
 
-    def _gauges(self, target: Target) -> _Gauges:
-        name = target.name
-        ws = target.kind == "websocket"
-        phase_metric, phases = (self.ws_phase, WS_PHASES) if ws else (self.http_phase, HTTP_PHASES)
-        return _Gauges(
-            success=self.success.labels(name),
-            duration=self.duration.labels(name),
-            status=(self.ws_status if ws else self.http_status).labels(name),
-            close=self.ws_close.labels(name) if ws else None,
-            phases={p: phase_metric.labels(name, p) for p in phases},
-        )
+    __slots__ = (
+        "bound_lines", "cert_expiry", "critical_line", "duration", "failures", "hists",
+        "http_status", "kind", "labels", "measures", "name", "p_cert_expiry", "p_duration",
+        "p_http_status", "p_phases", "p_ready", "p_success", "p_ws_close", "p_ws_status",
+        "phase_names", "phases", "ready", "results", "success", "ws_close", "ws_status",
+    )
 
-    def record(self, outcome: Outcome, target: Target) -> None:
-        c = self._children.get(target.name)
-        if c is None:  # a kind change (http <-> ws) is not checked here: Daemon.apply re-adds it
-            self.add_target(target)
-            c = self._children[target.name]
-        g = c.gauges
-        if g is None:
-            g = c.gauges = self._gauges(target)
-        g.success.set(1 if outcome.success else 0)
-        g.duration.set(outcome.duration)
-        g.status.set(outcome.status_code or 0)
-        if g.close is not None:
-            g.close.set(outcome.close_code or 0)
-        for phase, gauge in g.phases.items():
-            gauge.set(outcome.phases.get(phase, 0.0))
-        for measure, seconds in outcome.latency.items():
-            hist = c.latency.get(measure)
-            if hist is None:
-                hist = c.latency[measure] = self.latency.labels(target.name, measure)
-            hist.observe(seconds)
-        if outcome.cert_expiry is not None:
-            if c.expiry is None:
-                c.expiry = self.ssl_expiry.labels(target.name)
-            c.expiry.set(outcome.cert_expiry)
-        c.results["success" if outcome.success else "failure"].inc()
-        if outcome.failure is not None:
-            c.failures[outcome.failure.value].inc()
+    def __init__(self, target: Target) -> None:
+        self.name = target.name
+        self.kind = target.kind
+        lbl = self.labels = f'target="{escape(target.name)}"'
+        ws = self.kind == "websocket"
+        self.success: float | None = None  # None until the first probe: then the gauges appear
+        self.duration = 0.0
+        self.http_status: int | None = None
+        self.ws_status: int | None = None
+        self.ws_close: int | None = None
+        self.cert_expiry: float | None = None
+        self.ready: float | None = None
+        self.phase_names = WS_PHASES if ws else HTTP_PHASES
+        self.phases: list[float] = [0.0] * len(self.phase_names)
+        self.p_success = prefix(SUCCESS.name, lbl)
+        self.p_duration = prefix(DURATION.name, lbl)
+        self.p_http_status = "" if ws else prefix(HTTP_STATUS.name, lbl)
+        self.p_ws_status = prefix(WS_STATUS.name, lbl) if ws else ""
+        self.p_ws_close = prefix(WS_CLOSE.name, lbl) if ws else ""
+        self.p_cert_expiry = prefix(SSL_EXPIRY.name, lbl)
+        self.p_ready = prefix(TARGET_READY.name, lbl)
+        phase_family = (WS_PHASE if ws else HTTP_PHASE).name
+        self.p_phases = tuple(prefix(phase_family, f'phase="{p}",{lbl}')
+                              for p in self.phase_names)
+        self.results = {r: _Cell(prefix(RESULTS.name + "_total", f'result="{r}",{lbl}'))
+                        for r in RESULT_VALUES}
+        self.failures = {f: self._failure_cell(f) for f in KIND_FAILURES[self.kind]}
+        self.hists: dict[str, _Histogram] = {}
+        self.describe(target)
 
-    def _describe(self, target: Target) -> None:
-        """Export the target's latency bounds and criticality, replacing earlier ones."""
-        self.target_critical.labels(target.name).set(1 if target.critical else 0)
-        self._undescribe(target.name)
+    def _failure_cell(self, failure: str) -> _Cell:
+        return _Cell(prefix(FAILURES.name + "_total", f'failure="{failure}",{self.labels}'))
+
+    def describe(self, target: Target) -> None:
+        """Take the target's config: latency bounds, criticality, which measures to keep."""
+        lbl = self.labels
+        self.critical_line = prefix(TARGET_CRITICAL.name, lbl) + ("1.0" if target.critical
+                                                                 else "0.0")
+        lines = []
         lat = target.latency
         if lat is not None:
             for quantile, attr in BOUNDS:
                 bound = getattr(lat, attr)
                 if bound is not None:
-                    self.latency_target.labels(target.name, lat.measure, quantile).set(bound)
+                    labels = f'measure="{lat.measure}",quantile="{quantile}",{lbl}'
+                    lines.append(prefix(LATENCY_TARGET.name, labels) + num(bound))
+        self.bound_lines = "".join(lines)
+        self.measures = tuple(dict.fromkeys(("total", target.measure)))
+        if not self.hists.keys() <= set(self.measures):
+            self.hists = {m: h for m, h in self.hists.items() if m in self.measures}
+
+    def record(self, outcome: Outcome) -> None:
+        self.duration = outcome.duration
+        if self.kind == "http":
+            self.http_status = outcome.status_code or 0
+        else:
+            self.ws_status = outcome.status_code or 0
+            self.ws_close = outcome.close_code or 0
+        got = outcome.phases
+        self.phases = [got.get(p, 0.0) for p in self.phase_names]
+        if outcome.latency:
+            for measure in self.measures:
+                seconds = outcome.latency.get(measure)
+                if seconds is not None:
+                    hist = self.hists.get(measure)
+                    if hist is None:
+                        hist = _Histogram(f'measure="{measure}",{self.labels}')
+                        self.hists = {**self.hists, measure: hist}
+                    hist.observe(seconds)
+        if outcome.cert_expiry is not None:
+            self.cert_expiry = outcome.cert_expiry
+        self.success = 1.0 if outcome.success else 0.0
+        self.results["success" if outcome.success else "failure"].value += 1
+        if outcome.failure is not None:
+            cell = self.failures.get(outcome.failure.value)
+            if cell is None:  # outside the kind's usual set: counted all the same
+                cell = self._failure_cell(outcome.failure.value)
+                self.failures = {**self.failures, outcome.failure.value: cell}
+            cell.value += 1
+
+
+class Metrics:
+    def __init__(self, version: str = __version__) -> None:
+        p = self._process = CollectorRegistry(auto_describe=True)
+        self.gate_ready = Gauge(
+            "probe_gate_ready", "1 if every critical target is ready", registry=p
+        )
+        self.build_info = Gauge(
+            "probe_build_info", "stageprobe's own version", ["version"], registry=p
+        )
+        self.lag = Histogram(
+            "probe_scheduler_lag_seconds", "how late probes start against their schedule",
+            buckets=LAG_BUCKETS, registry=p,
+        )
+        self.build_info.labels(version).set(1)
+        self._series: dict[str, TargetSeries] = {}
+        # What render() iterates, in another thread: replaced on add/forget, never changed.
+        self._snapshot: tuple[TargetSeries, ...] = ()
+        # prometheus-client's view of the same exposition, for code that reads a registry.
+        self.registry = CollectorRegistry()
+        self.registry.register(_ExpositionView(self))
+
+    def add_target(self, target: Target) -> None:
+        """Create a target's counters at 0 and its config series (at start and on reload)."""
+        current = self._series.get(target.name)
+        if current is not None and current.kind == target.kind:
+            current.describe(target)
+            return
+        # new, or same name and other kind (http <-> ws): other series, counters from 0
+        self._series[target.name] = TargetSeries(target)
+        self._snapshot = tuple(self._series.values())
+
+    def record(self, outcome: Outcome, target: Target) -> None:
+        series = self._series.get(target.name)
+        if series is None:
+            self.add_target(target)
+            series = self._series[target.name]
+        if outcome.kind == series.kind:  # else a probe started before a reload changed the kind
+            series.record(outcome)
 
     def set_readiness(self, verdict: Verdict) -> None:
+        series = self._series
         for tv in verdict.targets:
-            self.target_ready.labels(tv.name).set(1 if tv.ready else 0)
+            s = series.get(tv.name)
+            if s is not None:
+                s.ready = 1.0 if tv.ready else 0.0
         self.gate_ready.set(1 if verdict.ready else 0)
 
     def observe_lag(self, seconds: float) -> None:
@@ -223,35 +273,20 @@ class Metrics:
 
     def forget(self, target_name: str) -> None:
         """Remove every series of a target that is no longer configured."""
-        c = self._children.pop(target_name, None)
-        single = (
-            self.success, self.duration, self.http_status, self.ssl_expiry, self.ws_status,
-            self.ws_close, self.target_ready,
-        )
-        for metric in single:
-            _remove(metric, target_name)
-        for phase in HTTP_PHASES:
-            _remove(self.http_phase, target_name, phase)
-        for phase in WS_PHASES:
-            _remove(self.ws_phase, target_name, phase)
-        for result in RESULTS:
-            _remove(self.results, target_name, result)
-        for failure in Failure:
-            _remove(self.failures, target_name, failure.value)
-        for measure in c.latency if c is not None else ():
-            _remove(self.latency, target_name, measure)
-        _remove(self.target_critical, target_name)
-        self._undescribe(target_name)
+        if self._series.pop(target_name, None) is not None:
+            self._snapshot = tuple(self._series.values())
 
-    def _undescribe(self, target_name: str) -> None:
-        """Remove a target's latency-bound series (whichever measure they were for)."""
-        for measure in MEASURES:
-            for quantile, _ in BOUNDS:
-                _remove(self.latency_target, target_name, measure, quantile)
+    def render(self, openmetrics: bool = False) -> bytes:
+        """The exposition (text 0.0.4 or OpenMetrics 1.0.0); safe to call from another thread."""
+        return render(self._snapshot, self._process, openmetrics)
 
 
-def _remove(metric: Gauge | Counter | Histogram, *labels: str) -> None:
-    try:
-        metric.remove(*labels)
-    except KeyError:
-        pass
+class _ExpositionView(Collector):
+    """What /metrics serves, parsed back into prometheus-client families (slow: for tests and
+    tools that read a registry, e.g. get_sample_value; the server never uses it)."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self._metrics = metrics
+
+    def collect(self) -> Iterable[Metric]:
+        return text_string_to_metric_families(self._metrics.render().decode())

@@ -15,8 +15,7 @@ import aiohttp
 import pytest
 import yaml
 from certs import make_self_signed
-from helpers import free_port, until
-from prometheus_client import generate_latest
+from helpers import StartDaemon, free_port, until
 from prometheus_client.openmetrics.parser import text_string_to_metric_families as om_parse
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -24,7 +23,7 @@ from probe import __version__
 from probe.checks import CheckContext, checker_for
 from probe.config import Config, Target, parse_config
 from probe.history import History
-from probe.metrics import HTTP_PHASES, Metrics
+from probe.metrics import HTTP_PHASES, KIND_FAILURES, Metrics
 from probe.outcome import Failure, Outcome
 from probe.readiness import Readiness
 from probe.scheduler import Scheduler
@@ -35,12 +34,21 @@ Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
 
 def samples(metrics: Metrics) -> Samples:
-    text = generate_latest(metrics.registry).decode()
-    out: Samples = {}
-    for family in text_string_to_metric_families(text):
-        for s in family.samples:
-            out[(s.name, frozenset(s.labels.items()))] = s.value
-    return out
+    """What /metrics serves (Metrics.render, in both formats), read by prometheus-client's own
+    parsers; the two formats must carry the same samples."""
+    got: list[Samples] = []
+    for openmetrics, parse in ((False, text_string_to_metric_families), (True, om_parse)):
+        out: Samples = {}
+        for family in parse(metrics.render(openmetrics).decode()):
+            for s in family.samples:
+                out[(s.name, frozenset(s.labels.items()))] = s.value
+        got.append(out)
+    assert got[0] == got[1]
+    return got[0]
+
+
+def of_target(s: Samples, name: str) -> list[tuple[str, dict[str, str]]]:
+    return [(n, dict(labels)) for n, labels in s if dict(labels).get("target") == name]
 
 
 def value(s: Samples, name: str, **labels: str) -> float | None:
@@ -105,9 +113,16 @@ async def test_success_values(twin: Twin) -> None:
     assert phases["tls"] == 0 and phases["connect"] > 0 and phases["processing"] > 0  # type: ignore[operator]
     assert value(s, "probe_results_total", target="t", result="success") == 1
     assert value(s, "probe_results_total", target="t", result="failure") == 0
-    for f in Failure:  # every failure label exists from the start, at 0
-        assert value(s, "probe_failures_total", target="t", failure=f.value) == 0
+    for f in Failure:  # what an HTTP probe can fail with exists from the start, at 0; no ws_*
+        want = 0 if f.value in KIND_FAILURES["http"] else None
+        assert value(s, "probe_failures_total", target="t", failure=f.value) == want, f
+    assert {"dns", "timeout", "http_status", "protocol"} <= set(KIND_FAILURES["http"])
     assert value(s, "probe_latency_seconds_count", target="t", measure="total") == 1
+    assert outcome.latency.get("ttfb") is not None  # measured, but no latency target judges it
+    assert value(s, "probe_latency_seconds_count", target="t", measure="ttfb") is None
+    # the series budget of a probed plain-http target (docs/performance.md counts on it):
+    # 3 last-probe gauges, 5 phases, 20 histogram lines, 2 results, 12 failures, critical
+    assert len(of_target(s, "t")) == 43, sorted(of_target(s, "t"))
     assert value(s, "probe_build_info", version=__version__) == 1
     assert value(s, "probe_ssl_earliest_cert_expiry", target="t") is None  # plain http
     assert not any(name.startswith("probe_websocket") for name, _ in s)
@@ -169,7 +184,7 @@ async def test_failure_values(failure: str, twin: Twin, tmp_path: Path) -> None:
     assert 0 < value(s, "probe_duration_seconds", target="t") <= target.timeout + 1  # type: ignore[operator]
     assert value(s, "probe_results_total", target="t", result="failure") == 1
     for f in Failure:
-        want = 1 if f.value == failure else 0
+        want = 1 if f.value == failure else 0 if f.value in KIND_FAILURES["http"] else None
         assert value(s, "probe_failures_total", target="t", failure=f.value) == want, f
     for p in HTTP_PHASES:  # phases a failed probe never reached read 0, not a stale value
         assert value(s, "probe_http_duration_seconds", target="t", phase=p) is not None
@@ -211,10 +226,15 @@ def test_counters_exist_before_the_first_probe_and_gauges_after() -> None:
     ws = target.model_copy(update={"url": "ws://127.0.0.1:1/"})  # same name, now a WebSocket
     m.add_target(ws)  # as Daemon.apply does on a reload that changes a target's kind
     m.record(Outcome("t", "websocket", True, 0.01, status_code=101), ws)
+    # a probe of the old kind, started before the reload, lands afterwards: not counted
+    m.record(Outcome.failed("t", "http", Failure.REFUSED, "refused", 0.001), target)
     s = samples(m)
     assert value(s, "probe_websocket_status_code", target="t") == 101
     assert value(s, "probe_http_status_code", target="t") is None
     assert value(s, "probe_failures_total", target="t", failure="refused") == 0  # a new series
+    assert value(s, "probe_failures_total", target="t", failure="ws_auth") == 0  # ws's set
+    assert value(s, "probe_failures_total", target="t", failure="http_status") is None
+    assert not [n for n, labels in of_target(s, "t") if labels.get("phase") == "processing"]
 
 
 async def test_forget_removes_every_series_of_a_target(twin: Twin) -> None:
@@ -233,6 +253,8 @@ def test_lag_histogram_and_readiness_gauges() -> None:
     m = Metrics()
     config = config_of({"name": "a", "url": "http://127.0.0.1:1/", "success_threshold": 1},
                        {"name": "b", "url": "http://127.0.0.1:1/", "critical": False})
+    for target in config.targets:
+        m.add_target(target)
     readiness = Readiness(config)
     readiness.observe(Outcome("a", "http", True, 0.01), now=1.0)
     m.set_readiness(readiness.verdict(2.0))
@@ -245,6 +267,42 @@ def test_lag_histogram_and_readiness_gauges() -> None:
     assert value(s, "probe_scheduler_lag_seconds_count") == 3
     assert value(s, "probe_scheduler_lag_seconds_bucket", le="0.001") == 1
     assert value(s, "probe_scheduler_lag_seconds_bucket", le="0.25") == 3
+
+
+def test_histograms_for_total_and_for_the_judged_measure_only() -> None:
+    m = Metrics()
+    judged = http_target("http://127.0.0.1:1/", latency={"measure": "ttfb", "p95": "100ms"})
+    m.add_target(judged)
+    outcome = Outcome("t", "http", True, 0.05, status_code=200,
+                      latency={"total": 0.05, "ttfb": 0.03})
+    m.record(outcome, judged)
+    m.record(outcome, judged)
+    s = samples(m)
+    assert value(s, "probe_latency_seconds_count", target="t", measure="ttfb") == 2
+    assert value(s, "probe_latency_seconds_sum", target="t", measure="ttfb") == pytest.approx(0.06)
+    assert value(s, "probe_latency_seconds_bucket", target="t", measure="ttfb", le="0.025") == 0
+    assert value(s, "probe_latency_seconds_bucket", target="t", measure="ttfb", le="0.05") == 2
+    assert value(s, "probe_latency_seconds_bucket", target="t", measure="total", le="0.05") == 2
+    assert value(s, "probe_latency_seconds_bucket", target="t", measure="total", le="+Inf") == 2
+    assert value(s, "probe_latency_target_seconds", target="t", measure="ttfb",
+                 quantile="0.95") == 0.1
+    plain = http_target("http://127.0.0.1:1/")  # reloaded without its latency target
+    m.add_target(plain)
+    m.record(outcome, plain)
+    s = samples(m)
+    assert value(s, "probe_latency_seconds_count", target="t", measure="ttfb") is None
+    assert value(s, "probe_latency_seconds_count", target="t", measure="total") == 3  # kept
+    assert not [n for n, _ in of_target(s, "t") if n == "probe_latency_target_seconds"]
+
+
+def test_a_failure_outside_the_kinds_usual_set_is_counted_all_the_same() -> None:
+    m = Metrics()
+    target = http_target("http://127.0.0.1:1/")
+    m.record(Outcome.failed("t", "http", Failure.WS_DROPPED, "odd", 0.1), target)
+    m.record(Outcome.failed("t", "http", Failure.WS_DROPPED, "odd", 0.1), target)
+    s = samples(m)
+    assert value(s, "probe_failures_total", target="t", failure="ws_dropped") == 2
+    assert value(s, "probe_results_total", target="t", result="failure") == 2
 
 
 # --- served: /metrics negotiation, and a real Prometheus scraping it -------------------------
@@ -293,10 +351,18 @@ async def test_openmetrics_negotiation(twin: Twin) -> None:
         async with http.get(f"{base}/metrics", headers={"Accept": om_accept}) as r:
             assert r.content_type == "application/openmetrics-text"
             om = await r.text()
-        async with http.get(f"{base}/metrics", headers={"Accept-Encoding": "gzip"}) as r:
-            assert r.headers.get("Content-Encoding") == "gzip"
+        async with http.get(f"{base}/metrics", headers={"Accept-Encoding": "gzip",
+                                                        "Accept": om_accept}) as r:
+            assert r.headers.get("Content-Encoding") == "gzip"  # aiohttp inflates it for us
+            assert r.content_type == "application/openmetrics-text"
+            om_gzipped = await r.text()
+        async with http.get(f"{base}/metrics", headers={"Accept-Encoding": "identity"}) as r:
+            assert "Content-Encoding" not in r.headers
     assert om.endswith("# EOF\n") and "# EOF" not in classic
     families = {f.name: f for f in om_parse(om)}  # the OpenMetrics parser accepts it
+    assert {f.name for f in om_parse(om_gzipped)} == set(families)
+    (success,) = families["probe_success"].samples
+    assert success.labels == {"target": "h"} and success.value == 1
     assert families["probe_failures"].type == "counter"
     assert families["probe_latency_seconds"].type == "histogram"
     assert "probe_results_created" not in om and "_created" not in classic
@@ -356,3 +422,43 @@ async def test_real_prometheus_scrapes_the_daemon(twin: Twin, tmp_path: Path) ->
             except TimeoutError:
                 proc.kill()
                 await proc.wait()
+
+
+async def test_served_series_follow_a_reload(twin: Twin, start_daemon: StartDaemon) -> None:
+    """Daemon.apply: a removed target's series leave /metrics, a target whose latency target
+    no longer judges ttfb loses that histogram and keeps its counts."""
+    def config(*targets: dict[str, Any]) -> Config:
+        return config_of(*({"interval": "200ms", "timeout": "200ms", **t} for t in targets))
+
+    keep = {"name": "keep", "url": f"{twin.url}/health"}
+    daemon = await start_daemon(config(
+        {**keep, "latency": {"measure": "ttfb", "p95": "1s"}},
+        {"name": "gone", "url": f"{twin.url}/api/health"}))
+    om_accept = "application/openmetrics-text;version=1.0.0"
+
+    async def scrape() -> Samples:
+        async with aiohttp.ClientSession() as http, http.get(
+                f"{daemon.url}/metrics",
+                headers={"Accept": om_accept, "Accept-Encoding": "gzip"}) as r:
+            text = await r.text()
+        return {(s.name, frozenset(s.labels.items())): s.value
+                for f in om_parse(text) for s in f.samples}
+
+    async def probed(*names: str) -> Samples | None:
+        s = await scrape()
+        return s if all(value(s, "probe_success", target=n) == 1 for n in names) else None
+
+    s = await until(lambda: probed("keep", "gone"), "both targets probed")
+    assert value(s, "probe_latency_seconds_count", target="keep", measure="ttfb")
+    daemon.apply(config(keep))
+    s = await scrape()
+    assert of_target(s, "gone") == []
+    assert value(s, "probe_latency_seconds_count", target="keep", measure="ttfb") is None
+    before = value(s, "probe_results_total", target="keep", result="success")
+    assert before is not None and before >= 1
+
+    async def counted_on() -> bool:
+        s = await scrape()
+        return value(s, "probe_results_total", target="keep", result="success") > before  # type: ignore[operator]
+
+    await until(counted_on, "keep probed after the reload")
