@@ -19,6 +19,7 @@ import argparse
 import asyncio
 import contextlib
 import os
+import signal
 import ssl
 from collections import Counter
 from dataclasses import asdict, dataclass, fields, replace
@@ -308,8 +309,14 @@ async def _serve(args: argparse.Namespace) -> None:
     url = await twin.start(args.host, args.port)
     print(f"twin listening on {url}  (faults: curl -X POST {url}/_twin/fault "
           f"-d '{{\"health\": \"503\"}}')", flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    # Our own handlers, as the daemon has: SIGTERM (a container's stop) ends it cleanly too, and
+    # they hold even when the twin was started with SIGINT ignored (`&` in a script).
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
     try:
-        await asyncio.Event().wait()
+        await stop.wait()
     finally:
         await twin.stop()
 
@@ -324,8 +331,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--jwt-secret-env", default="TWIN_JWT_SECRET", metavar="VAR",
                    help=f"environment variable with the JWT secret (default: {DEV_JWT_SECRET!r})")
     args = p.parse_args(argv)
-    with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(_serve(args))
+    asyncio.run(_serve(args))
     return 0
 
 

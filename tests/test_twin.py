@@ -161,12 +161,24 @@ async def test_starting_then_healthy(http: aiohttp.ClientSession) -> None:
         await twin.stop()
 
 
-def test_standalone_module() -> None:
+@pytest.mark.parametrize(
+    ("sig", "ignored"),
+    [(signal.SIGINT, False), (signal.SIGTERM, False), (signal.SIGINT, True)],
+    ids=["sigint", "sigterm", "sigint-ignored-by-parent"],
+)
+def test_standalone_module(sig: signal.Signals, ignored: bool) -> None:
+    """`python -m probe.twin` serves, and stops cleanly on Ctrl-C or a container's SIGTERM, also
+    when started from a script with `&` (which leaves SIGINT ignored in the child)."""
     port = free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "probe.twin", "--port", str(port), "--build", "cli-1"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ},
-    )
+    inherited = signal.signal(signal.SIGINT, signal.SIG_IGN) if ignored else None
+    try:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "probe.twin", "--port", str(port), "--build", "cli-1"],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ},
+        )
+    finally:
+        if inherited is not None:
+            signal.signal(signal.SIGINT, inherited)
     try:
         assert proc.stdout is not None
         line = proc.stdout.readline()
@@ -176,6 +188,12 @@ def test_standalone_module() -> None:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=5) as r:
             assert b"cli-1" in r.read()
     finally:
-        proc.send_signal(signal.SIGINT)
-        _, err = proc.communicate(timeout=10)
+        proc.send_signal(sig)
+        try:
+            _, err = proc.communicate(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            _, err = proc.communicate()
+            pytest.fail(f"the twin did not stop within 10 s of {sig.name}; stderr: {err[-500:]}")
+    assert proc.returncode == 0, err[-500:]
     assert "Traceback" not in err
