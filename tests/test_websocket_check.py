@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import datetime
 import json
+import socket
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -239,6 +240,63 @@ async def test_origin_and_headers_are_sent() -> None:
     assert got["headers"]["User-Agent"].startswith("stageprobe/")
 
 
+async def test_no_compression_is_offered() -> None:
+    """A probe has no use for permessage-deflate, and a server that accepts it (websockets'
+    does by default) would spend a zlib context per session on both sides."""
+    got: dict[str, str | None] = {}
+
+    async def process_request(conn: ServerConnection, request: Request) -> Response | None:
+        got["extensions"] = request.headers.get("Sec-WebSocket-Extensions")
+        return None
+
+    async with ws_server(process_request=process_request) as base:
+        target, ctx = setup({"url": f"{base}/ws", "messages": [PING]})
+        outcome, _ = await probe(target, ctx)
+    assert outcome.success, outcome.detail
+    assert got == {"extensions": None}
+
+
+async def test_a_rotated_token_reaches_the_query_of_the_next_probe(tmp_path: Path) -> None:
+    """What a probe sends is built once per token and reused: a new token must still reach the
+    very next probe, here in the URL's query."""
+    token_file = tmp_path / "token"
+    token_file.write_text("token-one\n")
+    paths: list[str] = []
+
+    async def process_request(conn: ServerConnection, request: Request) -> Response | None:
+        paths.append(request.path)
+        return None
+
+    async with ws_server(process_request=process_request) as base:
+        target, ctx = setup({"url": f"{base}/ws?room=1", "credential": "svc",
+                             "credential_in": "query", "messages": [PING]},
+                            {"svc": {"bearer": {"token_file": str(token_file)}}})
+        assert (await check(target, ctx)).success
+        assert (await check(target, ctx)).success
+        token_file.write_text("token-two-rotated\n")
+        outcome = await check(target, ctx)
+    assert outcome.success, outcome.detail
+    assert paths == ["/ws?room=1&access_token=token-one"] * 2 + [
+        "/ws?room=1&access_token=token-two-rotated"
+    ]
+
+
+async def test_ipv6_literal_target() -> None:
+    async with serve(pong_handler, "::1", 0, ping_interval=None) as server:
+        port = server.sockets[0].getsockname()[1]
+        target, ctx = setup({"url": f"ws://[::1]:{port}/ws", "messages": [PING]})
+        outcome, _ = await probe(target, ctx)
+    assert outcome.success, outcome.detail
+    assert outcome.phases["connect"] > 0
+    with socket.socket(socket.AF_INET6) as unused:
+        unused.bind(("::1", 0))
+        port = unused.getsockname()[1]
+        target, ctx = setup({"url": f"ws://[::1]:{port}/ws", "messages": [PING]})
+        outcome, _ = await probe(target, ctx)
+    assert outcome.failure is Failure.REFUSED
+    assert outcome.detail == f"connection to [::1]:{port} refused"
+
+
 # --- the session ends badly ------------------------------------------------------------------
 
 
@@ -285,6 +343,32 @@ async def test_target_timeout_bounds_a_long_step() -> None:
     assert outcome.failure is Failure.WS_NO_REPLY
     assert "(the target's timeout)" in outcome.detail
     assert wall < 0.7 + MARGIN
+
+
+async def test_a_short_step_timeout_bounds_that_step_only() -> None:
+    """Step 1's 300ms timeout must not outlive step 1: step 2 (its own 5s) is answered after
+    600ms and succeeds. With step 2 at 300ms too, step 2 is the one named, in its own words."""
+    async def slow_second(ws: ServerConnection) -> None:
+        async for raw in ws:
+            if json.loads(raw).get("type") == "ping":
+                await ws.send(json.dumps({"type": "pong"}))
+            else:
+                await asyncio.sleep(0.6)  # the server's behaviour under test, not a wait
+                await ws.send(json.dumps({"type": "done"}))
+
+    quick = {**PING, "timeout": "300ms"}
+    slow = {"send": {"type": "work"}, "expect": {"json": {"type": "done"}}, "timeout": "5s"}
+    async with ws_server(slow_second) as base:
+        target, ctx = setup({"url": f"{base}/ws", "timeout": "3s", "messages": [quick, slow]})
+        ok, _ = await probe(target, ctx)
+        target, ctx = setup({"url": f"{base}/ws", "timeout": "3s",
+                             "messages": [quick, {**slow, "timeout": "300ms"}]})
+        late, wall = await probe(target, ctx)
+    assert ok.success, ok.detail
+    assert ok.latency["rtt"] < ok.phases["rtt"]  # the median of a fast and a slow round trip
+    assert late.failure is Failure.WS_NO_REPLY
+    assert late.detail == "no reply to step 2 within 300ms"
+    assert wall < 0.6 + MARGIN
 
 
 async def test_until_skips_other_messages_and_times_out_when_none_match() -> None:
@@ -508,6 +592,19 @@ async def test_oauth_failure_is_credential_and_nothing_is_dialled() -> None:
         await runner.cleanup()
     assert outcome.failure is Failure.CREDENTIAL
     assert outcome.detail == "credential oauth: token endpoint answered HTTP 500 (server_error)"
+
+
+async def test_a_hanging_token_endpoint_is_credential_within_the_target_timeout() -> None:
+    async with silent_server() as silent:
+        creds = {"oauth": {"oauth2": {"token_url": f"http://127.0.0.1:{silent.port}/token",
+                                      "client_id": "probe", "client_secret": "s3cr3t-client",
+                                      "timeout": "10s"}}}
+        target, ctx = setup({"url": "ws://127.0.0.1:9/ws", "timeout": "500ms",
+                             "credential": "oauth"}, creds)
+        outcome, wall = await probe(target, ctx)
+    assert outcome.failure is Failure.CREDENTIAL
+    assert outcome.detail == "credential oauth: not obtained within 500ms"
+    assert wall < 0.5 + MARGIN
 
 
 async def test_oauth_token_cached_across_probes_and_refreshed() -> None:

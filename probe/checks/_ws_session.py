@@ -1,30 +1,44 @@
 """One WebSocket session of a probe: connect, upgrade, run the steps, close — and name the failure.
 
 Each session raises `Fail` (a failure from the closed vocabulary, a one-line detail, and the
-status / close code seen) or returns with its timings in its `Session`. Every await is bounded
-by the probe's deadline or the step's timeout, whichever comes first.
+status / close code seen) or returns with its timings in its `Session`.
+
+One deadline per session: a session runs inside a single asyncio.Timeout at the probe's
+deadline, entered by its caller (each asyncio.timeout is a timer and a context manager, and a
+session used to make six). A step whose own timeout ends sooner moves it earlier for that step
+and back afterwards; a successful session moves it to the close's bound. When it runs out, the
+stage the session had reached names the failure (`timed_out`), as the HTTP check does.
+
+Why not websockets.connect(): the TCP connection is made with loop.create_connection(host, port)
+(uvloop's sock_connect + create_connection(sock=...), used before, cost ~100 us more per session
+on loopback), TLS is started on it with loop.start_tls (so `connect` and `handshake` are timed
+apart), and websockets' own ClientConnection then does the upgrade. connect() would also parse
+the URL and arm a timeout per session, and offer permessage-deflate: a probe has no use for
+compression, and a server accepting it would cost a zlib context per connection on both sides.
 """
 
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import logging
 import socket
 import ssl
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from websockets.asyncio.client import ClientConnection, connect
+from websockets.asyncio.client import ClientConnection
+from websockets.client import ClientProtocol
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidMessage, InvalidStatus
 from websockets.frames import Close
 from websockets.protocol import State
 from websockets.typing import Origin, Subprotocol
+from websockets.uri import WebSocketURI
 
 from probe.checks import USER_AGENT, clip, host_port, ssl_context
-from probe.checks.messages import mismatch, payload
-from probe.config import Step, Target
+from probe.checks.messages import mismatch
+from probe.config import Target
 from probe.config_base import fmt
 from probe.outcome import Failure
 
@@ -48,8 +62,9 @@ class Fail(Exception):
 
 @dataclass
 class Plan:
-    """What every session of one probe connects to and sends (the credential-bearing fields are
-    kept out of repr, so a stray log of a Plan shows no token)."""
+    """What every session of one probe connects to and sends, built once per target and token
+    (the credential-bearing fields are kept out of repr, so a stray log of a Plan shows no
+    token)."""
 
     url: str = field(repr=False)
     host: str
@@ -58,82 +73,148 @@ class Plan:
     headers: list[tuple[str, str]] = field(repr=False)
     subprotocols: list[Subprotocol] = field(repr=False)
     credential: str | None
+    uri: WebSocketURI = field(repr=False)
+    origin: Origin | None = None
+    infos: list[Any] | None = None  # an IP literal's address: no resolver needed
+    payloads: tuple[str | None, ...] = ()  # what each step sends, encoded once
 
     @property
     def where(self) -> str:
         return host_port(self.host, self.port)
 
 
-@dataclass
+@dataclass(slots=True)
 class Session:
     """Where one session got to, and its timings (perf_counter seconds)."""
 
     index: int
+    stage: str = "connect"  # connect, tls, upgrade, step, close, done: names a timeout
     connect: float | None = None
     handshake: float | None = None
-    transport_ready: bool = False  # TCP (and TLS) done: connection_made was called
+    t_connected: float | None = None  # when the TCP connection was made
     step: int = 0
+    own_timeout: bool = False  # the step in progress is bounded by its own timeout
+    skipped: int = 0  # messages an `until` step passed over
     received: int = 0
     rtts: list[float] = field(default_factory=list)
     steps_time: float = 0.0
     close_code: int | None = None
+    ws: ClientConnection | None = None  # once the upgrade succeeded
 
 
 def _plural(n: int, word: str) -> str:
     return f"{n} {word}" if n == 1 else f"{n} {word}s"
 
 
-# --- one session -----------------------------------------------------------------------------
+# --- opening ---------------------------------------------------------------------------------
 
 
-async def resolve(plan: Plan, deadline: float) -> list[Any]:
-    """Addresses to try; an IP literal skips the resolver (its thread pool hop costs ms)."""
-    try:
-        ip = ipaddress.ip_address(plan.host)
-    except ValueError:
-        pass
-    else:
-        family = socket.AF_INET6 if ip.version == 6 else socket.AF_INET
-        return [(family, socket.SOCK_STREAM, socket.IPPROTO_TCP, "", (plan.host, plan.port))]
+async def resolve(plan: Plan) -> list[Any]:
+    """Addresses to try (the caller's deadline bounds the resolver)."""
+    if plan.infos is not None:
+        return plan.infos
     loop = asyncio.get_running_loop()
     try:
-        async with asyncio.timeout_at(deadline):
-            return await loop.getaddrinfo(plan.host, plan.port, type=socket.SOCK_STREAM)
+        return await loop.getaddrinfo(plan.host, plan.port, type=socket.SOCK_STREAM)
     except socket.gaierror as exc:
         raise Fail(Failure.DNS, f"cannot resolve {plan.host}: {exc.strerror}") from None
-    except TimeoutError:
-        raise Fail(Failure.DNS, f"{plan.host} did not resolve in time") from None
+
+
+class _Tcp(asyncio.Protocol):
+    """The TCP phase of a wss:// session: notes when it connected; TLS is started on top."""
+
+    def __init__(self, s: Session) -> None:
+        self.s = s
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.s.t_connected = time.perf_counter()
+
+
+class _Connection(ClientConnection):
+    """Notes when the transport is ready (TCP, or TLS on it) and cuts off a server that broke
+    the protocol."""
+
+    session: Session
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        s = self.session
+        if s.t_connected is None:
+            s.t_connected = time.perf_counter()
+        super().connection_made(transport)
+
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)
+        # A server that sent an invalid or oversized frame has already been told (1002/1009);
+        # waiting for it to acknowledge would turn a precise failure into a timeout.
+        if self.protocol.parser_exc is not None and not self.transport.is_closing():
+            self.transport.abort()
 
 
 async def _connect_tcp(
-    plan: Plan, infos: list[Any], deadline: float, budget: float
-) -> socket.socket:
-    """The first address (in resolver order) that accepts; refused ones are skipped."""
+    target: Target, plan: Plan, infos: list[Any], s: Session, conn: _Connection
+) -> asyncio.BaseTransport:
+    """The first address (in resolver order) that accepts; refused ones are skipped. Plain ws://
+    connects `conn` itself; wss:// a placeholder protocol, replaced when TLS starts."""
     loop = asyncio.get_running_loop()
     last: OSError | None = None
-    for family, type_, proto, _, addr in infos:
-        sock = socket.socket(family, type_, proto)
+    for family, _, _, _, addr in infos:
         try:
-            sock.setblocking(False)
-            async with asyncio.timeout_at(deadline):
-                await loop.sock_connect(sock, addr)
-            return sock
-        except TimeoutError:
-            sock.close()
-            raise Fail(
-                Failure.CONNECT_TIMEOUT, f"no TCP connection to {plan.where} within {fmt(budget)}"
-            ) from None
+            factory: Callable[[], asyncio.Protocol] = (
+                (lambda: _Tcp(s)) if plan.secure else (lambda: conn)
+            )
+            transport, _ = await loop.create_connection(factory, addr[0], addr[1], family=family)
+            return transport
+        except TimeoutError:  # ETIMEDOUT from the kernel, before our own deadline
+            detail = f"no TCP connection to {plan.where} within {fmt(target.timeout)}"
+            raise Fail(Failure.CONNECT_TIMEOUT, detail) from None
         except OSError as exc:
-            sock.close()
             last = exc
-        except BaseException:
-            sock.close()
-            raise
     if last is None or isinstance(last, ConnectionRefusedError):
         raise Fail(Failure.REFUSED, f"connection to {plan.where} refused")
     raise Fail(
         Failure.REFUSED, f"cannot connect to {plan.where}: {last.strerror or type(last).__name__}"
     )
+
+
+async def _open(target: Target, plan: Plan, infos: list[Any], s: Session) -> ClientConnection:
+    """TCP, TLS if wss, then the upgrade; times `connect` and `handshake` (TLS + upgrade)."""
+    context = ssl_context(target.tls_verify, target.ca_file) if plan.secure else None
+    conn = _Connection(
+        ClientProtocol(
+            plan.uri,
+            origin=plan.origin,
+            subprotocols=plan.subprotocols or None,
+            max_size=target.body_limit,
+            logger=_WIRE_LOG,
+        ),
+        ping_interval=None,
+        close_timeout=min(CLOSE_TIMEOUT, target.timeout),
+    )
+    conn.session = s
+    t0 = time.perf_counter()
+    transport = await _connect_tcp(target, plan, infos, s, conn)
+    t1 = s.t_connected if s.t_connected is not None else time.perf_counter()
+    s.connect = t1 - t0
+    try:
+        if context is not None:
+            s.stage = "tls"
+            tls = await asyncio.get_running_loop().start_tls(
+                transport, conn, context, server_hostname=plan.host  # type: ignore[arg-type]
+            )
+            assert tls is not None
+            transport = tls
+            conn.connection_made(tls)
+        s.stage = "upgrade"
+        await conn.handshake(plan.headers, USER_AGENT)
+    except BaseException as exc:
+        transport.abort()  # type: ignore[attr-defined]
+        fail = _open_failure(exc, target, plan, s)
+        if fail is None:
+            raise
+        raise fail from None
+    finally:  # a rejected upgrade took time too: how long until the answer
+        s.handshake = time.perf_counter() - t1
+    return conn
 
 
 def _rejected(plan: Plan, exc: InvalidStatus) -> Fail:
@@ -155,54 +236,11 @@ def _rejected(plan: Plan, exc: InvalidStatus) -> Fail:
     return Fail(Failure.WS_REJECTED, detail, status=status)
 
 
-async def _handshake(
-    target: Target, plan: Plan, sock: socket.socket, s: Session, deadline: float
-) -> ClientConnection:
-    loop = asyncio.get_running_loop()
-    remaining = deadline - loop.time()
-
-    def factory(protocol: Any, **kwargs: Any) -> ClientConnection:
-        conn = _Connection(protocol, **kwargs)
-        conn.session = s
-        return conn
-
-    extra: dict[str, Any] = {}
-    if plan.secure:
-        extra["ssl"] = ssl_context(target.tls_verify, target.ca_file)
-    try:
-        if remaining <= 0:
-            raise TimeoutError
-        return await connect(
-            plan.url,
-            sock=sock,
-            additional_headers=plan.headers,
-            subprotocols=plan.subprotocols or None,
-            origin=Origin(target.origin) if target.origin else None,
-            open_timeout=remaining,
-            close_timeout=min(CLOSE_TIMEOUT, target.timeout),
-            ping_interval=None,
-            max_size=target.body_limit,
-            user_agent_header=USER_AGENT,
-            proxy=None,
-            logger=_WIRE_LOG,
-            create_connection=factory,  # type: ignore[arg-type]
-            **extra,
-        )
-    except BaseException as exc:
-        sock.close()  # websockets closes it too; closing twice is harmless
-        fail = _open_failure(exc, target, plan, s)
-        if fail is None:
-            raise
-        raise fail from None
-
-
 def _open_failure(exc: BaseException, target: Target, plan: Plan, s: Session) -> Fail | None:
     """Name what went wrong between the TCP connection and an open session (None: not ours)."""
-    if isinstance(exc, ValueError) and isinstance(exc.__cause__, InvalidStatus):
-        exc = exc.__cause__  # a redirect, which a probe does not follow
     if isinstance(exc, InvalidStatus):
         return _rejected(plan, exc)
-    in_tls = plan.secure and not s.transport_ready
+    in_tls = s.stage == "tls"
     limit = fmt(target.timeout)
     if isinstance(exc, TimeoutError):
         if in_tls:
@@ -235,24 +273,7 @@ def _open_failure(exc: BaseException, target: Target, plan: Plan, s: Session) ->
     return None
 
 
-class _Connection(ClientConnection):
-    """Notes when the transport is ready (asyncio calls connection_made after TLS completes,
-    which tells a TLS timeout from an unanswered upgrade) and cuts off a server that broke the
-    protocol."""
-
-    session: Session | None = None
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        super().connection_made(transport)
-        if self.session is not None:
-            self.session.transport_ready = True
-
-    def data_received(self, data: bytes) -> None:
-        super().data_received(data)
-        # A server that sent an invalid or oversized frame has already been told (1002/1009);
-        # waiting for it to acknowledge would turn a precise failure into a timeout.
-        if self.protocol.parser_exc is not None and not self.transport.is_closing():
-            self.transport.abort()
+# --- the steps and the end of a session ------------------------------------------------------
 
 
 def _closed(
@@ -277,99 +298,92 @@ def _closed(
     return Fail(Failure.WS_DROPPED, detail, status=101, close=1006)
 
 
-async def _exchange(target: Target, ws: ClientConnection, s: Session, deadline: float) -> None:
+async def _exchange(
+    target: Target, plan: Plan, ws: ClientConnection, s: Session, budget: asyncio.Timeout,
+    deadline: float,
+) -> None:
     loop = asyncio.get_running_loop()
+    s.stage = "step"
     for i, step in enumerate(target.messages, 1):
-        s.step = i
-        await _step(i, step, ws, s, deadline - loop.time(), target)
+        now = loop.time()
+        left = deadline - now
+        s.step, s.skipped, s.own_timeout = i, 0, step.timeout <= left
+        if left <= 0:
+            raise TimeoutError
+        moved = step.timeout < left  # the step's own timeout ends first: bring the deadline in
+        if moved:
+            budget.reschedule(now + step.timeout)
+        wait = step.expect if step.expect is not None else step.until
+        started = time.perf_counter()
+        send = plan.payloads[i - 1]
+        if send is not None:
+            await ws.send(send)
+        while wait is not None:
+            message = await ws.recv()
+            s.received += 1
+            why = mismatch(wait, message)
+            if why is None:
+                break
+            if step.expect is not None:
+                raise Fail(Failure.ASSERTION, f"step {i}: {why}", status=101)
+            s.skipped += 1
+        elapsed = time.perf_counter() - started
+        s.steps_time += elapsed
+        if wait is not None:
+            s.rtts.append(elapsed)
+        if moved:
+            budget.reschedule(deadline)
     s.step = 0
 
 
-async def _step(
-    i: int, step: Step, ws: ClientConnection, s: Session, left: float, target: Target
-) -> None:
-    wait = step.expect if step.expect is not None else step.until
-    budget = min(step.timeout, left)
-    skipped = 0
-    started = time.perf_counter()
-    try:
-        if budget <= 0:
-            raise TimeoutError
-        async with asyncio.timeout(budget):
-            if step.send is not None:
-                await ws.send(payload(step.send))
-            while wait is not None:
-                message = await ws.recv()
-                s.received += 1
-                why = mismatch(wait, message)
-                if why is None:
-                    break
-                if step.expect is not None:
-                    raise Fail(Failure.ASSERTION, f"step {i}: {why}", status=101)
-                skipped += 1
-    except TimeoutError:
-        within = (
-            fmt(step.timeout)
-            if step.timeout <= left
-            else f"{fmt(target.timeout)} (the target's timeout)"
-        )
-        if wait is None:
-            raise Fail(
-                Failure.TIMEOUT, f"step {i}: could not send within {within}", status=101
-            ) from None
-        if step.until is not None:
-            extra = f"; {_plural(skipped, 'other message')} skipped" if skipped else ""
-            raise Fail(
-                Failure.WS_NO_REPLY,
-                f"no matching reply to step {i} within {within}{extra}",
-                status=101,
-            ) from None
-        raise Fail(
-            Failure.WS_NO_REPLY, f"no reply to step {i} within {within}", status=101
-        ) from None
-    elapsed = time.perf_counter() - started
-    s.steps_time += elapsed
-    if wait is not None:
-        s.rtts.append(elapsed)
-
-
-async def _close(ws: ClientConnection, deadline: float) -> None:
-    """The closing handshake, bounded; a peer that never answers it is cut off."""
-    left = deadline - asyncio.get_running_loop().time()
-    try:
-        async with asyncio.timeout(max(0.05, min(CLOSE_TIMEOUT, left))):
-            await ws.close()
-    except TimeoutError:
-        ws.transport.abort()
+def timed_out(target: Target, plan: Plan, s: Session) -> Fail | None:
+    """The failure a session's deadline running out names, by the stage it had reached (None:
+    it ran out during the closing handshake of a session that had succeeded)."""
+    limit = fmt(target.timeout)
+    if s.stage == "connect":
+        return Fail(Failure.CONNECT_TIMEOUT, f"no TCP connection to {plan.where} within {limit}")
+    if s.stage in ("tls", "upgrade"):
+        return _open_failure(TimeoutError(), target, plan, s)
+    if s.stage != "step":
+        return None
+    i = s.step
+    step = target.messages[i - 1]
+    within = fmt(step.timeout) if s.own_timeout else f"{limit} (the target's timeout)"
+    if step.expect is None and step.until is None:
+        return Fail(Failure.TIMEOUT, f"step {i}: could not send within {within}", status=101)
+    if step.until is not None:
+        extra = f"; {_plural(s.skipped, 'other message')} skipped" if s.skipped else ""
+        detail = f"no matching reply to step {i} within {within}{extra}"
+        return Fail(Failure.WS_NO_REPLY, detail, status=101)
+    return Fail(Failure.WS_NO_REPLY, f"no reply to step {i} within {within}", status=101)
 
 
 async def run_session(
-    target: Target, plan: Plan, infos: list[Any], s: Session, deadline: float
+    target: Target, plan: Plan, infos: list[Any], s: Session, budget: asyncio.Timeout,
+    deadline: float,
 ) -> None:
-    t0 = time.perf_counter()
-    sock = await _connect_tcp(plan, infos, deadline, target.timeout)
-    s.connect = time.perf_counter() - t0
-    t1 = time.perf_counter()
-    try:
-        ws = await _handshake(target, plan, sock, s, deadline)
-    finally:  # a rejected upgrade took time too: how long until the answer
-        s.handshake = time.perf_counter() - t1
+    """The whole session inside `budget` (an entered asyncio.Timeout at `deadline`); a
+    failure raised here is passed to websocket._settle by the caller, which closes the
+    connection."""
+    ws = s.ws = await _open(target, plan, infos, s)
     proto = ws.protocol
     try:
-        try:
-            await _exchange(target, ws, s, deadline)
-        except ConnectionClosed as exc:
-            raise _closed(exc.rcvd, exc.sent, exc.rcvd_then_sent, s, target) from None
-        if proto.state in (State.CLOSING, State.CLOSED):  # the server ended it before we did
-            rcvd = proto.close_rcvd
-            if rcvd is None or rcvd.code != 1000:
-                raise _closed(rcvd, proto.close_sent, proto.close_rcvd_then_sent, s, target)
-    except Fail:
-        await _close(ws, deadline)
-        raise
-    except BaseException:  # cancelled (another session failed, or the backstop): no goodbyes
-        ws.transport.abort()
-        raise
-    await _close(ws, deadline)
-    if proto.close_rcvd is not None:
-        s.close_code = proto.close_rcvd.code
+        await _exchange(target, plan, ws, s, budget, deadline)
+    except ConnectionClosed as exc:
+        raise _closed(exc.rcvd, exc.sent, exc.rcvd_then_sent, s, target) from None
+    if proto.state in (State.CLOSING, State.CLOSED):  # the server ended it before we did
+        rcvd = proto.close_rcvd
+        if rcvd is None or rcvd.code != 1000:
+            raise _closed(rcvd, proto.close_sent, proto.close_rcvd_then_sent, s, target)
+    s.stage = "close"  # the closing handshake, bounded; a peer that never answers it is cut off
+    now = asyncio.get_running_loop().time()
+    budget.reschedule(now + max(0.05, min(CLOSE_TIMEOUT, deadline - now)))
+    await ws.close()
+    finish(s)
+
+
+def finish(s: Session) -> None:
+    """The session is over: note how the server closed it."""
+    s.stage = "done"
+    if s.ws is not None and s.ws.protocol.close_rcvd is not None:
+        s.close_code = s.ws.protocol.close_rcvd.code

@@ -6,8 +6,8 @@ Pure functions, so the rules are tested without a socket. The rules are the HTTP
 JSON would carry it (a YAML date is its ISO text). A mismatch is explained in one line, expected
 vs actual, short enough for a detail.
 
-A step's match is compiled once (split paths, normalised values, their wording) and reused for
-every message of every probe while that Match object lives; a reload builds new ones.
+A step's match is compiled once (its regex, split paths, normalised values, their wording) and
+reused for every message of every probe while that Match object lives; a reload builds new ones.
 """
 
 from __future__ import annotations
@@ -31,10 +31,16 @@ class _Expected:
     shown: str  # how a detail writes it
 
 
-_COMPILED: dict[int, tuple[weakref.ref[Match], tuple[_Expected, ...]]] = {}
+_COMPILED: dict[int, tuple[weakref.ref[Match], _Compiled]] = {}
 
 
-def _compiled(match: Match) -> tuple[_Expected, ...]:
+@dataclass(frozen=True, slots=True)
+class _Compiled:
+    regex: re.Pattern[str] | None
+    expected: tuple[_Expected, ...]
+
+
+def _compiled(match: Match) -> _Compiled:
     key = id(match)
     held = _COMPILED.get(key)
     if held is not None and held[0]() is match:
@@ -43,7 +49,9 @@ def _compiled(match: Match) -> tuple[_Expected, ...]:
     for path, want in match.json_.items():
         value = as_json(want)
         expected.append(_Expected(path, tuple(path.split(".")), value, json.dumps(value)))
-    compiled = tuple(expected)
+    compiled = _Compiled(
+        re.compile(match.regex) if match.regex is not None else None, tuple(expected)
+    )
 
     def forget(ref: weakref.ref[Match], key: int = key) -> None:
         entry = _COMPILED.get(key)
@@ -57,14 +65,15 @@ def _compiled(match: Match) -> tuple[_Expected, ...]:
 def mismatch(match: Match, message: str | bytes) -> str | None:
     """None when `message` satisfies `match`, else why not."""
     text = message if isinstance(message, str) else message.decode("utf-8", "replace")
-    if match.regex is not None and not re.search(match.regex, text):
+    compiled = _compiled(match)
+    if compiled.regex is not None and not compiled.regex.search(text):
         return f"expected a message matching /{match.regex}/, got {clip(text)!r}"
-    if match.json_:
+    if compiled.expected:
         try:
             doc = json.loads(text)
         except ValueError:
             return f"expected a JSON message, got {clip(text)!r}"
-        for want in _compiled(match):
+        for want in compiled.expected:
             got = resolve(doc, want.keys)
             if got is MISSING:
                 return f"expected {want.path} = {want.shown}, but {want.path} is missing"

@@ -1,9 +1,12 @@
-"""WebSocket check: an authenticated session opened and exercised the way a real client does.
+"""WebSocket check: an authenticated session opened and exercised the way a real client does
+(credentials, subprotocols, Origin, messages), except that it offers no compression: a probe has
+no use for it, and it would cost both sides a zlib context per session (see _ws_session).
 
 Why the connection is opened by hand: to time `resolve` and `connect` separately, the name is
-resolved with loop.getaddrinfo and the TCP connection made with loop.sock_connect; the connected
-socket is then handed to websockets, which does TLS (SNI and certificate checked against the
-URL's host name) and the HTTP upgrade (Host header from the URL) — the `handshake` phase.
+resolved with loop.getaddrinfo and each address dialled with loop.create_connection; TLS is then
+started on that connection (SNI and certificate checked against the URL's host name) and
+websockets' ClientConnection does the HTTP upgrade (Host header from the URL) — TLS + upgrade
+are the `handshake` phase. See _ws_session for why not websockets.connect().
 
 Timings (time.perf_counter, never the loop clock, which moves in 1 ms steps under uvloop):
 - phases: resolve (once per probe), connect, handshake (TLS + upgrade), rtt (time spent in the
@@ -16,28 +19,46 @@ Timings (time.perf_counter, never the loop clock, which moves in 1 ms steps unde
 
 Every wait has a deadline: the target's timeout bounds the whole probe and each step's timeout
 bounds that step, so a server that upgrades and then stays silent is `ws_no_reply`, on time.
+One asyncio.Timeout carries that deadline for the credential, the resolver and (with one
+connection) the session; the stage reached when it runs out names the failure.
+
+What depends only on the target and its current token (URL and query, headers, subprotocols,
+an IP literal's address, each step's encoded message) is built once per token and reused by
+every probe (`plan_for`), not rebuilt per probe.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
+import socket
 import ssl
 import statistics
 import time
+import weakref
 from typing import Any
 from urllib.parse import urlencode, urlsplit, urlunsplit
 
-from websockets.typing import Subprotocol
+from websockets.typing import Origin, Subprotocol
+from websockets.uri import parse_uri
 
 from probe.checks import CheckContext, scrub, ssl_context
-from probe.checks._ws_session import Fail, Plan, Session, resolve, run_session
+from probe.checks._ws_session import (
+    CLOSE_TIMEOUT,
+    Fail,
+    Plan,
+    Session,
+    finish,
+    resolve,
+    run_session,
+    timed_out,
+)
+from probe.checks.messages import payload
 from probe.config import Target
 from probe.config_base import fmt
 from probe.credentials import Attached, CredentialError, attach
 from probe.outcome import Failure, Outcome
-
-_BACKSTOP = 0.25  # beyond the target's timeout, in case an await escaped its own deadline
 
 
 def _plan(target: Target, attached: Attached) -> Plan:
@@ -47,32 +68,104 @@ def _plan(target: Target, attached: Attached) -> Plan:
         query = "&".join(q for q in (parts.query, urlencode(attached.query)) if q)
         url = urlunsplit(parts._replace(query=query))
     secure = parts.scheme == "wss"
+    host = parts.hostname or ""
+    port = parts.port or (443 if secure else 80)
     overridden = {k.lower() for k in attached.headers}
     headers = [(k, v) for k, v in target.headers.items() if k.lower() not in overridden]
     headers += list(attached.headers.items())
+    infos: list[Any] | None = None
+    with contextlib.suppress(ValueError):  # an IP literal skips the resolver (a thread hop)
+        family = socket.AF_INET6 if ipaddress.ip_address(host).version == 6 else socket.AF_INET
+        infos = [(family, socket.SOCK_STREAM, socket.IPPROTO_TCP, "", (host, port))]
     return Plan(
         url=url,
-        host=parts.hostname or "",
-        port=parts.port or (443 if secure else 80),
+        host=host,
+        port=port,
         secure=secure,
         headers=headers,
         subprotocols=[Subprotocol(p) for p in [*target.subprotocols, *attached.subprotocols]],
         credential=target.credential,
+        uri=parse_uri(url),
+        origin=Origin(target.origin) if target.origin else None,
+        infos=infos,
+        payloads=tuple(None if m.send is None else payload(m.send) for m in target.messages),
     )
+
+
+_PLANS: dict[int, tuple[weakref.ref[Target], str, Plan]] = {}
+
+
+def plan_for(target: Target, attached: Attached) -> Plan:
+    """The target's Plan for this token: built when the token changes (a cached JWT lasts
+    minutes), dropped when the Target is garbage collected (a reload builds new Targets)."""
+    key = id(target)
+    held = _PLANS.get(key)
+    if held is not None and held[0]() is target and held[1] == attached.token:
+        return held[2]
+    plan = _plan(target, attached)
+
+    def forget(ref: weakref.ref[Target], key: int = key) -> None:
+        entry = _PLANS.get(key)
+        if entry is not None and entry[0] is ref:
+            del _PLANS[key]
+
+    _PLANS[key] = (weakref.ref(target, forget), attached.token, plan)
+    return plan
 
 
 # --- the probe -------------------------------------------------------------------------------
 
 
+async def _settle(
+    target: Target, plan: Plan, s: Session, exc: Fail | TimeoutError, deadline: float
+) -> None:
+    """After run_session raised `exc` (a Fail, or the TimeoutError of its deadline): raise the
+    session's failure once its connection is closed politely, or return if it had succeeded
+    and only its close ran out of time (that connection is cut off)."""
+    fail = exc if isinstance(exc, Fail) else timed_out(target, plan, s)
+    ws = s.ws
+    if fail is None:
+        if ws is not None:
+            ws.transport.abort()
+        finish(s)
+        return
+    if ws is not None:
+        left = deadline - asyncio.get_running_loop().time()
+        try:
+            async with asyncio.timeout(max(0.05, min(CLOSE_TIMEOUT, left))):
+                await ws.close()
+        except TimeoutError:
+            ws.transport.abort()
+    raise fail
+
+
+def _abort(s: Session) -> None:
+    """Cancelled (another session failed, or the daemon stops): no goodbyes."""
+    if s.ws is not None:
+        s.ws.transport.abort()
+
+
+async def _guarded(
+    target: Target, plan: Plan, infos: list[Any], s: Session, deadline: float
+) -> None:
+    """One of several sessions, in a task of its own: its own deadline, its failure named."""
+    budget = asyncio.timeout_at(deadline)
+    try:
+        async with budget:
+            await run_session(target, plan, infos, s, budget, deadline)
+    except (Fail, TimeoutError) as exc:
+        await _settle(target, plan, s, exc, deadline)
+    except BaseException:
+        _abort(s)
+        raise
+
+
 async def _run(
     target: Target, plan: Plan, infos: list[Any], sessions: list[Session], deadline: float
 ) -> None:
-    """All sessions at once; the first to fail (lowest index among those failed together)
-    decides, the others are cancelled."""
-    if len(sessions) == 1:
-        await run_session(target, plan, infos, sessions[0], deadline)
-        return
-    tasks = [asyncio.create_task(run_session(target, plan, infos, s, deadline)) for s in sessions]
+    """All sessions at once, each in a task with its own deadline; the first to fail (lowest
+    index among those failed together) decides, the others are cancelled."""
+    tasks = [asyncio.create_task(_guarded(target, plan, infos, s, deadline)) for s in sessions]
     try:
         done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
     finally:
@@ -84,6 +177,54 @@ async def _run(
             if isinstance(exc, Fail):
                 exc.detail = f"session {s.index}/{len(sessions)}: {exc.detail}"
             raise exc
+
+
+async def _probe(
+    target: Target,
+    ctx: CheckContext,
+    sessions: list[Session],
+    phases: dict[str, float],
+    secrets: list[str],
+    deadline: float,
+) -> None:
+    """Everything a probe does, under one deadline; raises Fail."""
+    stage = "credential"
+    plan: Plan | None = None
+    budget = asyncio.timeout_at(deadline)
+    try:
+        async with budget:
+            try:
+                attached = await attach(target, ctx.credentials)
+            except CredentialError as exc:
+                raise Fail(Failure.CREDENTIAL, str(exc)) from None
+            secrets += [attached.token, *attached.headers.values()]
+            plan = plan_for(target, attached)
+            stage = "resolve"
+            t0 = time.perf_counter()
+            infos = await resolve(plan)
+            phases["resolve"] = time.perf_counter() - t0
+            stage = "session"
+            if len(sessions) == 1:
+                await run_session(target, plan, infos, sessions[0], budget, deadline)
+                return
+    except TimeoutError as exc:
+        if stage == "credential":
+            detail = f"credential {target.credential}: not obtained within {fmt(target.timeout)}"
+            raise Fail(Failure.CREDENTIAL, detail) from None
+        assert plan is not None
+        if stage == "resolve":
+            raise Fail(Failure.DNS, f"{plan.host} did not resolve in time") from None
+        await _settle(target, plan, sessions[0], exc, deadline)
+        return
+    except Fail as fail:
+        if stage == "session":
+            assert plan is not None
+            await _settle(target, plan, sessions[0], fail, deadline)
+        raise
+    except BaseException:
+        _abort(sessions[0])
+        raise
+    await _run(target, plan, infos, sessions, deadline)  # several: each its own deadline
 
 
 async def check(target: Target, ctx: CheckContext) -> Outcome:
@@ -99,23 +240,7 @@ async def check(target: Target, ctx: CheckContext) -> Outcome:
     phases: dict[str, float] = {}
     secrets: list[str] = []
     try:
-        async with asyncio.timeout_at(deadline + _BACKSTOP):
-            try:
-                async with asyncio.timeout_at(deadline):
-                    attached = await attach(target, ctx.credentials)
-            except CredentialError as exc:
-                raise Fail(Failure.CREDENTIAL, str(exc)) from None
-            except TimeoutError:
-                detail = (
-                    f"credential {target.credential}: not obtained within {fmt(target.timeout)}"
-                )
-                raise Fail(Failure.CREDENTIAL, detail) from None
-            secrets = [attached.token, *attached.headers.values()]
-            plan = _plan(target, attached)
-            t0 = time.perf_counter()
-            infos = await resolve(plan, deadline)
-            phases["resolve"] = time.perf_counter() - t0
-            await _run(target, plan, infos, sessions, deadline)
+        await _probe(target, ctx, sessions, phases, secrets, deadline)
     except Fail as fail:
         _phases(phases, sessions)
         return Outcome.failed(
@@ -129,7 +254,7 @@ async def check(target: Target, ctx: CheckContext) -> Outcome:
             phases=phases,
             started_at=started_at,
         )
-    except TimeoutError:  # the backstop: some await outlived its own deadline
+    except TimeoutError:  # not expected: every wait is bounded and named by its stage
         _phases(phases, sessions)
         return Outcome.failed(
             target.name,
@@ -145,7 +270,7 @@ async def check(target: Target, ctx: CheckContext) -> Outcome:
     latency = {"total": duration, "handshake": phases["handshake"]}
     rtts = [r for s in sessions for r in s.rtts]
     if rtts:
-        latency["rtt"] = statistics.median(rtts)
+        latency["rtt"] = rtts[0] if len(rtts) == 1 else statistics.median(rtts)
     closes = [s.close_code for s in sessions if s.close_code is not None]
     return Outcome(
         target=target.name,
