@@ -38,13 +38,9 @@ was 90):
 from __future__ import annotations
 
 from bisect import bisect_left
-from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Gauge, Histogram, disable_created_metrics
-from prometheus_client.metrics_core import Metric
-from prometheus_client.parser import text_string_to_metric_families
-from prometheus_client.registry import Collector
 
 from probe import __version__
 from probe.config import Target
@@ -238,9 +234,6 @@ class Metrics:
         self._series: dict[str, TargetSeries] = {}
         # What render() iterates, in another thread: replaced on add/forget, never changed.
         self._snapshot: tuple[TargetSeries, ...] = ()
-        # prometheus-client's view of the same exposition, for code that reads a registry.
-        self.registry = CollectorRegistry()
-        self.registry.register(_ExpositionView(self))
 
     def add_target(self, target: Target) -> None:
         """Create a target's counters at 0 and its config series (at start and on reload)."""
@@ -280,13 +273,3 @@ class Metrics:
         """The exposition (text 0.0.4 or OpenMetrics 1.0.0); safe to call from another thread."""
         return render(self._snapshot, self._process, openmetrics)
 
-
-class _ExpositionView(Collector):
-    """What /metrics serves, parsed back into prometheus-client families (slow: for tests and
-    tools that read a registry, e.g. get_sample_value; the server never uses it)."""
-
-    def __init__(self, metrics: Metrics) -> None:
-        self._metrics = metrics
-
-    def collect(self) -> Iterable[Metric]:
-        return text_string_to_metric_families(self._metrics.render().decode())

@@ -23,10 +23,22 @@ from typing import IO, Any
 
 import aiohttp
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from probe.daemon import Daemon
+from probe.metrics import Metrics
 
 StartDaemon = Callable[..., Awaitable[Daemon]]  # the type of conftest's `start_daemon`
+
+
+def sample(metrics: Metrics, name: str, labels: dict[str, str]) -> float | None:
+    """One sample of what /metrics would serve right now (the rendered text, parsed back by
+    prometheus-client), or None when that series is absent."""
+    for family in text_string_to_metric_families(metrics.render().decode()):
+        for s in family.samples:
+            if s.name == name and s.labels == labels:
+                return float(s.value)
+    return None
 
 
 def free_port() -> int:

@@ -20,6 +20,7 @@ from typing import Any
 
 import pytest
 import yaml
+from prometheus_client.parser import text_string_to_metric_families
 
 from probe.cli import _parser
 from probe.config import Config, parse_config
@@ -356,7 +357,7 @@ def test_every_alert_has_a_firing_and_a_silent_unit_test() -> None:
 def exported_names() -> set[str]:
     """Every sample name the daemon's registry exposes (histograms as _bucket/_sum/_count)."""
     names: set[str] = set()
-    for family in Metrics().registry.collect():
+    for family in text_string_to_metric_families(Metrics().render().decode()):
         names.add(family.name)
         if family.type == "counter":
             names.add(family.name + "_total")

@@ -34,6 +34,7 @@ from faults.fixtures import (  # noqa: F401  (fixtures are used by name)
     test_certs,
     wait_until,
 )
+from helpers import sample
 
 from probe.checks import CheckContext
 from probe.credentials import Credentials
@@ -177,10 +178,9 @@ async def test_daemon_healthy_targets_unaffected_by_faulty_ones(fault_server) ->
         targets.append({"name": name, "url": fault_server(f).ws_url("/"), "interval": "1s",
                         "timeout": "1s", "messages": [PING_STEP]})
     daemon = Daemon(config_of(targets, defaults={"success_threshold": 2, "failure_threshold": 2}))
-    reg = daemon.metrics.registry
-
     def results(name: str, result: str) -> float:
-        return reg.get_sample_value("probe_results_total", {"target": name, "result": result}) or 0
+        got = sample(daemon.metrics, "probe_results_total", {"target": name, "result": result})
+        return got or 0
 
     url = await daemon.start("127.0.0.1", 0)
     start = time.monotonic()
@@ -210,7 +210,7 @@ async def test_daemon_healthy_targets_unaffected_by_faulty_ones(fault_server) ->
         assert by_name[name]["state"] == "failing", by_name[name]
         assert by_name[name]["failure"] == failure, (name, by_name[name])
         for other in Failure:
-            n = reg.get_sample_value("probe_failures_total", {"target": name, "failure": other})
+            n = sample(daemon.metrics, "probe_failures_total", {"target": name, "failure": other})
             assert (n or 0) == 0 or other == failure, (name, other, n)
     assert 'probe_success{target="ok-http"} 1.0' in exposition
     assert 'probe_success{target="http-drip"} 0.0' in exposition

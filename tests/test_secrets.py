@@ -25,8 +25,6 @@ from aiohttp import WSMsgType, web
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from helpers import refused_port, until
-from prometheus_client import generate_latest
-from prometheus_client.openmetrics.exposition import generate_latest as generate_openmetrics
 
 from probe.checks import CheckContext, checker_for
 from probe.config import Config
@@ -246,8 +244,8 @@ async def test_outcomes_logs_metrics_reports_hold_no_secret(
         readiness.observe(o, now)
     verdict = readiness.verdict(now)
     metrics.set_readiness(verdict)
-    assert_clean("/metrics text", generate_latest(metrics.registry).decode(), secrets)
-    assert_clean("/metrics OpenMetrics", generate_openmetrics(metrics.registry).decode(), secrets)
+    assert_clean("/metrics text", metrics.render(openmetrics=False).decode(), secrets)
+    assert_clean("/metrics OpenMetrics", metrics.render(openmetrics=True).decode(), secrets)
     assert_clean("verdict", json.dumps(verdict.to_dict()), secrets)
     from probe.report import render
 
