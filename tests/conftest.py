@@ -3,17 +3,20 @@
 `twin`: the twin on a loopback port. A module (or test) that needs a particular one says so with
 a marker instead of defining its own fixture: `pytestmark = pytest.mark.twin(version="abc")`;
 the marker's keyword arguments go to `Twin(...)`.
+`fault_server`, `test_certs` and `full_backlog`: the misbehaving servers of tests/faults.
 """
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
-from faults import FaultServer
-from helpers import ProbeRun, StartDaemon
+from faults import FaultServer, TestCerts, make_certs
+from faults.fixtures import StartFaultServer
+from helpers import ProbeRun, StartDaemon, running_twin
 
 from probe.config import Config
 from probe.daemon import Daemon
@@ -28,10 +31,8 @@ def pytest_configure(config: pytest.Config) -> None:
 @pytest.fixture
 async def twin(request: pytest.FixtureRequest) -> AsyncIterator[Twin]:
     marker = request.node.get_closest_marker("twin")
-    t = Twin(**(marker.kwargs if marker else {}))
-    await t.start("127.0.0.1", 0)
-    yield t
-    await t.stop()
+    async with running_twin(**(marker.kwargs if marker else {})) as t:
+        yield t
 
 
 @pytest.fixture
@@ -70,6 +71,28 @@ async def start_daemon() -> AsyncIterator[StartDaemon]:
     yield start
     for daemon in reversed(started):
         await daemon.stop()
+
+
+@pytest.fixture
+def fault_server() -> Iterator[StartFaultServer]:
+    """`fault_server("drip", tls=...)` starts a tests/faults server for that fault; all are
+    stopped after the test."""
+    started: list[FaultServer] = []
+
+    def start(fault: str, **kwargs: Any) -> FaultServer:
+        server = FaultServer(fault, **kwargs).start()
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def test_certs(tmp_path_factory: pytest.TempPathFactory) -> TestCerts:
+    """A test CA and leaves that fail verification in one way each (tests/faults/certs.py)."""
+    return make_certs(tmp_path_factory.mktemp("fault-certs"))
 
 
 @pytest.fixture

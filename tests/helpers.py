@@ -1,5 +1,6 @@
 """Helpers shared by the tests, so each exists once: loopback ports, polling with a deadline,
-a server that never answers, and `probe run` as a real subprocess.
+a server that never answers, the twin on a loopback port, `probe run` and the Debian
+`prometheus` binary as real subprocesses.
 
 Fixtures built on these (twin, http, probe_run, start_daemon) are in conftest.py.
 """
@@ -13,20 +14,24 @@ import json
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+import urllib.parse
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
 import aiohttp
 import pytest
+from aiohttp import web
 from prometheus_client.parser import text_string_to_metric_families
 
 from probe.daemon import Daemon
 from probe.metrics import Metrics
+from probe.twin import Twin
 
 StartDaemon = Callable[..., Awaitable[Daemon]]  # the type of conftest's `start_daemon`
 
@@ -50,9 +55,11 @@ def free_port() -> int:
 
 async def until(
     cond: Callable[[], Any | Awaitable[Any]], what: str = "a condition", within: float = 20.0,
-    every: float = 0.05,
+    every: float = 0.05, detail: Callable[[], str] | None = None,
 ) -> Any:
-    """Poll `cond` (sync or async) until it returns something truthy; fail naming `what`."""
+    """Poll `cond` (sync or async) until it returns something truthy; fail naming `what`, with
+    `detail()` (logs of the processes involved, say) when the reason is elsewhere to be found.
+    An exception in `cond` is not retried: it fails at once, as something waiting cannot fix."""
     deadline = time.monotonic() + within
     while True:
         result = cond()
@@ -60,7 +67,9 @@ async def until(
             result = await result
         if result:
             return result
-        assert time.monotonic() < deadline, f"timed out after {within}s waiting for {what}"
+        if time.monotonic() >= deadline:
+            why = f"timed out after {within}s waiting for {what}"
+            raise AssertionError(f"{why}\n{detail()}" if detail else why)
         await asyncio.sleep(every)
 
 
@@ -104,6 +113,33 @@ async def until_stderr(capsys: pytest.CaptureFixture[str], text: str, within: fl
 
     await until(appeared, f"{text!r} on stderr", within=within)
     return "".join(seen)
+
+@contextlib.asynccontextmanager
+async def running_twin(ssl_context: ssl.SSLContext | None = None, **kwargs: Any
+                       ) -> AsyncIterator[Twin]:
+    """`Twin(**kwargs)` on a free loopback port (over TLS with `ssl_context`), stopped after."""
+    twin = Twin(**kwargs)
+    await twin.start("127.0.0.1", 0, ssl_context=ssl_context)
+    try:
+        yield twin
+    finally:
+        await twin.stop()
+
+
+@contextlib.asynccontextmanager
+async def serving(app: web.Application, ssl_context: ssl.SSLContext | None = None
+                  ) -> AsyncIterator[str]:
+    """`app` on a free loopback port (over TLS with `ssl_context`): its base URL, for as long as
+    the block runs. A request still in flight at the end is cut after half a second."""
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)
+    await runner.setup()
+    try:
+        await web.TCPSite(runner, "127.0.0.1", 0, ssl_context=ssl_context).start()
+        scheme = "https" if ssl_context else "http"
+        yield f"{scheme}://127.0.0.1:{runner.addresses[0][1]}"
+    finally:
+        await runner.cleanup()
+
 
 # --- a server that accepts and never answers ---------------------------------------------------
 
@@ -159,10 +195,11 @@ class ProbeRun:
     Its output goes to a file, never to a pipe nobody reads (a full pipe would block the daemon);
     `stderr=subprocess.PIPE` is for the one test that wants to close the reading end itself.
     `env` is laid over os.environ (PROBE_LISTEN and JSON logs are set first, so it can
-    override them); PORT is dropped because it would win over PROBE_LISTEN.
+    override them; a None value removes the variable, for a daemon that must not inherit one);
+    PORT is dropped because it would win over PROBE_LISTEN.
     """
 
-    def __init__(self, config: Path, cwd: Path, env: dict[str, str] | None = None,
+    def __init__(self, config: Path, cwd: Path, env: Mapping[str, str | None] | None = None,
                  stderr: int | None = None) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -170,7 +207,11 @@ class ProbeRun:
         environ = {**os.environ, "PROBE_LISTEN": f"127.0.0.1:{self.port}",
                    "PROBE_LOG_FORMAT": "json"}
         environ.pop("PORT", None)
-        environ.update(env or {})
+        for name, value in (env or {}).items():
+            if value is None:
+                environ.pop(name, None)
+            else:
+                environ[name] = value
         with self.log.open("wb") as out:  # the child keeps its own descriptor
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "probe", "run", "-c", str(config)],
@@ -221,15 +262,20 @@ class ProbeRun:
 
     def close(self) -> None:
         """SIGTERM (a clean stop), SIGKILL if it does not exit within 10 s."""
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
+        stop_process(self.proc)
         if self.proc.stderr is not None:
             self.proc.stderr.close()
+
+
+def stop_process(proc: subprocess.Popen[bytes]) -> None:
+    """SIGTERM (a clean stop), SIGKILL if it does not exit within 10 s."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
 
 
 @contextlib.asynccontextmanager
@@ -243,3 +289,74 @@ async def run_daemon(config_text: str, tmp: Path, env: dict[str, str] | None = N
         yield await daemon.live(start_within)
     finally:
         await daemon.stop()
+
+
+# --- a real Prometheus server -------------------------------------------------------------------
+
+
+class PromQLError(AssertionError):
+    """Prometheus rejected a request (bad syntax, many-to-many matching, ...): waiting will not
+    make it right, so `until` fails at once on it."""
+
+
+class Prometheus:
+    """The Debian `prometheus` binary on a free loopback port, with the caller's configuration;
+    its output goes to `prometheus.log` in `tmp`. Queries go over a fresh connection each, so one
+    instance serves tests running in different event loops (a module-scoped fixture)."""
+
+    def __init__(self, tmp: Path, config_text: str, *flags: str) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = tmp / "prometheus.log"
+        config = tmp / "prometheus.yml"
+        config.write_text(config_text, encoding="utf-8")
+        with self.log.open("wb") as out:  # the child keeps its own descriptor
+            self.proc = subprocess.Popen(
+                ["prometheus", f"--config.file={config}", f"--storage.tsdb.path={tmp / 'tsdb'}",
+                 f"--web.listen-address=127.0.0.1:{self.port}", *flags],
+                stdout=out, stderr=subprocess.STDOUT, cwd=tmp)
+
+    def log_text(self) -> str:
+        return self.log.read_text(encoding="utf-8", errors="replace")
+
+    def _running(self) -> None:
+        code = self.proc.poll()
+        assert code is None, f"prometheus exited with {code}:\n{self.log_text()}"
+
+    async def ready(self, within: float = 30.0) -> Prometheus:
+        """Return once /-/ready answers 200; fail with its log if it exits first."""
+        async def answers() -> bool:
+            self._running()
+            got = await http_get(f"{self.url}/-/ready")
+            return got is not None and got[0] == 200
+
+        await until(answers, f"Prometheus to be ready on {self.url}", within=within)
+        return self
+
+    async def api(self, path: str, params: Mapping[str, str] | None = None) -> Any:
+        """The `data` of an HTTP API answer, or None while Prometheus does not answer yet."""
+        query = f"?{urllib.parse.urlencode(params)}" if params else ""
+        got = await http_get(f"{self.url}{path}{query}", within=10.0)
+        if got is None or got[0] == 503:  # not listening, or not ready
+            self._running()
+            return None
+        status, text = got
+        try:
+            answer = json.loads(text)
+        except ValueError:
+            answer = {}
+        if status != 200 or answer.get("status") != "success":
+            raise PromQLError(f"HTTP {status} from {path} {dict(params or {})}: {text}")
+        return answer["data"]
+
+    async def query(self, promql: str) -> list[dict[str, Any]]:
+        """An instant query's result vector ([] while Prometheus does not answer)."""
+        data = await self.api("/api/v1/query", {"query": promql})
+        return list(data["result"]) if data else []
+
+    async def values(self, promql: str) -> list[float]:
+        """The sample values of an instant query, sorted."""
+        return sorted(float(s["value"][1]) for s in await self.query(promql))
+
+    def stop(self) -> None:
+        stop_process(self.proc)

@@ -7,6 +7,7 @@ Token endpoints are real aiohttp servers on loopback. Expiry is driven by inject
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -18,6 +19,7 @@ import pytest
 from aiohttp import web
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from helpers import serving
 
 from probe.config import Config, CredentialSpec
 from probe.credentials import CredentialError, Credentials, attach
@@ -189,28 +191,22 @@ class TokenServer:
 
 @pytest.fixture
 async def token_server() -> AsyncIterator[Callable[..., Awaitable[TokenServer]]]:
-    runners: list[web.AppRunner] = []
+    async with contextlib.AsyncExitStack() as servers:
 
-    async def start(answer: Callable[[int], Awaitable[web.StreamResponse]]) -> TokenServer:
-        server = TokenServer(answer)
+        async def start(answer: Callable[[int], Awaitable[web.StreamResponse]]) -> TokenServer:
+            server = TokenServer(answer)
 
-        async def handle(request: web.Request) -> web.StreamResponse:
-            server.forms.append(dict(await request.post()))  # type: ignore[arg-type]
-            server.arrived.set()
-            return await server.answer(len(server.forms))
+            async def handle(request: web.Request) -> web.StreamResponse:
+                server.forms.append(dict(await request.post()))  # type: ignore[arg-type]
+                server.arrived.set()
+                return await server.answer(len(server.forms))
 
-        app = web.Application()
-        app.router.add_post("/oauth/token", handle)
-        runner = web.AppRunner(app, shutdown_timeout=0.5)
-        await runner.setup()
-        await web.TCPSite(runner, "127.0.0.1", 0).start()
-        runners.append(runner)
-        server.url = f"http://127.0.0.1:{runner.addresses[0][1]}/oauth/token"
-        return server
+            app = web.Application()
+            app.router.add_post("/oauth/token", handle)
+            server.url = f"{await servers.enter_async_context(serving(app))}/oauth/token"
+            return server
 
-    yield start
-    for runner in runners:
-        await runner.cleanup()
+        yield start
 
 
 def oauth(url: str, **extra: Any) -> dict[str, Any]:

@@ -8,33 +8,26 @@ one is named correctly on /readyz and /metrics.
 
 from __future__ import annotations
 
-import asyncio
-import os
 import signal
-import socket
-import subprocess
-import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
 import yaml
-from faults import HTTP_EXPECTED, WS_EXPECTED
-from faults.fixtures import (  # noqa: F401  (fixtures are used by name)
+from faults import CERT_EXPECTED, HTTP_EXPECTED, WS_EXPECTED, TestCerts
+from faults.fixtures import (
     PING_STEP,
+    StartFaultServer,
     assert_bounded,
+    assert_no_leaks,
     config_of,
-    fault_server,
     make_target,
-    open_fds,
-    other_tasks,
     probe_once,
-    test_certs,
-    wait_until,
 )
-from helpers import sample
+from helpers import ProbeRun, sample, until
 
 from probe.checks import CheckContext
 from probe.credentials import Credentials
@@ -43,7 +36,7 @@ from probe.outcome import Failure
 
 
 @pytest.mark.parametrize("fault", sorted(HTTP_EXPECTED))
-async def test_http_fault_is_classified_on_time(fault: str, fault_server) -> None:  # noqa: F811
+async def test_http_fault_is_classified_on_time(fault: str, fault_server: StartFaultServer) -> None:
     server = fault_server(fault)
     target = make_target(server.url("/a"))
     outcome, wall = await probe_once(target)
@@ -55,7 +48,9 @@ async def test_http_fault_is_classified_on_time(fault: str, fault_server) -> Non
         assert outcome.detail and "\n" not in outcome.detail
 
 
-async def test_redirect_loop_followed_stops_at_max_redirects(fault_server) -> None:  # noqa: F811
+async def test_redirect_loop_followed_stops_at_max_redirects(
+    fault_server: StartFaultServer,
+) -> None:
     server = fault_server("redirect_loop")
     target = make_target(server.url("/a"), follow_redirects=True, max_redirects=4)
     outcome, wall = await probe_once(target)
@@ -66,7 +61,7 @@ async def test_redirect_loop_followed_stops_at_max_redirects(fault_server) -> No
 
 
 @pytest.mark.parametrize("fault", ["big_body", "big_body:length"])
-async def test_50mb_body_is_cut_at_the_cap(fault: str, fault_server) -> None:  # noqa: F811
+async def test_50mb_body_is_cut_at_the_cap(fault: str, fault_server: StartFaultServer) -> None:
     """Chunked (cap enforced while reading) and declared (refused up front): either way the
     probe stops long before 50 MB would have been read, with a generous timeout to prove it."""
     target = make_target(fault_server(fault).url("/big"), timeout="5s", interval="10s")
@@ -76,7 +71,7 @@ async def test_50mb_body_is_cut_at_the_cap(fault: str, fault_server) -> None:  #
     assert wall < 2.5, f"took {wall:.2f}s: the body was read, not cut"
 
 
-async def test_drip_is_timeout_naming_progress(fault_server) -> None:  # noqa: F811
+async def test_drip_is_timeout_naming_progress(fault_server: StartFaultServer) -> None:
     target = make_target(fault_server("drip").url("/"), timeout="2s", interval="5s")
     outcome, wall = await probe_once(target)
     assert outcome.failure == Failure.TIMEOUT
@@ -84,7 +79,7 @@ async def test_drip_is_timeout_naming_progress(fault_server) -> None:  # noqa: F
     assert_bounded(target, outcome, wall)
 
 
-async def test_stalled_body_is_timeout_after_headers(fault_server) -> None:  # noqa: F811
+async def test_stalled_body_is_timeout_after_headers(fault_server: StartFaultServer) -> None:
     target = make_target(fault_server("stall_body").url("/"))
     outcome, _ = await probe_once(target)
     assert outcome.failure == Failure.TIMEOUT
@@ -92,13 +87,9 @@ async def test_stalled_body_is_timeout_after_headers(fault_server) -> None:  # n
     assert "body" in outcome.detail
 
 
-@pytest.mark.parametrize(("cert", "words"), [
-    ("expired", ("expired",)),
-    ("self_signed", ("self-signed", "self signed")),
-    ("wrong_host", ("hostname", "match")),
-])
+@pytest.mark.parametrize(("cert", "words"), sorted(CERT_EXPECTED.items()))
 async def test_https_certificate_faults_are_tls(
-    cert: str, words: tuple[str, ...], fault_server, test_certs  # noqa: F811
+    cert: str, words: tuple[str, ...], fault_server: StartFaultServer, test_certs: TestCerts
 ) -> None:
     server = fault_server("ok", tls=getattr(test_certs, cert).server_context())
     target = make_target(server.url("/health"), ca_file=str(test_certs.ca_file))
@@ -108,7 +99,7 @@ async def test_https_certificate_faults_are_tls(
     assert_bounded(target, outcome, wall)
 
 
-async def test_stalled_tls_handshake_is_connect_timeout(fault_server) -> None:  # noqa: F811
+async def test_stalled_tls_handshake_is_connect_timeout(fault_server: StartFaultServer) -> None:
     """TCP accepted, TLS ClientHello never answered: no usable connection, so connect_timeout."""
     plain = fault_server("accept_no_read")
     target = make_target(plain.url("/").replace("http://", "https://"))
@@ -118,7 +109,7 @@ async def test_stalled_tls_handshake_is_connect_timeout(fault_server) -> None:  
     assert_bounded(target, outcome, wall)
 
 
-async def test_https_controls(fault_server, test_certs) -> None:  # noqa: F811
+async def test_https_controls(fault_server: StartFaultServer, test_certs: TestCerts) -> None:
     """The same CA with a valid leaf succeeds (so the faults above fail for their own reason),
     and an expired certificate with verification off is not a failure."""
     good = fault_server("ok", tls=test_certs.ok.server_context())
@@ -131,29 +122,19 @@ async def test_https_controls(fault_server, test_certs) -> None:  # noqa: F811
     assert outcome.cert_expiry is not None and outcome.cert_expiry < time.time()
 
 
-async def test_http_probes_leave_no_tasks_or_sockets(fault_server) -> None:  # noqa: F811
+async def test_http_probes_leave_no_tasks_or_sockets(fault_server: StartFaultServer) -> None:
     faults = sorted(HTTP_EXPECTED)
     servers = [fault_server(f) for f in faults]
     targets = [make_target(s.url("/a")) for s in servers]
-    await asyncio.gather(*(probe_once(t) for t in targets))  # warm-up: lazy imports, resolver
-    for s in servers:
-        s.drop_connections()
-    await wait_until(lambda: not other_tasks(), 5, "tasks of the warm-up finished")
-    fds_before = open_fds()
-    for _ in range(3):
-        outcomes = await asyncio.gather(*(probe_once(t) for t in targets))
-        assert [o.failure for o, _ in outcomes] == [HTTP_EXPECTED[f] for f in faults]
-    await wait_until(lambda: not other_tasks(), 5, f"no task left: {other_tasks()}")
-    for s in servers:
-        s.drop_connections()
-    await wait_until(lambda: open_fds() <= fds_before, 5,
-                     f"fds back to {fds_before} (now {open_fds()})")
+    await assert_no_leaks(servers, targets, [HTTP_EXPECTED[f] for f in faults])
 
 
 HEALTHY_INTERVAL = 0.4
 
 
-async def test_daemon_healthy_targets_unaffected_by_faulty_ones(fault_server) -> None:  # noqa: F811
+async def test_daemon_healthy_targets_unaffected_by_faulty_ones(
+    fault_server: StartFaultServer,
+) -> None:
     """A real daemon with one healthy HTTP and one healthy WebSocket target among a dozen
     faulty ones: the healthy ones keep their cadence and stay ready, the gate names every
     faulty critical target with its own class, and /metrics counts each under its class only."""
@@ -185,10 +166,10 @@ async def test_daemon_healthy_targets_unaffected_by_faulty_ones(fault_server) ->
     url = await daemon.start("127.0.0.1", 0)
     start = time.monotonic()
     try:
-        await wait_until(
+        await until(
             lambda: all(results(n, "failure") >= 2 for n in expected)
             and results("ok-http", "success") >= 8 and results("ok-ws", "success") >= 8,
-            30, "every faulty target failed twice and the healthy ones probed repeatedly",
+            "every faulty target failed twice and the healthy ones probed repeatedly", within=30,
         )
         elapsed = time.monotonic() - start
         async with aiohttp.ClientSession() as http:
@@ -223,7 +204,7 @@ TOKEN_FAULTS = ["no_answer", "drip", "garbage", "big_body", "refuse", "reset", "
 @pytest.mark.parametrize("kind", ["http", "websocket"])
 @pytest.mark.parametrize("fault", TOKEN_FAULTS)
 async def test_failing_token_endpoint_is_credential_on_time(
-    fault: str, kind: str, fault_server  # noqa: F811
+    fault: str, kind: str, fault_server: StartFaultServer
 ) -> None:
     """An OAuth2 token endpoint that misbehaves: the probe fails as `credential` within its own
     timeout (not the token request's 5 s), the target itself is never contacted, and neither
@@ -252,7 +233,8 @@ async def test_failing_token_endpoint_is_credential_on_time(
 
 
 async def test_sigterm_with_probes_stuck_in_faults_exits_clean(
-    fault_server, tmp_path: Path  # noqa: F811
+    fault_server: StartFaultServer, tmp_path: Path,
+    probe_run: Callable[..., ProbeRun],
 ) -> None:
     """`probe run` with every probe stuck in a fault (a 50 MB body, a drip, silence, a 20 MB
     WebSocket message, a stalled TLS handshake): SIGTERM still exits 0 within 5 s, without a
@@ -272,39 +254,22 @@ async def test_sigterm_with_probes_stuck_in_faults_exits_clean(
         targets.append(t)
     cfg = tmp_path / "probe.yaml"
     cfg.write_text(yaml.safe_dump({"targets": targets}))
-    err = tmp_path / "stderr.log"
-    proc = _spawn_probe_run(cfg, err)
-    try:
-        await wait_until(lambda: all(s.accepted for s in servers.values()), 20,
-                         "every faulty target has a probe in flight")
-        proc.send_signal(signal.SIGTERM)
-        t0 = time.monotonic()
-        await wait_until(lambda: proc.poll() is not None, 5, "exit after SIGTERM")
-        took = time.monotonic() - t0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(10)
-    log = err.read_text(errors="replace")
-    assert proc.returncode == 0, log
+    run = probe_run(cfg)
+    await until(lambda: all(s.accepted for s in servers.values()),
+                "every faulty target to have a probe in flight", within=20,
+                detail=run.log_text)
+    run.signal(signal.SIGTERM)
+    t0 = time.monotonic()
+    code = await run.wait(5)
+    took = time.monotonic() - t0
+    log = run.log_text()
+    assert code == 0, log
     assert took < 5.0
     assert "Traceback" not in log, log
 
 
-def _spawn_probe_run(cfg: Path, err: Path) -> subprocess.Popen[bytes]:
-    """`probe run` on a free loopback port, its stderr in a file (a full pipe would block it)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    env = {**os.environ, "PROBE_LISTEN": f"127.0.0.1:{port}", "PROBE_LOG_FORMAT": "json"}
-    env.pop("PORT", None)
-    with open(err, "wb") as err_file:  # the child keeps its own copy of the descriptor
-        return subprocess.Popen([sys.executable, "-m", "probe", "run", "-c", str(cfg)],
-                                stdout=subprocess.DEVNULL, stderr=err_file, env=env)
-
-
 async def test_unexpected_error_in_http_check_is_protocol_logged_once(
-    fault_server, monkeypatch: pytest.MonkeyPatch  # noqa: F811
+    fault_server: StartFaultServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A bug inside the check (forced here: evaluating the answer raises) is not a crash and
     not a dead loop: the probe is `protocol` naming the exception, and the traceback is logged

@@ -7,24 +7,21 @@ healthy target keeps its schedule and its successes while the faulty ones fail a
 
 from __future__ import annotations
 
-import asyncio
 import time
 from typing import Any
 
 import pytest
-from faults import WS_EXPECTED, FaultServer
-from faults.fixtures import (  # noqa: F401  (fixtures are used by name)
+from faults import CERT_EXPECTED, WS_EXPECTED, FaultServer, TestCerts
+from faults.fixtures import (
     PING_STEP,
+    StartFaultServer,
     assert_bounded,
+    assert_no_leaks,
     config_of,
-    fault_server,
     make_target,
-    open_fds,
-    other_tasks,
     probe_once,
-    test_certs,
-    wait_until,
 )
+from helpers import until
 
 from probe.checks import CheckContext
 from probe.config import Target
@@ -38,7 +35,9 @@ def ws_target(server: FaultServer, **fields: Any) -> Target:
 
 
 @pytest.mark.parametrize("fault", sorted(WS_EXPECTED))
-async def test_ws_fault_is_classified_on_time(fault: str, fault_server) -> None:  # noqa: F811
+async def test_ws_fault_is_classified_on_time(
+    fault: str, fault_server: StartFaultServer
+) -> None:
     server = fault_server(fault)
     target = ws_target(server)
     outcome, wall = await probe_once(target)
@@ -62,7 +61,9 @@ async def test_ws_fault_is_classified_on_time(fault: str, fault_server) -> None:
         assert outcome.status_code == int(fault.partition(":")[2])
 
 
-async def test_ws_big_message_is_refused_without_reading_it(fault_server) -> None:  # noqa: F811
+async def test_ws_big_message_is_refused_without_reading_it(
+    fault_server: StartFaultServer,
+) -> None:
     """A 20 MB message against the 1 MiB cap: body_too_large at once, not after 20 MB (or the
     closing handshake's full timeout against a server still busy streaming)."""
     target = ws_target(fault_server("ws_big"), timeout="5s", interval="10s")
@@ -72,7 +73,9 @@ async def test_ws_big_message_is_refused_without_reading_it(fault_server) -> Non
     assert wall < 2.5, f"took {wall:.2f}s"
 
 
-async def test_ws_silent_server_is_no_reply_within_step_timeout(fault_server) -> None:  # noqa: F811
+async def test_ws_silent_server_is_no_reply_within_step_timeout(
+    fault_server: StartFaultServer,
+) -> None:
     """The step timeout (0.5s) bounds the wait, not the larger target timeout (3s); and the
     closing handshake with a server that never answers it does not add its own long wait."""
     step = {**PING_STEP, "timeout": "500ms"}
@@ -82,13 +85,9 @@ async def test_ws_silent_server_is_no_reply_within_step_timeout(fault_server) ->
     assert wall < 0.5 + 1.5, f"took {wall:.2f}s"
 
 
-@pytest.mark.parametrize(("cert", "words"), [
-    ("expired", ("expired",)),
-    ("self_signed", ("self-signed", "self signed")),
-    ("wrong_host", ("hostname", "match")),
-])
+@pytest.mark.parametrize(("cert", "words"), sorted(CERT_EXPECTED.items()))
 async def test_wss_certificate_faults_are_tls(
-    cert: str, words: tuple[str, ...], fault_server, test_certs  # noqa: F811
+    cert: str, words: tuple[str, ...], fault_server: StartFaultServer, test_certs: TestCerts
 ) -> None:
     server = fault_server("ws_ok", tls=getattr(test_certs, cert).server_context())
     target = ws_target(server, ca_file=str(test_certs.ca_file))
@@ -98,7 +97,9 @@ async def test_wss_certificate_faults_are_tls(
     assert_bounded(target, outcome, wall)
 
 
-async def test_wss_stalled_tls_handshake_is_connect_timeout(fault_server) -> None:  # noqa: F811
+async def test_wss_stalled_tls_handshake_is_connect_timeout(
+    fault_server: StartFaultServer,
+) -> None:
     plain = fault_server("accept_no_read")
     target = make_target(plain.ws_url("/").replace("ws://", "wss://"), messages=[PING_STEP])
     outcome, wall = await probe_once(target)
@@ -107,7 +108,9 @@ async def test_wss_stalled_tls_handshake_is_connect_timeout(fault_server) -> Non
     assert_bounded(target, outcome, wall)
 
 
-async def test_wss_with_trusted_ca_succeeds(fault_server, test_certs) -> None:  # noqa: F811
+async def test_wss_with_trusted_ca_succeeds(
+    fault_server: StartFaultServer, test_certs: TestCerts
+) -> None:
     """The control for the certificate faults: the same CA and server, a valid leaf."""
     server = fault_server("ws_ok", tls=test_certs.ok.server_context())
     outcome, _ = await probe_once(ws_target(server, ca_file=str(test_certs.ca_file)))
@@ -116,29 +119,19 @@ async def test_wss_with_trusted_ca_succeeds(fault_server, test_certs) -> None:  
 
 @pytest.mark.parametrize("connections", [1, 3])
 async def test_ws_probes_leave_no_tasks_or_sockets(
-    connections: int, fault_server  # noqa: F811
+    connections: int, fault_server: StartFaultServer
 ) -> None:
     """Every fault, three rounds at once, then: no task of the prober left, and (once the fault
     servers hang up their side) no more fds than before. With `connections: 3` the failing
     session cancels its siblings, which must not leak either."""
     servers = [fault_server(f) for f in sorted(WS_EXPECTED)]
     targets = [ws_target(s, connections=connections) for s in servers]
-    await asyncio.gather(*(probe_once(t) for t in targets))  # warm-up: lazy imports, pools
-    for s in servers:
-        s.drop_connections()
-    await wait_until(lambda: not other_tasks(), 5, "tasks of the warm-up finished")
-    fds_before = open_fds()
-    for _ in range(3):
-        outcomes = await asyncio.gather(*(probe_once(t) for t in targets))
-        assert [o.failure for o, _ in outcomes] == [WS_EXPECTED[f] for f in sorted(WS_EXPECTED)]
-    await wait_until(lambda: not other_tasks(), 5, f"no task left: {other_tasks()}")
-    for s in servers:
-        s.drop_connections()
-    await wait_until(lambda: open_fds() <= fds_before, 5,
-                     f"fds back to {fds_before} (now {open_fds()})")
+    await assert_no_leaks(servers, targets, [WS_EXPECTED[f] for f in sorted(WS_EXPECTED)])
 
 
-async def test_scheduler_keeps_healthy_ws_target_on_schedule(fault_server) -> None:  # noqa: F811
+async def test_scheduler_keeps_healthy_ws_target_on_schedule(
+    fault_server: StartFaultServer,
+) -> None:
     """Faulty targets (silent, dropping, garbage, 20 MB, refusing, never upgrading) around one
     healthy one: the healthy one keeps succeeding at its cadence and every faulty one keeps
     being probed and classified (no dead loop)."""
@@ -158,9 +151,9 @@ async def test_scheduler_keeps_healthy_ws_target_on_schedule(fault_server) -> No
     start = time.monotonic()
     await scheduler.start()
     try:
-        await wait_until(
+        await until(
             lambda: len(seen["healthy"]) >= 10 and all(len(v) >= 2 for v in seen.values()),
-            20, "every target probed repeatedly",
+            "every target probed repeatedly", within=20,
         )
     finally:
         await scheduler.stop()

@@ -17,7 +17,15 @@ from typing import Any
 import pytest
 import structlog
 from aiohttp import web
-from helpers import StartDaemon, free_port, http_get, silent_server, until, until_stderr
+from helpers import (
+    StartDaemon,
+    free_port,
+    http_get,
+    serving,
+    silent_server,
+    until,
+    until_stderr,
+)
 from helpers import run_cli as run
 
 from probe.cli import main as cli
@@ -177,12 +185,8 @@ async def stand_in() -> AsyncIterator[StandIn]:
     s = StandIn()
     app = web.Application()
     app.router.add_get("/readyz", s.readyz)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", 0).start()
-    s.url = f"http://127.0.0.1:{runner.addresses[0][1]}"
-    yield s
-    await runner.cleanup()
+    async with serving(app) as s.url:
+        yield s
 
 
 async def test_answers_no_daemon_gives_are_named(

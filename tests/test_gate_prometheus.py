@@ -4,19 +4,13 @@ scraping two fake prober replicas' /metrics."""
 from __future__ import annotations
 
 import asyncio
-import json
 import shutil
-import subprocess
 import threading
-import urllib.parse
-import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
-from typing import Any
 
 import pytest
-from helpers import free_port, until, until_stderr
+from helpers import Prometheus, free_port, until, until_stderr
 from helpers import run_cli as run
 
 from probe.gate import prometheus_verdict
@@ -84,59 +78,18 @@ class Replica:
         self.server.server_close()
 
 
-class Prometheus:
-    def __init__(self, tmp: Path, replicas: list[Replica]) -> None:
-        self.port = free_port()
-        cfg = tmp / "prometheus.yml"
-        cfg.write_text(
-            "global: {scrape_interval: 1s, scrape_timeout: 900ms, evaluation_interval: 1s}\n"
-            "scrape_configs:\n  - job_name: stageprobe\n    static_configs:\n"
-            f"      - targets: [{', '.join(repr(r.address) for r in replicas)}]\n")
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log = open(tmp / "prometheus.log", "wb")  # closed in stop()
-        self.proc = subprocess.Popen(
-            ["prometheus", f"--config.file={cfg}", f"--storage.tsdb.path={tmp / 'data'}",
-             f"--web.listen-address=127.0.0.1:{self.port}"],
-            stdout=self.log, stderr=subprocess.STDOUT)
-        asyncio.run(self.until(lambda: self._get("/-/ready") is not None, "Prometheus to start"))
-
-    def _get(self, path: str) -> bytes | None:
-        try:
-            with urllib.request.urlopen(self.url + path, timeout=2) as resp:
-                return bytes(resp.read())
-        except OSError:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"prometheus exited with {self.proc.returncode}") from None
-            return None
-
-    def query(self, promql: str) -> list[dict[str, Any]]:
-        body = self._get("/api/v1/query?" + urllib.parse.urlencode({"query": promql}))
-        return json.loads(body)["data"]["result"] if body else []
-
-    async def until(self, cond: Callable[[], bool], what: str, within: float = 30.0) -> None:
-        """helpers.until for a blocking condition (it queries over urllib): run in a thread."""
-        await until(lambda: asyncio.to_thread(cond), what, within=within, every=0.1)
-
-    def values(self, promql: str) -> list[float]:
-        return sorted(float(s["value"][1]) for s in self.query(promql))
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-        self.log.close()
-
-
 @pytest.fixture(scope="module")
 def prom(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Prometheus, list[Replica]]]:
     if shutil.which("prometheus") is None:
         pytest.skip("the prometheus binary is not installed (Debian package `prometheus`)")
     replicas = [Replica(), Replica()]
-    p = Prometheus(tmp_path_factory.mktemp("prometheus"), replicas)
+    p = Prometheus(
+        tmp_path_factory.mktemp("prometheus"),
+        "global: {scrape_interval: 1s, scrape_timeout: 900ms, evaluation_interval: 1s}\n"
+        "scrape_configs:\n  - job_name: stageprobe\n    static_configs:\n"
+        f"      - targets: [{', '.join(repr(r.address) for r in replicas)}]\n")
     try:
+        asyncio.run(p.ready())  # each test then queries it from its own loop
         yield p, replicas
     finally:
         p.stop()
@@ -149,8 +102,12 @@ async def test_prometheus_without_data_is_not_ready(
     p, replicas = prom
     for r in replicas:
         r.state = None
-    await p.until(lambda: p.values("up") == [1.0, 1.0] and not p.query("probe_gate_ready"),
-            "both replicas scraped, no probe_gate_ready series")
+
+    async def scraped_without_gate() -> bool:
+        return await p.values("up") == [1.0, 1.0] and not await p.query("probe_gate_ready")
+
+    await until(scraped_without_gate, "both replicas scraped, no probe_gate_ready series",
+                within=30, every=0.1)
     assert await run("gate", "--prometheus", p.url) == 1
     assert "no data from Prometheus for probe_gate_ready" in capsys.readouterr().out
 
@@ -162,8 +119,12 @@ async def test_prometheus_ready_in_every_replica(
         r.failing = False
         r.state = {"gate": 1, "backend-health": 1, "docs": 1}
     replicas[1].state = {"gate": 1, "backend-health": 1, "docs": 0}
-    await p.until(lambda: p.values("probe_gate_ready") == [1.0, 1.0]
-            and p.values("probe_target_ready") == [0.0, 1.0, 1.0, 1.0], "all series in")
+
+    async def all_in() -> bool:
+        return (await p.values("probe_gate_ready") == [1.0, 1.0]
+                and await p.values("probe_target_ready") == [0.0, 1.0, 1.0, 1.0])
+
+    await until(all_in, "all series in", within=30, every=0.1)
     assert await run("gate", "--prometheus", p.url + "/") == 0
     out = capsys.readouterr().out
     assert "OK   backend-health" in out
@@ -176,9 +137,13 @@ async def test_prometheus_one_replica_failing_names_the_cause(
     replicas[0].state = {"gate": 1, "backend-health": 1}
     replicas[1].state = {"gate": 0, "backend-health": 0}
     replicas[1].failing = True
-    await p.until(lambda: p.values("probe_gate_ready") == [0.0, 1.0]
-            and bool(p.values('increase(probe_failures_total{failure="http_status"}[5m]) > 0')),
-            "replica 1 failing with counted failures")
+
+    async def failing_counted() -> bool:
+        return await p.values("probe_gate_ready") == [0.0, 1.0] and bool(
+            await p.values('increase(probe_failures_total{failure="http_status"}[5m]) > 0'))
+
+    await until(failing_counted, "replica 1 failing with counted failures", within=30,
+                every=0.1)
     assert await run("gate", "--prometheus", p.url, "--format", "junit") == 1
     out = capsys.readouterr().out
     assert 'failures="1"' in out

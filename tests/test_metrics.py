@@ -5,9 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import shutil
-import socket
-import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -15,20 +12,26 @@ import aiohttp
 import pytest
 import yaml
 from certs import make_self_signed
-from helpers import StartDaemon, free_port, until
+from helpers import (
+    Prometheus,
+    StartDaemon,
+    refused_port,
+    running_twin,
+    silent_server,
+    until,
+)
 from prometheus_client.openmetrics.parser import text_string_to_metric_families as om_parse
 from prometheus_client.parser import text_string_to_metric_families
 
 from probe import __version__
 from probe.checks import CheckContext, checker_for
 from probe.config import Config, Target, parse_config
-from probe.history import History
 from probe.metrics import HTTP_PHASES, KIND_FAILURES, Metrics
 from probe.outcome import Failure, Outcome
 from probe.readiness import Readiness
-from probe.scheduler import Scheduler
-from probe.server import Runtime, make_app
 from probe.twin import Twin
+
+pytestmark = pytest.mark.twin(version="v1")  # conftest's `twin`
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
@@ -62,35 +65,6 @@ def config_of(*targets: dict[str, Any]) -> Config:
 def http_target(url: str, **extra: Any) -> Target:
     return config_of({"name": "t", "url": url, "interval": "2s", "timeout": "1s", **extra}
                      ).targets[0]
-
-
-@pytest.fixture
-async def twin() -> AsyncIterator[Twin]:
-    t = Twin(version="v1")
-    await t.start()
-    yield t
-    await t.stop()
-
-
-@contextlib.asynccontextmanager
-async def silent() -> AsyncIterator[int]:
-    """Accepts and reads, never answers."""
-    writers: list[asyncio.StreamWriter] = []
-
-    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        writers.append(writer)
-        with contextlib.suppress(ConnectionError):
-            while await reader.read(4096):
-                pass
-
-    server = await asyncio.start_server(handle, "127.0.0.1", 0)
-    try:
-        yield server.sockets[0].getsockname()[1]
-    finally:
-        server.close()
-        for w in writers:
-            w.close()
-        await server.wait_closed()
 
 
 async def probe_once(metrics: Metrics, target: Target, ctx: CheckContext | None = None) -> Outcome:
@@ -143,12 +117,11 @@ async def _case(failure: str, twin: Twin, stack: contextlib.AsyncExitStack, tmp:
         ctx = CheckContext(expect_version="v2")
         return http_target(f"{twin.url}/health", version_path="version"), ctx, 200
     if failure == "timeout":
-        port = await stack.enter_async_context(silent())
-        return http_target(f"http://127.0.0.1:{port}/"), ctx, 0
+        silent = await stack.enter_async_context(silent_server())
+        return http_target(f"{silent.url}/"), ctx, 0
     if failure == "refused":
-        sock = stack.enter_context(socket.socket())
-        sock.bind(("127.0.0.1", 0))  # bound, not listening: the kernel refuses
-        return http_target(f"http://127.0.0.1:{sock.getsockname()[1]}/"), ctx, 0
+        port = stack.enter_context(refused_port())  # bound, not listening: the kernel refuses
+        return http_target(f"http://127.0.0.1:{port}/"), ctx, 0
     if failure == "connect_timeout":
         from faults import FaultServer  # a listener with a full accept backlog
 
@@ -158,9 +131,7 @@ async def _case(failure: str, twin: Twin, stack: contextlib.AsyncExitStack, tmp:
         return http_target("http://nonexistent.invalid/"), ctx, 0
     if failure == "tls":
         cert = make_self_signed(tmp)
-        tls_twin = Twin()
-        await tls_twin.start(ssl_context=cert.server_context())
-        stack.push_async_callback(tls_twin.stop)
+        tls_twin = await stack.enter_async_context(running_twin(cert.server_context()))
         return http_target(f"{tls_twin.url}/health"), ctx, 0
     raise AssertionError(failure)
 
@@ -197,14 +168,10 @@ async def test_failure_values(failure: str, twin: Twin, tmp_path: Path) -> None:
 
 async def test_tls_success_exports_cert_expiry(tmp_path: Path) -> None:
     cert = make_self_signed(tmp_path, days=30)
-    tls_twin = Twin()
-    await tls_twin.start(ssl_context=cert.server_context())
-    try:
+    async with running_twin(cert.server_context()) as tls_twin:
         m = Metrics()
         target = http_target(f"{tls_twin.url}/health", ca_file=str(cert.cert_file))
         assert (await probe_once(m, target)).success
-    finally:
-        await tls_twin.stop()
     s = samples(m)
     assert value(s, "probe_ssl_earliest_cert_expiry", target="t") == pytest.approx(
         cert.not_after, abs=1)
@@ -308,56 +275,31 @@ def test_a_failure_outside_the_kinds_usual_set_is_counted_all_the_same() -> None
 # --- served: /metrics negotiation, and a real Prometheus scraping it -------------------------
 
 
-@contextlib.asynccontextmanager
-async def serving(config: Config) -> AsyncIterator[tuple[str, Runtime]]:
-    """The daemon's pieces wired as `probe run` wires them, on a loopback port."""
-    metrics = Metrics()
-    readiness = Readiness(config)
-    runtime = Runtime(config=config, readiness=readiness, metrics=metrics,
-                      history=History.from_config(config))
-
-    def on_outcome(outcome: Outcome, target: Target) -> None:
-        metrics.record(outcome, target)
-        readiness.observe(outcome, time.time())
-
-    scheduler = Scheduler(config, CheckContext(), on_outcome, metrics.observe_lag)
-    runtime.scheduler = scheduler
-    from aiohttp import web
-
-    runner = web.AppRunner(make_app(runtime), access_log=None)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", 0).start()
-    await scheduler.start()
-    try:
-        yield f"http://127.0.0.1:{runner.addresses[0][1]}", runtime
-    finally:
-        await scheduler.stop()
-        await runner.cleanup()
-
-
-async def test_openmetrics_negotiation(twin: Twin) -> None:
+async def test_openmetrics_negotiation(
+    twin: Twin, start_daemon: StartDaemon, http: aiohttp.ClientSession
+) -> None:
     config = config_of({"name": "h", "url": f"{twin.url}/health", "interval": "200ms",
                         "timeout": "200ms"})
-    async with serving(config) as (base, _), aiohttp.ClientSession() as http:
-        async def scraped() -> bool:
-            async with http.get(f"{base}/metrics") as r:
-                return 'probe_success{target="h"} 1.0' in await r.text()
-
-        await until(scraped, "a successful probe on /metrics")
+    base = (await start_daemon(config)).url
+    async def scraped() -> bool:
         async with http.get(f"{base}/metrics") as r:
-            assert r.content_type == "text/plain"
-            classic = await r.text()
-        om_accept = "application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5"
-        async with http.get(f"{base}/metrics", headers={"Accept": om_accept}) as r:
-            assert r.content_type == "application/openmetrics-text"
-            om = await r.text()
-        async with http.get(f"{base}/metrics", headers={"Accept-Encoding": "gzip",
-                                                        "Accept": om_accept}) as r:
-            assert r.headers.get("Content-Encoding") == "gzip"  # aiohttp inflates it for us
-            assert r.content_type == "application/openmetrics-text"
-            om_gzipped = await r.text()
-        async with http.get(f"{base}/metrics", headers={"Accept-Encoding": "identity"}) as r:
-            assert "Content-Encoding" not in r.headers
+            return 'probe_success{target="h"} 1.0' in await r.text()
+
+    await until(scraped, "a successful probe on /metrics")
+    async with http.get(f"{base}/metrics") as r:
+        assert r.content_type == "text/plain"
+        classic = await r.text()
+    om_accept = "application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5"
+    async with http.get(f"{base}/metrics", headers={"Accept": om_accept}) as r:
+        assert r.content_type == "application/openmetrics-text"
+        om = await r.text()
+    async with http.get(f"{base}/metrics", headers={"Accept-Encoding": "gzip",
+                                                    "Accept": om_accept}) as r:
+        assert r.headers.get("Content-Encoding") == "gzip"  # aiohttp inflates it for us
+        assert r.content_type == "application/openmetrics-text"
+        om_gzipped = await r.text()
+    async with http.get(f"{base}/metrics", headers={"Accept-Encoding": "identity"}) as r:
+        assert "Content-Encoding" not in r.headers
     assert om.endswith("# EOF\n") and "# EOF" not in classic
     families = {f.name: f for f in om_parse(om)}  # the OpenMetrics parser accepts it
     assert {f.name for f in om_parse(om_gzipped)} == set(families)
@@ -375,53 +317,37 @@ async def test_openmetrics_negotiation(twin: Twin) -> None:
     assert lint.returncode == 0, out.decode()
 
 
-async def test_real_prometheus_scrapes_the_daemon(twin: Twin, tmp_path: Path) -> None:
+async def test_real_prometheus_scrapes_the_daemon(
+    twin: Twin, tmp_path: Path, start_daemon: StartDaemon
+) -> None:
     if shutil.which("prometheus") is None:
         pytest.skip("the prometheus binary is not installed (Debian package `prometheus`)")
     config = config_of({"name": "backend-health", "url": f"{twin.url}/health",
                         "interval": "200ms", "timeout": "200ms"})
-    async with serving(config) as (base, _), aiohttp.ClientSession() as http:
-        port = free_port()
-        (tmp_path / "prometheus.yml").write_text(
-            "global: {scrape_interval: 500ms, scrape_timeout: 400ms}\n"
-            "scrape_configs:\n  - job_name: stageprobe\n    static_configs:\n"
-            f"      - targets: ['{base.removeprefix('http://')}']\n")
-        proc = await asyncio.create_subprocess_exec(
-            "prometheus", f"--config.file={tmp_path / 'prometheus.yml'}",
-            f"--storage.tsdb.path={tmp_path / 'data'}", f"--web.listen-address=127.0.0.1:{port}",
-            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
-        try:
-            async def query(promql: str) -> list[float]:
-                assert proc.returncode is None, "prometheus exited"
-                try:
-                    async with http.get(f"http://127.0.0.1:{port}/api/v1/query",
-                                        params={"query": promql}) as r:
-                        data = await r.json()
-                except aiohttp.ClientError:
-                    return []
-                return [float(x["value"][1]) for x in data["data"]["result"]]
+    daemon = await start_daemon(config)
+    prom = Prometheus(
+        tmp_path,
+        "global: {scrape_interval: 500ms, scrape_timeout: 400ms}\n"
+        "scrape_configs:\n  - job_name: stageprobe\n    static_configs:\n"
+        f"      - targets: ['{daemon.url.removeprefix('http://')}']\n")
+    try:
+        async def success_is(v: float) -> bool:
+            return await prom.values('probe_success{target="backend-health"}') == [v]
 
-            async def success_is(v: float) -> bool:
-                return await query('probe_success{target="backend-health"}') == [v]
+        await until(lambda: success_is(1.0), "Prometheus to see probe_success 1",
+                    detail=prom.log_text)
+        assert await prom.values("up") == [1.0]
+        twin.set_fault(health="503")
 
-            await until(lambda: success_is(1.0), "Prometheus to see probe_success 1")
-            assert await query("up") == [1.0]
-            twin.set_fault(health="503")
+        async def failing() -> bool:
+            got = await prom.values('probe_failures_total{target="backend-health",'
+                                    'failure="http_status"}')
+            return bool(got) and got[0] > 0 and await success_is(0.0)
 
-            async def failing() -> bool:
-                got = await query('probe_failures_total{target="backend-health",'
-                                  'failure="http_status"}')
-                return bool(got) and got[0] > 0 and await success_is(0.0)
-
-            await until(failing, "Prometheus to see the http_status failures")
-            assert await query('probe_http_status_code{target="backend-health"}') == [503]
-        finally:
-            proc.terminate()
-            try:
-                await asyncio.wait_for(proc.wait(), 10)
-            except TimeoutError:
-                proc.kill()
-                await proc.wait()
+        await until(failing, "Prometheus to see the http_status failures", detail=prom.log_text)
+        assert await prom.values('probe_http_status_code{target="backend-health"}') == [503]
+    finally:
+        prom.stop()
 
 
 async def test_served_series_follow_a_reload(twin: Twin, start_daemon: StartDaemon) -> None:

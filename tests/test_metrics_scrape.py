@@ -17,8 +17,7 @@ from collections.abc import AsyncIterator, Iterator
 
 import aiohttp
 import pytest
-from aiohttp import web
-from helpers import until
+from helpers import serving, until
 from prometheus_client.openmetrics.parser import text_string_to_metric_families as om_parse
 from prometheus_client.parser import text_string_to_metric_families as text_parse
 
@@ -82,12 +81,9 @@ async def big() -> AsyncIterator[tuple[str, Runtime, GatedMetrics, CountingClock
     clock = CountingClock()
     runtime = Runtime(config=config, readiness=Readiness(config), metrics=metrics,
                       history=History.from_config(config), clock=clock)
-    runner = web.AppRunner(make_app(runtime), access_log=None)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", 0).start()
-    yield f"http://127.0.0.1:{runner.addresses[0][1]}", runtime, metrics, clock
-    metrics.gate.set()  # a failed test must not leave a render thread waiting
-    await runner.cleanup()
+    async with serving(make_app(runtime)) as base:
+        yield base, runtime, metrics, clock
+        metrics.gate.set()  # a failed test must not leave a render thread waiting
 
 
 async def test_other_requests_are_answered_while_metrics_render(

@@ -22,24 +22,17 @@ import json
 import os
 import re
 import shutil
-import subprocess
 import sys
-import threading
-import time
-import urllib.error
-import urllib.parse
-import urllib.request
-from collections.abc import Coroutine, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
+import pytest_asyncio
 import yaml
 from certs import make_self_signed
-from helpers import free_port
-
-from probe.twin import Twin
+from helpers import ProbeRun, Prometheus, PromQLError, free_port, running_twin, until
 
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"
@@ -49,6 +42,9 @@ pytestmark = [
     pytest.mark.skipif(PROMETHEUS is None, reason="prometheus not installed (Debian package "
                        "`prometheus`); this test needs a real server"),
     pytest.mark.timeout(240),
+    # One loop for the module: the stack's twins serve from it while each test awaits its
+    # queries, so nothing may block it.
+    pytest.mark.asyncio(loop_scope="module"),
 ]
 
 JWT_SECRET = "observability-test-secret-of-32-bytes+"
@@ -59,77 +55,19 @@ GRAFANA_VARS = {"target": ".+", "__rate_interval": "10s", "__interval": "2s", "_
 # Alerts whose condition a healthy test machine cannot honestly meet: evaluated without it.
 WITHOUT_THRESHOLD = {"StageprobeSchedulerLagging": r"\s*>\s*1\s*$"}
 
-T = TypeVar("T")
-
-
-class PromQLError(AssertionError):
-    """Prometheus rejected an expression (bad syntax, many-to-many matching, ...)."""
-
-
-def http_json(url: str, timeout: float = 10.0) -> Any:
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as resp:  # loopback only
-            return json.loads(resp.read())
-    except urllib.error.HTTPError as exc:
-        body = exc.read().decode(errors="replace")
-        raise PromQLError(f"HTTP {exc.code} from {url}: {body}") from None
-
-
-def wait_until(what: str, check: Any, deadline: float, logs: Any = None) -> Any:
-    """Poll `check()` until it returns something truthy or the deadline passes."""
-    end = time.monotonic() + deadline
-    last: Any = None
-    while time.monotonic() < end:
-        try:
-            last = check()
-        except (OSError, urllib.error.URLError) as exc:
-            last = exc
-        else:
-            if last:
-                return last
-        time.sleep(0.5)
-    pytest.fail(f"{what} not within {deadline:g}s (last: {last!r})"
-                + (f"\n{logs()}" if logs else ""))
-
-
-class LoopThread:
-    """An event loop in a thread, for the in-process twins while the tests block on HTTP."""
-
-    def __init__(self) -> None:
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self.thread.start()
-
-    def run(self, coro: Coroutine[Any, Any, T]) -> T:
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(30)
-
-    def close(self) -> None:
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(10)
-        self.loop.close()
-
 
 @dataclass
 class Stack:
-    prometheus: str  # base URL
-    daemon: str
+    prometheus: Prometheus
+    daemon: ProbeRun
     dead: str  # host:port of the scrape target nobody listens on
     targets: list[str]
-    tmp: Path
-
-    def query(self, expr: str) -> list[dict[str, Any]]:
-        url = f"{self.prometheus}/api/v1/query?" + urllib.parse.urlencode({"query": expr})
-        answer = http_json(url)
-        if answer.get("status") != "success":
-            raise PromQLError(f"{expr!r}: {answer}")
-        return list(answer["data"]["result"])
 
     def logs(self) -> str:
         out = []
-        for name in ("daemon.log", "prometheus.log"):
-            path = self.tmp / name
-            text = path.read_text(errors="replace") if path.exists() else ""
-            out.append(f"--- {name} (tail) ---\n" + "\n".join(text.splitlines()[-30:]))
+        for name, text in (("daemon", self.daemon.log_text()),
+                           ("prometheus", self.prometheus.log_text())):
+            out.append(f"--- {name} log (tail) ---\n" + "\n".join(text.splitlines()[-30:]))
         return "\n".join(out)
 
 
@@ -178,76 +116,31 @@ def prometheus_config(daemon: str, dead: str) -> str:
     return yaml.safe_dump(config, sort_keys=False)
 
 
-def stop_process(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
-
-
-@pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def stack(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Stack]:
     tmp = tmp_path_factory.mktemp("observability")
-    loop = LoopThread()
-    twins = [Twin(jwt_secret=JWT_SECRET) for _ in range(4)]
-    procs: list[subprocess.Popen[bytes]] = []
-    try:
-        _, rejecting, crashing, tls = twins
+    async with contextlib.AsyncExitStack() as started:  # stopped in reverse: processes first
         cert = make_self_signed(tmp / "tls", days=7)
-        urls = [loop.run(t.start("127.0.0.1", 0)) for t in twins[:3]]
-        urls.append(loop.run(tls.start("127.0.0.1", 0, ssl_context=cert.server_context())))
+        twins = [await started.enter_async_context(running_twin(jwt_secret=JWT_SECRET))
+                 for _ in range(3)]
+        twins.append(await started.enter_async_context(
+            running_twin(cert.server_context(), jwt_secret=JWT_SECRET)))
+        _, rejecting, crashing, _ = twins
         rejecting.set_fault(ws="reject", delay_ms=60)
         crashing.set_fault(ws="crash")
 
         config = tmp / "probe.yaml"
-        config.write_text(probe_config(*urls, ca_file=cert.cert_file))
-        daemon_port, prom_port, dead_port = free_port(), free_port(), free_port()
-        env = {k: v for k, v in os.environ.items() if k not in ("PORT", "PROBE_GATE_TOKEN")}
-        env.update(PROBE_LISTEN=f"127.0.0.1:{daemon_port}", PROBE_LOG_FORMAT="json",
-                   PROBE_LOG_LEVEL="info")
-        with (tmp / "daemon.log").open("wb") as log:
-            procs.append(subprocess.Popen(
-                [sys.executable, "-m", "probe", "run", "-c", str(config)],
-                cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT))
-        prom_yml = tmp / "prometheus.yml"
-        prom_yml.write_text(prometheus_config(f"127.0.0.1:{daemon_port}",
-                                              f"127.0.0.1:{dead_port}"))
-        with (tmp / "prometheus.log").open("wb") as log:
-            procs.append(subprocess.Popen(
-                [str(PROMETHEUS), f"--config.file={prom_yml}",
-                 f"--storage.tsdb.path={tmp / 'tsdb'}",
-                 f"--web.listen-address=127.0.0.1:{prom_port}", "--log.level=warn"],
-                cwd=tmp, stdout=log, stderr=subprocess.STDOUT))
+        config.write_text(probe_config(*(t.url for t in twins), ca_file=cert.cert_file))
+        daemon = ProbeRun(config, tmp, {"PROBE_GATE_TOKEN": None, "PROBE_LOG_LEVEL": "info"})
+        started.callback(daemon.close)
+        dead = f"127.0.0.1:{free_port()}"
+        prometheus = Prometheus(
+            tmp, prometheus_config(daemon.url.removeprefix("http://"), dead), "--log.level=warn")
+        started.callback(prometheus.stop)
         names = [t["name"] for t in yaml.safe_load(config.read_text())["targets"]]
-        s = Stack(prometheus=f"http://127.0.0.1:{prom_port}",
-                  daemon=f"http://127.0.0.1:{daemon_port}", dead=f"127.0.0.1:{dead_port}",
-                  targets=names, tmp=tmp)
-
-        def alive() -> bool:
-            for proc in procs:
-                if proc.poll() is not None:
-                    pytest.fail(f"{proc.args[0]} exited with {proc.returncode}\n{s.logs()}")
-            return True
-
-        def answers(url: str) -> bool:
-            alive()
-            with contextlib.suppress(OSError), urllib.request.urlopen(url, timeout=2) as r:
-                return r.status == 200
-            return False
-
-        wait_until("the daemon's /livez", lambda: answers(f"{s.daemon}/livez"), 30, s.logs)
-        wait_until("Prometheus ready", lambda: answers(f"{s.prometheus}/-/ready"), 30, s.logs)
-        yield s
-    finally:
-        for proc in procs:
-            stop_process(proc)
-        for twin in twins:
-            with contextlib.suppress(Exception):
-                loop.run(twin.stop())
-        loop.close()
+        await daemon.live(30)
+        await prometheus.ready(30)
+        yield Stack(prometheus=prometheus, daemon=daemon, dead=dead, targets=names)
 
 
 # --- the expressions --------------------------------------------------------------------------
@@ -288,33 +181,35 @@ def alert_queries() -> list[tuple[str, str]]:
     return out
 
 
-def wait_for_data(stack: Stack, queries: list[tuple[str, str]]) -> dict[str, list[Any]]:
+async def wait_for_data(stack: Stack, queries: list[tuple[str, str]]) -> dict[str, list[Any]]:
     """Every query answered without error and with data, polled until the deadline."""
     results: dict[str, list[Any]] = {}
-    end = time.monotonic() + DATA_DEADLINE
-    while True:
+
+    async def complete() -> bool:
         for name, expr in queries:
             if not results.get(name):
                 try:
-                    results[name] = stack.query(expr)
+                    results[name] = await stack.prometheus.query(expr)
                 except PromQLError as exc:  # never becomes right by waiting
                     pytest.fail(f"{name}: Prometheus rejects the expression\n  {expr}\n  {exc}")
-        missing = [(n, e) for n, e in queries if not results.get(n)]
-        if not missing:
-            return results
-        if time.monotonic() > end:
-            lines = "\n".join(f"  {n}: {e}" for n, e in missing)
-            pytest.fail(f"no data within {DATA_DEADLINE:g}s for:\n{lines}\n{stack.logs()}")
-        time.sleep(1.0)
+        return all(results.get(name) for name, _ in queries)
+
+    def missing() -> str:
+        lines = "\n".join(f"  {n}: {e}" for n, e in queries if not results.get(n))
+        return f"no data for:\n{lines}\n{stack.logs()}"
+
+    await until(complete, "data for every expression", within=DATA_DEADLINE, every=1.0,
+                detail=missing)
+    return results
 
 
 # --- tests -------------------------------------------------------------------------------------
 
 
-def test_every_dashboard_expression_returns_data(stack: Stack) -> None:
+async def test_every_dashboard_expression_returns_data(stack: Stack) -> None:
     queries = dashboard_queries()
     assert len(queries) >= 15
-    results = wait_for_data(stack, queries)
+    results = await wait_for_data(stack, queries)
     # Spot checks that the data is the right data, not merely some data.
     gate = results["Gate [A]"]
     assert [float(r["value"][1]) for r in gate] == [0.0], "two critical targets are failing"
@@ -332,8 +227,8 @@ def test_every_dashboard_expression_returns_data(stack: Stack) -> None:
     assert {"total", "rtt"} <= measures
 
 
-def test_every_alert_expression_returns_data(stack: Stack) -> None:
-    results = wait_for_data(stack, alert_queries())
+async def test_every_alert_expression_returns_data(stack: Stack) -> None:
+    results = await wait_for_data(stack, alert_queries())
     fired = {name: {r["metric"].get("target") for r in rows} for name, rows in results.items()}
     assert fired["StagingCriticalTargetFailing"] >= {"ws-auth-rejected", "ws-server-error",
                                                      "slow-health"}
@@ -346,52 +241,61 @@ def test_every_alert_expression_returns_data(stack: Stack) -> None:
     assert down == {stack.dead}, "only the dead scrape target is down"
 
 
-def test_rules_evaluate_cleanly_and_fault_alerts_go_active(stack: Stack) -> None:
+async def test_rules_evaluate_cleanly_and_fault_alerts_go_active(stack: Stack) -> None:
     """The same rules loaded into Prometheus' rule engine: no evaluation error, and every alert
     whose fault is present is pending or firing (their `for:` is minutes, so mostly pending)."""
     expected = {name for name, _ in alert_queries()} - set(WITHOUT_THRESHOLD)
 
-    def active() -> set[str] | None:
-        groups = http_json(f"{stack.prometheus}/api/v1/rules")["data"]["groups"]
-        rules = [r for g in groups for r in g["rules"]]
+    async def active() -> set[str] | None:
+        rules_data = await stack.prometheus.api("/api/v1/rules")
+        assert rules_data is not None, "Prometheus stopped answering"
+        rules = [r for g in rules_data["groups"] for r in g["rules"]]
         assert rules, "Prometheus loaded no rules"
         for r in rules:
             assert r["health"] in ("ok", "unknown"), f"{r['name']}: {r.get('lastError')}"
         if any(r["health"] == "unknown" for r in rules):
             return None  # not evaluated yet
-        alerts = http_json(f"{stack.prometheus}/api/v1/alerts")["data"]["alerts"]
+        alerts = (await stack.prometheus.api("/api/v1/alerts") or {}).get("alerts", [])
         names = {a["labels"]["alertname"] for a in alerts if a["state"] in ("pending", "firing")}
         return names if expected <= names else None
 
-    names = wait_until("every fault's alert active", active, DATA_DEADLINE, stack.logs)
+    names = await until(active, "every fault's alert active", within=DATA_DEADLINE, every=0.5,
+                        detail=stack.logs)
     assert "StageprobeSchedulerLagging" not in names, "the daemon is not starved here"
 
 
-def test_target_variable_lists_every_target(stack: Stack) -> None:
+async def test_target_variable_lists_every_target(stack: Stack) -> None:
     dash = json.loads((DEPLOY / "grafana/dashboard.json").read_text())
     var = next(v for v in dash["templating"]["list"] if v["name"] == "target")
     m = re.fullmatch(r"label_values\((\w+),\s*(\w+)\)", var["query"])
     assert m, var["query"]
     metric, label = m.groups()
-    url = (f"{stack.prometheus}/api/v1/label/{label}/values?"
-           + urllib.parse.urlencode({"match[]": metric}))
-    values = wait_until("target label values",
-                        lambda: set(stack.targets) <= set(http_json(url)["data"]) or None,
-                        DATA_DEADLINE, stack.logs)
-    assert values
+
+    async def every_target() -> bool:
+        values = await stack.prometheus.api(f"/api/v1/label/{label}/values", {"match[]": metric})
+        return values is not None and set(stack.targets) <= set(values)
+
+    assert await until(every_target, "target label values", within=DATA_DEADLINE, every=0.5,
+                       detail=stack.logs)
 
 
-def test_gate_through_prometheus_names_the_causes(stack: Stack) -> None:
+async def test_gate_through_prometheus_names_the_causes(stack: Stack) -> None:
     """What CI does for a sidecar deployment (docs/deploy.md): `probe gate --prometheus`."""
-    wait_for_data(stack, [("ws_auth counted",
-                           'increase(probe_failures_total{failure="ws_auth"}[1m]) > 0')])
+    await wait_for_data(stack, [("ws_auth counted",
+                                 'increase(probe_failures_total{failure="ws_auth"}[1m]) > 0')])
     env = {k: v for k, v in os.environ.items() if k != "PROBE_PROMETHEUS_TOKEN"}
-    result = subprocess.run(
-        [sys.executable, "-m", "probe", "gate", "--prometheus", stack.prometheus,
-         "--format", "json"],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=60, check=False)
-    assert result.returncode == 1, result.stdout + result.stderr
-    verdict = json.loads(result.stdout)
+    gate = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "probe", "gate", "--prometheus", stack.prometheus.url,
+        "--format", "json", cwd=ROOT, env=env,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    try:
+        out, err = await asyncio.wait_for(gate.communicate(), 60)
+    finally:
+        if gate.returncode is None:
+            gate.kill()
+            await gate.wait()
+    assert gate.returncode == 1, (out + err).decode()
+    verdict = json.loads(out)
     assert verdict["ready"] is False
     targets = {t["name"]: t for t in verdict["targets"]}
     assert targets["backend-health"]["ready"] is True

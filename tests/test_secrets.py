@@ -24,7 +24,7 @@ import structlog
 from aiohttp import WSMsgType, web
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
-from helpers import refused_port, until
+from helpers import refused_port, serving, until
 
 from probe.checks import CheckContext, checker_for
 from probe.config import Config
@@ -116,13 +116,10 @@ class Hostile:
 @pytest.fixture
 async def hostile() -> AsyncIterator[Hostile]:
     h = Hostile()
-    runner = web.AppRunner(h.app(), access_log=None, shutdown_timeout=0.5)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", 0).start()
-    h.base = f"127.0.0.1:{runner.addresses[0][1]}"
-    with refused_port() as h.closed_port:
-        yield h
-    await runner.cleanup()
+    async with serving(h.app()) as url:
+        h.base = url.removeprefix("http://")
+        with refused_port() as h.closed_port:
+            yield h
 
 
 @pytest.fixture

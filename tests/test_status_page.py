@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 from aiohttp import web
-from helpers import free_port, run_daemon
+from helpers import free_port, run_daemon, serving
 
 from probe.twin import Twin
 from tests.statuspage_util import CHROMIUM, CHROMIUM_ARGS, ConsoleErrors
@@ -181,21 +181,16 @@ async def test_backend_text_is_shown_as_text(browser: Any, tmp_path: Path) -> No
 
     app = web.Application()
     app.router.add_get("/health", health)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = runner.addresses[0][1]
-    config = f"""
+    async with serving(app) as base:
+        config = f"""
 defaults: {{interval: {INTERVAL}s, timeout: {INTERVAL}s,
             success_threshold: 1, failure_threshold: 1}}
 targets:
   - name: odd-backend
-    url: http://127.0.0.1:{port}/health
+    url: {base}/health
     expect: {{json: {{status: healthy}}}}
     version_path: version
 """
-    try:
         async with run_daemon(config, tmp_path) as daemon:
             page = await browser.new_page()
             console = ConsoleErrors(page)
@@ -208,5 +203,3 @@ targets:
             assert await page.evaluate("window.__pwned") is None
             await page.close()
         assert console.errors == []
-    finally:
-        await runner.cleanup()

@@ -20,6 +20,7 @@ from probe.twin import Twin
 JWT_SECRET = "jwt-secret-value-7f3a9c1e5b2d4f6a8c0e2b4d"
 BEARER = "static-bearer-value-91ab27cd38ef"
 GATE = "gate-token-value-5e6f7a8b9c0d"
+ENV = {"JWT_SECRET": JWT_SECRET, "SERVICE_TOKEN": BEARER}  # what the config's ${...} name
 SECRETS = (JWT_SECRET, BEARER, GATE)
 JWT_SHAPE = re.compile(r"eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}\.")  # a minted token itself
 
@@ -68,7 +69,7 @@ async def get(http: aiohttp.ClientSession, url: str, token: str | None = None) -
 async def test_page_and_api_carry_no_credential(
     twin: Twin, tmp_path: Path, http: aiohttp.ClientSession
 ) -> None:
-    env = {"JWT_SECRET": JWT_SECRET, "SERVICE_TOKEN": BEARER, "PROBE_GATE_TOKEN": GATE}
+    env = {**ENV, "PROBE_GATE_TOKEN": GATE}
     async with run_daemon(config(twin.url), tmp_path, env) as daemon:
         api = daemon.url + "/api/v1/status"
 
@@ -112,7 +113,7 @@ async def test_page_and_api_carry_no_credential(
 async def test_gate_token_guards_the_api_not_the_page(
     twin: Twin, tmp_path: Path, http: aiohttp.ClientSession
 ) -> None:
-    env = {"JWT_SECRET": JWT_SECRET, "SERVICE_TOKEN": BEARER, "PROBE_GATE_TOKEN": GATE}
+    env = {**ENV, "PROBE_GATE_TOKEN": GATE}
     async with run_daemon(config(twin.url), tmp_path, env) as daemon:
         api = daemon.url + "/api/v1/status"
         status, text = await get(http, api)
@@ -133,8 +134,7 @@ async def test_gate_token_guards_the_api_not_the_page(
 async def test_without_gate_token_the_api_is_open(
     twin: Twin, tmp_path: Path, http: aiohttp.ClientSession
 ) -> None:
-    env = {"JWT_SECRET": JWT_SECRET, "SERVICE_TOKEN": BEARER}
-    async with run_daemon(config(twin.url), tmp_path, env) as daemon:
+    async with run_daemon(config(twin.url), tmp_path, ENV) as daemon:
         status, text = await get(http, daemon.url + "/api/v1/status")
         assert status == 200 and "backend-health" in text
         assert_clean("/api/v1/status", text)

@@ -56,5 +56,13 @@ WS_EXPECTED: dict[str, str | None] = {
     "ws_silent": "ws_no_reply",
 }
 
-__all__ = ["HOST", "HTTP_EXPECTED", "WS_EXPECTED", "CertPair", "FaultServer", "TestCerts",
-           "make_certs"]
+# The TestCerts leaves that fail verification: each is a `tls` failure (http and ws alike) whose
+# detail names one of these words.
+CERT_EXPECTED: dict[str, tuple[str, ...]] = {
+    "expired": ("expired",),
+    "self_signed": ("self-signed", "self signed"),
+    "wrong_host": ("hostname", "match"),
+}
+
+__all__ = ["CERT_EXPECTED", "HOST", "HTTP_EXPECTED", "WS_EXPECTED", "CertPair", "FaultServer",
+           "TestCerts", "make_certs"]

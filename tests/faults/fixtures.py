@@ -1,4 +1,5 @@
-"""Pytest fixtures and helpers shared by the fault tests (imported by those test modules).
+"""Helpers shared by the fault tests (their fixtures, `fault_server` and `test_certs`, are in
+conftest.py, so a test module asks for them by name without importing them).
 
 Leak checks poll with a deadline rather than sleeping: sockets and tasks are released a few loop
 iterations after a probe returns, and a 2-core CI machine may need a moment more.
@@ -9,41 +10,20 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
-import pytest
 from helpers import until
 
 from probe.checks import CheckContext, checker_for
 from probe.config import Config, Target
 from probe.outcome import Outcome
 
-from .certs import TestCerts, make_certs
 from .server import FaultServer
 
 MARGIN = 1.5  # seconds a probe may run past its timeout (generous: the CI machine has 2 cores)
 
-
-@pytest.fixture
-def fault_server() -> Iterator[Callable[..., FaultServer]]:
-    """`fault_server("drip")` starts a server for that fault; all are stopped after the test."""
-    started: list[FaultServer] = []
-
-    def start(fault: str, **kwargs: Any) -> FaultServer:
-        server = FaultServer(fault, **kwargs).start()
-        started.append(server)
-        return server
-
-    yield start
-    for server in started:
-        server.stop()
-
-
-@pytest.fixture(scope="session")
-def test_certs(tmp_path_factory: pytest.TempPathFactory) -> TestCerts:
-    return make_certs(tmp_path_factory.mktemp("fault-certs"))
+StartFaultServer = Callable[..., FaultServer]  # the type of conftest's `fault_server`
 
 
 def make_target(url: str, **fields: Any) -> Target:
@@ -78,25 +58,28 @@ def open_fds() -> int:
     return len(os.listdir("/proc/self/fd"))
 
 
-def fd_names() -> list[str]:
-    names = []
-    for fd in os.listdir("/proc/self/fd"):
-        try:
-            names.append(os.readlink(f"/proc/self/fd/{fd}"))
-        except OSError:
-            pass
-    return sorted(names)
-
-
 def other_tasks() -> set[asyncio.Task[Any]]:
     """Every task of the running loop except the test's own."""
     return asyncio.all_tasks() - {asyncio.current_task()}  # type: ignore[operator]
 
 
-async def wait_until(predicate: Callable[[], bool], within: float, what: str) -> None:
-    """helpers.until, in the argument order the fault tests use."""
-    await until(predicate, what, within=within)
-
-
-def ca_target_fields(certs: TestCerts) -> dict[str, Any]:
-    return {"ca_file": str(Path(certs.ca_file))}
+async def assert_no_leaks(servers: list[FaultServer], targets: list[Target],
+                          expected: list[str | None]) -> None:
+    """Three rounds of every target probed at once (each classified as `expected`, in order)
+    leave no task of the prober behind and, once the fault servers hang up their side, no more
+    fds than before. A warm-up round first pays for lazy imports, the resolver and pools."""
+    await asyncio.gather(*(probe_once(t) for t in targets))
+    for s in servers:
+        s.drop_connections()
+    await until(lambda: not other_tasks(), "tasks of the warm-up to finish", within=5,
+                detail=lambda: f"left: {other_tasks()}")
+    fds_before = open_fds()
+    for _ in range(3):
+        outcomes = await asyncio.gather(*(probe_once(t) for t in targets))
+        assert [o.failure for o, _ in outcomes] == expected
+    await until(lambda: not other_tasks(), "no task left", within=5,
+                detail=lambda: f"left: {other_tasks()}")
+    for s in servers:
+        s.drop_connections()
+    await until(lambda: open_fds() <= fds_before, f"fds back to {fds_before}", within=5,
+                detail=lambda: f"now {open_fds()}")
