@@ -18,6 +18,7 @@ Semantics fixed here (and documented for config authors):
 
 from __future__ import annotations
 
+import base64
 import json
 import re
 import weakref
@@ -28,7 +29,7 @@ from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
 from probe.checks import USER_AGENT, clip
-from probe.checks._http_request import Hop, build_hop
+from probe.checks._http_request import PRIVATE, Hop, build_hop
 from probe.config import Target
 from probe.outcome import Failure
 
@@ -56,6 +57,7 @@ class Plan:
     version_path: str | None
     version_keys: tuple[str, ...] | None
     keep_body: bool  # False: the body is only counted, never kept
+    secrets: tuple[str, ...] = ()  # configured credentials (URL password, private headers)
 
     def status_ok(self, code: int) -> bool:
         return 200 <= code < 300 if self.statuses is None else code in self.statuses
@@ -91,6 +93,18 @@ def plan_for(target: Target) -> Plan:
 def _build(t: Target) -> Plan:
     headers: CIMultiDict[str] = CIMultiDict(t.headers)
     headers.setdefault("User-Agent", USER_AGENT)
+    url = URL(t.url)
+    placed = None  # the header the credential goes in, per probe
+    if t.credential is not None and t.credential_in == "header":
+        # It replaces a configured header of that name (one Authorization line, not two), as
+        # aiohttp's headers.update() did.
+        placed = (t.credential_name or "Authorization").lower()
+        headers.popall(placed, None)
+    if (url.raw_user is not None or url.raw_password is not None) and placed != "authorization":
+        # `https://user:pass@host/` is Basic auth, as aiohttp sent it, unless an Authorization
+        # header is configured; like any Authorization it stays on the target's origin.
+        basic = base64.b64encode(f"{url.user or ''}:{url.password or ''}".encode()).decode()
+        headers.setdefault("Authorization", f"Basic {basic}")
     data: bytes | None = None
     if t.json_body is not None:
         data = json.dumps(t.json_body, separators=(",", ":")).encode()
@@ -106,7 +120,7 @@ def _build(t: Target) -> Plan:
     )
     follow = t.follow_redirects and t.max_redirects > 0
     return Plan(
-        hop=build_hop(t.method, URL(t.url), headers.items(), data),
+        hop=build_hop(t.method, url, headers.items(), data),
         headers=tuple(headers.items()),
         statuses=statuses,
         expected_status=_wording(sorted(statuses)) if statuses else "2xx",
@@ -118,7 +132,19 @@ def _build(t: Target) -> Plan:
         version_path=t.version_path,
         version_keys=tuple(t.version_path.split(".")) if t.version_path else None,
         keep_body=bool(json_checks or expect.body_regex is not None or t.version_path),
+        secrets=_configured_secrets(url, headers),
     )
+
+
+def _configured_secrets(url: URL, headers: CIMultiDict[str]) -> tuple[str, ...]:
+    """What a failure detail must never quote even if the server echoes it: the URL's password
+    and the values of private headers (a static `Authorization: Bearer ...`, the Basic value
+    built from the URL, a Cookie), whole and without their scheme word."""
+    found = [url.password or ""]
+    for name, value in headers.items():
+        if name.lower() in PRIVATE:
+            found += [value, value.partition(" ")[2]]
+    return tuple(v for v in found if v)
 
 
 def as_json(value: Any) -> Any:

@@ -76,8 +76,13 @@ def build_hop(method: str, url: URL, headers: Iterable[tuple[str, str]], data: b
     method = method.upper()
     if not method.isalpha():
         raise ValueError("the method is not a token")
-    lines = [f"Host: {url.host_port_subcomponent}"]
-    given = [(n, v) for n, v in _checked(headers) if n.lower() not in _OURS]
+    checked = list(_checked(headers))
+    # A configured Host replaces the URL's (as aiohttp let it): a staging name served behind
+    # an address; the connection and SNI still go to the URL's host.
+    host_header = next((v for n, v in reversed(checked) if n.lower() == "host"),
+                       url.host_port_subcomponent)
+    lines = [f"Host: {host_header}"]
+    given = [(n, v) for n, v in checked if n.lower() not in _OURS]
     names = {n.lower() for n, _ in given}
     lines += [f"{n}: {v}" for n, v in _DEFAULTS if n.lower() not in names]
     lines += [f"{n}: {v}" for n, v in given]
@@ -126,6 +131,6 @@ def redirect_hop(
     if (status == 303 and method != "HEAD") or (status in (301, 302) and method == "POST"):
         method, data = "GET", None
     port = nxt.port or (443 if nxt.scheme == "https" else 80)
-    if (nxt.scheme, nxt.raw_host, port) != home:
-        headers = [(n, v) for n, v in headers if n.lower() not in PRIVATE]
+    if (nxt.scheme, nxt.raw_host, port) != home:  # nor a configured Host
+        headers = [(n, v) for n, v in headers if n.lower() not in PRIVATE and n.lower() != "host"]
     return build_hop(method, nxt, headers, data)

@@ -39,6 +39,7 @@ MAX_HEADERS = 128
 _NO_HEADERS: CIMultiDictProxy[str] = CIMultiDictProxy(CIMultiDict())
 _GZIP, _DEFLATE = zlib.MAX_WBITS | 16, zlib.MAX_WBITS
 _ENCODINGS = {b"gzip": _GZIP, b"x-gzip": _GZIP, b"deflate": _DEFLATE}
+_BODYLESS = frozenset({204, 304})
 _WATCHED = frozenset({b"content-length", b"content-encoding", b"content-type", b"location"})
 
 
@@ -256,6 +257,10 @@ class Wire(asyncio.Protocol):
             probe.t_headers = now
         if self.head_only or self.follow or status == 101 or not plan.status_ok(status):
             self.done = True  # no body wanted: the check hangs up
+            if self.head_only or status == 101:  # no body follows in HTTP: complete
+                self.t_done = now
+        elif status in _BODYLESS:
+            pass  # no body, whatever Content-Length says (a 304's is the resource's size)
         elif self.length is not None and self.length > self.limit:
             raise Fail(Failure.BODY_TOO_LARGE, f"body of {self.length} bytes (Content-Length)"
                                                f" exceeds the {size(self.limit)} limit")

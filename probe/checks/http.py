@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import ssl
 import time
+from urllib.parse import quote_plus
 
 from probe.checks import CheckContext, clip, scrub, ssl_context
 from probe.checks._http_classify import Fail, Progress, classify, os_text, timed_out
@@ -50,7 +51,7 @@ async def check(target: Target, ctx: CheckContext) -> Outcome:
         return Outcome.failed(target.name, "http", Failure.TLS, detail, 0.0, started_at=started)
     t0 = time.perf_counter()
     probe = Progress(t0, plan.hop.where)
-    secrets: list[str] = []
+    secrets = list(plan.secrets)
     version: str | None = None
     failure: Failure | None = None
     detail = ""
@@ -101,7 +102,8 @@ async def _run(
             placed = await attach(target, ctx.credentials)
         except CredentialError as exc:  # its message already starts "credential NAME:"
             raise Fail(Failure.CREDENTIAL, clip(str(exc), 120)) from None
-        secrets += [placed.token, *placed.headers.values()]
+        secrets += [placed.token, *placed.headers.values(),
+                    *map(quote_plus, placed.query.values())]  # as the request line carries it
         cred_headers, query = placed.headers or None, placed.query or None
         probe.stage = "start"
     loop = asyncio.get_running_loop()

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import ipaddress
 import socket
 import ssl
@@ -38,12 +39,14 @@ import statistics
 import time
 import weakref
 from typing import Any
-from urllib.parse import urlencode, urlsplit, urlunsplit
+from urllib.parse import quote_plus, urlencode, urlsplit, urlunsplit
 
+from websockets.exceptions import InvalidURI
 from websockets.typing import Origin, Subprotocol
 from websockets.uri import parse_uri
 
 from probe.checks import CheckContext, scrub, ssl_context
+from probe.checks._http_classify import os_text
 from probe.checks._ws_session import (
     CLOSE_TIMEOUT,
     Fail,
@@ -63,16 +66,24 @@ from probe.outcome import Failure, Outcome
 
 def _plan(target: Target, attached: Attached) -> Plan:
     parts = urlsplit(target.url)
-    url = target.url
+    query = parts.query
     if attached.query:
-        query = "&".join(q for q in (parts.query, urlencode(attached.query)) if q)
-        url = urlunsplit(parts._replace(query=query))
+        query = "&".join(q for q in (query, urlencode(attached.query)) if q)
+    # No fragment: it never goes on the wire (the HTTP check ignores it), and websockets
+    # refuses a URI that has one.
+    url = urlunsplit(parts._replace(query=query, fragment=""))
     secure = parts.scheme == "wss"
     host = parts.hostname or ""
     port = parts.port or (443 if secure else 80)
-    overridden = {k.lower() for k in attached.headers}
+    overridden = {k.lower() for k in attached.headers} | {"host"}
     headers = [(k, v) for k, v in target.headers.items() if k.lower() not in overridden]
     headers += list(attached.headers.items())
+    uri = parse_uri(url)
+    vhost = next((v for k, v in target.headers.items() if k.lower() == "host"), None)
+    if vhost is not None:
+        # A configured Host is the one Host line (websockets would add it as a second), as in
+        # the HTTP check; the connection and SNI still go to the URL's host.
+        uri = dataclasses.replace(uri, host=vhost, port=443 if secure else 80)
     infos: list[Any] | None = None
     with contextlib.suppress(ValueError):  # an IP literal skips the resolver (a thread hop)
         family = socket.AF_INET6 if ipaddress.ip_address(host).version == 6 else socket.AF_INET
@@ -85,7 +96,7 @@ def _plan(target: Target, attached: Attached) -> Plan:
         headers=headers,
         subprotocols=[Subprotocol(p) for p in [*target.subprotocols, *attached.subprotocols]],
         credential=target.credential,
-        uri=parse_uri(url),
+        uri=uri,
         origin=Origin(target.origin) if target.origin else None,
         infos=infos,
         payloads=tuple(None if m.send is None else payload(m.send) for m in target.messages),
@@ -134,8 +145,10 @@ async def _settle(
         try:
             async with asyncio.timeout(max(0.05, min(CLOSE_TIMEOUT, left))):
                 await ws.close()
-        except TimeoutError:
+        except BaseException as exc:  # out of time, or cancelled meanwhile: no goodbyes
             ws.transport.abort()
+            if not isinstance(exc, TimeoutError):
+                raise
     raise fail
 
 
@@ -197,8 +210,13 @@ async def _probe(
                 attached = await attach(target, ctx.credentials)
             except CredentialError as exc:
                 raise Fail(Failure.CREDENTIAL, str(exc)) from None
-            secrets += [attached.token, *attached.headers.values()]
-            plan = plan_for(target, attached)
+            secrets += [attached.token, *attached.headers.values(),
+                        *map(quote_plus, attached.query.values())]  # as the URL carries it
+            try:
+                plan = plan_for(target, attached)
+            except (ValueError, InvalidURI) as exc:  # e.g. a port out of range
+                detail = f"cannot build the request: {type(exc).__name__}: {exc}"
+                raise Fail(Failure.PROTOCOL, detail) from None
             stage = "resolve"
             t0 = time.perf_counter()
             infos = await resolve(plan)
@@ -232,8 +250,12 @@ async def check(target: Target, ctx: CheckContext) -> Outcome:
     loop = asyncio.get_running_loop()
     started_at = time.time()
     if target.url.startswith("wss:"):  # build the cached TLS context outside the clock (~45 ms)
-        with contextlib.suppress(OSError, ssl.SSLError):  # a bad ca_file is reported in-session
+        try:
             ssl_context(target.tls_verify, target.ca_file)
+        except (OSError, ssl.SSLError) as exc:  # as the HTTP check names it
+            detail = f"cannot load ca_file {target.ca_file}: {os_text(exc)}"
+            return Outcome.failed(target.name, "websocket", Failure.TLS, detail, 0.0,
+                                  started_at=started_at)
     start = time.perf_counter()
     deadline = loop.time() + target.timeout
     sessions = [Session(i) for i in range(1, target.connections + 1)]

@@ -1,0 +1,143 @@
+"""Review of the one-deadline WebSocket check (issue 8): what a probe leaves behind when it is
+cancelled while closing a failed session, and how a bad ca_file is named. A raw TCP peer on
+loopback plays the server, so it can do what websockets' own server never does (leave a close
+frame unanswered).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import re
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager, suppress
+from pathlib import Path
+
+from helpers import until
+from websockets.asyncio.server import ServerConnection, serve
+from websockets.http11 import Request, Response
+
+from probe.checks import CheckContext
+from probe.checks.websocket import check
+from probe.config import Config, Target
+from probe.outcome import Failure
+
+_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+
+
+def target(url: str, **kw: object) -> Target:
+    fields = {"name": "ws", "url": url, "timeout": "5s", "interval": "10s", **kw}
+    return Config.model_validate({"targets": [fields]}).targets[0]
+
+
+class DeafPeer:
+    """Upgrades, answers the first message with one that fails the step, then reads on and never
+    answers the probe's close frame: the probe sits in its polite close until cut off."""
+
+    def __init__(self) -> None:
+        self.close_seen = asyncio.Event()
+        self.gone = asyncio.Event()
+
+    async def __call__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            head = await reader.readuntil(b"\r\n\r\n")
+            key = re.search(rb"(?im)^sec-websocket-key:\s*(\S+)", head)
+            assert key is not None
+            accept = base64.b64encode(hashlib.sha1(key.group(1) + _GUID).digest())
+            writer.write(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
+                         b"Connection: Upgrade\r\nSec-WebSocket-Accept: " + accept + b"\r\n\r\n")
+            answered = False
+            while True:
+                first, second = await reader.readexactly(2)
+                payload = await reader.readexactly(4 + (second & 0x7F))  # mask + short payload
+                del payload
+                if first & 0x0F == 0x8:
+                    self.close_seen.set()
+                elif not answered:
+                    writer.write(b"\x81\x04nope")
+                    answered = True
+        except (asyncio.IncompleteReadError, ConnectionError):
+            self.gone.set()  # EOF or reset: the probe let go of the connection
+        finally:
+            writer.close()
+
+
+@asynccontextmanager
+async def deaf_server(peer: DeafPeer) -> AsyncIterator[int]:
+    server = await asyncio.start_server(peer, "127.0.0.1", 0)
+    async with server:
+        yield server.sockets[0].getsockname()[1]
+
+
+async def test_a_probe_cancelled_while_closing_a_failed_session_drops_the_connection() -> None:
+    """SIGTERM (or the scheduler's backstop) while the check politely closes a failed session:
+    the connection is cut, not left open until the server or the garbage collector ends it."""
+    peer = DeafPeer()
+    async with deaf_server(peer) as port:
+        t = target(f"ws://127.0.0.1:{port}/ws", messages=[
+            {"send": "ping", "expect": {"regex": "^pong$"}, "timeout": "2s"}])
+        task = asyncio.create_task(check(t, CheckContext()))
+        await until(peer.close_seen.is_set, "the probe's close frame", within=5)
+        assert not task.done()  # still waiting for the server's half of the close
+        task.cancel()
+        with suppress(asyncio.CancelledError):
+            await task
+        await until(peer.gone.is_set, "the connection dropped after the cancellation", within=3)
+
+
+async def test_a_ca_file_that_cannot_load_is_tls(tmp_path: Path) -> None:
+    """As the HTTP check names it: a `tls` failure, not a crash of the check (which the
+    scheduler reports as an internal error and logs with a traceback)."""
+    bad = tmp_path / "ca.pem"
+    bad.write_text("not a certificate")
+    outcome = await check(target("wss://127.0.0.1:1/ws", ca_file=str(bad)), CheckContext())
+    assert outcome.failure is Failure.TLS
+    assert outcome.detail == f"cannot load ca_file {bad}: no certificate or crl found"
+
+
+async def test_a_url_fragment_is_not_sent_and_does_not_crash_the_check() -> None:
+    """Config accepts `ws://host/ws?x=1#frag` (the HTTP check ignores the fragment, as every
+    client does); websockets refuses a URI with one, which used to escape check() as an
+    InvalidURI carrying the whole URL, query credential included."""
+    paths: list[str] = []
+
+    async def record(_conn: ServerConnection, request: Request) -> Response | None:
+        paths.append(request.path)
+        return None
+
+    async def handler(ws: ServerConnection) -> None:
+        await ws.wait_closed()
+
+    async with serve(handler, "127.0.0.1", 0, process_request=record) as server:
+        port = server.sockets[0].getsockname()[1]
+        outcome = await check(target(f"ws://127.0.0.1:{port}/ws?x=1#frag"), CheckContext())
+    assert outcome.success, outcome.detail
+    assert paths == ["/ws?x=1"]
+
+
+async def test_a_port_out_of_range_is_protocol_not_a_crash() -> None:
+    outcome = await check(target("ws://127.0.0.1:99999/ws?token=abcdefgh123"), CheckContext())
+    assert outcome.failure is Failure.PROTOCOL
+    assert outcome.detail.startswith("cannot build the request: ValueError")
+    assert "abcdefgh123" not in outcome.detail
+
+
+async def test_a_configured_host_header_replaces_the_urls() -> None:
+    """One Host line, the configured one (as the HTTP check sends it); websockets adds extra
+    headers to its own, and two Host lines are a 400 from any proxy."""
+    hosts: list[list[str]] = []
+
+    async def record(_conn: ServerConnection, request: Request) -> Response | None:
+        hosts.append(request.headers.get_all("Host"))
+        return None
+
+    async def handler(ws: ServerConnection) -> None:
+        await ws.wait_closed()
+
+    async with serve(handler, "127.0.0.1", 0, process_request=record) as server:
+        port = server.sockets[0].getsockname()[1]
+        t = target(f"ws://127.0.0.1:{port}/ws", headers={"host": "chat.staging.example"})
+        outcome = await check(t, CheckContext())
+    assert outcome.success, outcome.detail
+    assert hosts == [["chat.staging.example"]]
