@@ -268,27 +268,26 @@ async def test_sigterm_with_probes_stuck_in_faults_exits_clean(
     assert "Traceback" not in log, log
 
 
-async def test_unexpected_error_in_http_check_is_protocol_logged_once(
-    fault_server: StartFaultServer, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """A bug inside the check (forced here: evaluating the answer raises) is not a crash and
-    not a dead loop: the probe is `protocol` naming the exception, and the traceback is logged
-    once per target, not once per probe."""
+def test_an_exception_no_rule_names_is_protocol_logged_once() -> None:
+    """The check's last resort, for an exception none of the classifier's rules names: that is a
+    bug of ours, not the target's doing (every peer-made failure above has its own rule), so it
+    is called directly here rather than forced by patching the check. The probe is `protocol`
+    naming the exception type, and the traceback is logged once per target and type, not once
+    per probe."""
+    import uuid
+
     import structlog.testing
 
-    import probe.checks._http_classify as http_classify
-    import probe.checks.http as http_check
+    from probe.checks._http_classify import Progress, classify
 
-    def broken(*_args: Any, **_kwargs: Any) -> Any:
-        raise RuntimeError("forced bug in evaluate")
-
-    monkeypatch.setattr(http_check, "evaluate", broken)
-    monkeypatch.setattr(http_classify, "_LOGGED", set())
-    target = make_target(fault_server("ok").url("/health"))
+    target = make_target("http://127.0.0.1:9/", name=f"t-{uuid.uuid4().hex[:8]}")
     with structlog.testing.capture_logs() as logs:
-        outcomes = [(await probe_once(target))[0] for _ in range(3)]
-    assert all(o.failure == Failure.PROTOCOL for o in outcomes)
-    assert "RuntimeError" in outcomes[0].detail
+        results = [
+            classify(RuntimeError("a bug of ours"), Progress(0.0, "127.0.0.1:9"), target)
+            for _ in range(3)
+        ]
+    assert all(failure is Failure.PROTOCOL for failure, _ in results)
+    assert results[0][1].startswith("RuntimeError"), results[0]
     errors = [e for e in logs if e.get("log_level") == "error"]
     assert len(errors) == 1, logs
-    assert errors[0]["target"] == "t" and isinstance(errors[0]["exc_info"], RuntimeError)
+    assert errors[0]["target"] == target.name and isinstance(errors[0]["exc_info"], RuntimeError)

@@ -8,11 +8,13 @@ from __future__ import annotations
 import base64
 from typing import Any
 
+import structlog.testing
 from test_http_wire import BODY, Peer, fixed, ok, probe, response, serve
 
 from probe.checks import CheckContext
 from probe.config import BearerSpec, CredentialSpec
 from probe.credentials import Credentials
+from probe.outcome import Failure
 
 LENGTH = f"Content-Length: {len(BODY)}"
 
@@ -130,3 +132,16 @@ async def test_configured_credentials_echoed_back_are_redacted() -> None:
         assert out.failure is not None and out.detail.startswith("body does not match"), out
     assert basic[:8] not in outs[0].detail and password not in outs[0].detail, outs[0].detail
     assert static[:8] not in outs[1].detail, outs[1].detail
+
+
+async def test_a_body_nested_too_deeply_is_an_assertion_not_a_crash() -> None:
+    """A hostile `[[[[...` body made json.loads raise RecursionError, which reached the check's
+    last-resort handler as if it were a bug of ours (`protocol`, traceback logged)."""
+    body = b"[" * 200_000
+    peer = Peer(fixed(response(body, f"Content-Length: {len(body)}")))
+    with structlog.testing.capture_logs() as logs:
+        async with serve(peer) as base:
+            out = await probe(base + "/", expect={"json": {"status": "healthy"}})
+    assert out.failure is Failure.ASSERTION, out
+    assert out.detail.startswith("body is not JSON: nested too deeply to parse"), out.detail
+    assert not [e for e in logs if e.get("log_level") == "error"], logs

@@ -141,3 +141,21 @@ async def test_a_configured_host_header_replaces_the_urls() -> None:
         outcome = await check(t, CheckContext())
     assert outcome.success, outcome.detail
     assert hosts == [["chat.staging.example"]]
+
+
+async def test_a_reply_nested_too_deeply_is_a_mismatch_not_a_crash() -> None:
+    """`[[[[...` past Python's recursion limit made json.loads raise RecursionError, which
+    escaped the step as an internal error with a traceback; it is the server's answer that is
+    wrong, so it is named like any other message that is not the JSON asked for."""
+    async def handler(ws: ServerConnection) -> None:
+        await ws.recv()
+        await ws.send("[" * 100_000)
+        await ws.wait_closed()
+
+    step = {"send": {"type": "ping"}, "expect": {"json": {"type": "pong"}}, "timeout": "2s"}
+    async with serve(handler, "127.0.0.1", 0) as server:
+        port = server.sockets[0].getsockname()[1]
+        outcome = await check(target(f"ws://127.0.0.1:{port}/ws", messages=[step]),
+                              CheckContext())
+    assert outcome.failure is not None and outcome.failure is not Failure.PROTOCOL, outcome
+    assert "nested too deeply" in outcome.detail, outcome.detail

@@ -225,12 +225,15 @@ def _text(body: bytes, charset: str | None) -> str:
         return body.decode("utf-8", errors="replace")
 
 
-def _not_json(exc: ValueError, body: bytes, charset: str | None) -> str:
+def _not_json(exc: ValueError | RecursionError, body: bytes, charset: str | None) -> str:
     if not body.strip():
         return "body is not JSON: the body is empty"
-    why = f"{exc.msg} at line {exc.lineno} column {exc.colno}" if isinstance(
-        exc, json.JSONDecodeError
-    ) else str(exc)
+    if isinstance(exc, json.JSONDecodeError):
+        why = f"{exc.msg} at line {exc.lineno} column {exc.colno}"
+    elif isinstance(exc, RecursionError):
+        why = "nested too deeply to parse"
+    else:
+        why = str(exc)
     return f"body is not JSON: {why} (body starts {quote(_text(body[:64], charset))})"
 
 
@@ -256,7 +259,7 @@ def evaluate(
     if plan.version_keys is not None or plan.json_checks:
         try:
             doc = json.loads(body)
-        except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError
+        except (ValueError, RecursionError) as exc:  # also a hostile `[[[[...` nesting
             json_error = _not_json(exc, body, charset)
     version: str | None = None
     if plan.version_keys is not None and doc is not MISSING:

@@ -71,6 +71,8 @@ def mismatch(match: Match, message: str | bytes) -> str | None:
     if compiled.expected:
         try:
             doc = json.loads(text)
+        except RecursionError:  # a hostile `[[[[...` message: not a bug of ours
+            return f"expected a JSON message, got one nested too deeply to parse: {clip(text)!r}"
         except ValueError:
             return f"expected a JSON message, got {clip(text)!r}"
         for want in compiled.expected:
