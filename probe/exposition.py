@@ -16,6 +16,7 @@ appends (prefix, value), and render() drops the leading newline once.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from operator import attrgetter
 from typing import TYPE_CHECKING, NamedTuple
@@ -59,9 +60,13 @@ def prefix(name: str, labels: str) -> str:
 
 
 def negotiate(accept: str) -> tuple[bool, str]:
-    """(OpenMetrics?, Content-Type) for an Accept header, decided as prometheus-client decides."""
+    """(OpenMetrics?, Content-Type) for an Accept header, decided as prometheus-client decides,
+    except that the body written here is always OpenMetrics 1.0.0: an Accept that prefers 2.0.0
+    gets 1.0.0 labelled as such (a 2.0.0 label on a 1.0.0 body would misinform the parser)."""
     _, content_type = choose_encoder(accept)
-    return content_type.startswith(OPENMETRICS), content_type
+    if content_type.startswith(OPENMETRICS):
+        return True, re.sub(r"version=[0-9.]+", "version=1.0.0", content_type, count=1)
+    return False, content_type
 
 
 class Family(NamedTuple):

@@ -150,5 +150,15 @@ def test_label_values_are_escaped(tmp_path: Path) -> None:
 ])
 def test_negotiation_follows_prometheus_client(accept: str) -> None:
     openmetrics, content_type = negotiate(accept)
-    assert content_type == choose_encoder(accept)[1]
+    assert content_type == choose_encoder(accept)[1].replace("version=2.0.0", "version=1.0.0")
     assert openmetrics == content_type.startswith("application/openmetrics-text")
+
+
+def test_openmetrics_2_asked_gets_1_0_0_labelled_as_such() -> None:
+    """What is written is OpenMetrics 1.0.0 whatever the Accept prefers; its label must say so
+    (prometheus-client's own choice would say 2.0.0)."""
+    openmetrics, content_type = negotiate(
+        "application/openmetrics-text;version=2.0.0,application/openmetrics-text;version=1.0.0;q=0.9"
+    )
+    assert openmetrics
+    assert "version=1.0.0" in content_type and "2.0.0" not in content_type
