@@ -18,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import quote_plus, urlsplit
 
 import aiohttp
 import jwt
@@ -324,13 +324,18 @@ class Credentials:
 
 @dataclass
 class Attached:
-    """Where a target's credential goes in its request, and the token itself (for the checks
-    to scrub from their details: one value covers header, query and subprotocol alike)."""
+    """Where a target's credential goes in its request, and the token itself (what the checks
+    scrub from their details, and what tells a check's cached request that it changed)."""
 
     token: str = field(default="", repr=False)
     headers: dict[str, str] = field(default_factory=dict, repr=False)
     query: dict[str, str] = field(default_factory=dict, repr=False)
     subprotocols: list[str] = field(default_factory=list, repr=False)
+
+    def secrets(self) -> list[str]:
+        """What a failure detail must never quote, in every form the request carries it: the
+        token, its header line's value, and its query value URL-encoded."""
+        return [self.token, *self.headers.values(), *map(quote_plus, self.query.values())]
 
 
 async def attach(target: Target, credentials: Credentials) -> Attached:

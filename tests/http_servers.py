@@ -122,8 +122,9 @@ Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]
 
 
 @asynccontextmanager
-async def raw_server(handler: Handler) -> AsyncIterator[int]:
-    """A TCP server speaking whatever `handler` writes; its tasks are ended cleanly afterwards."""
+async def raw_server(handler: Handler, host: str = "127.0.0.1") -> AsyncIterator[int]:
+    """A TCP server on `host` speaking whatever `handler` writes; its tasks are ended cleanly
+    afterwards."""
     tasks: set[asyncio.Task[None]] = set()
 
     async def run(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -135,7 +136,7 @@ async def raw_server(handler: Handler) -> AsyncIterator[int]:
         finally:
             writer.close()
 
-    server = await asyncio.start_server(run, "127.0.0.1", 0)
+    server = await asyncio.start_server(run, host, 0)
     try:
         yield server.sockets[0].getsockname()[1]
     finally:

@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import signal
 import time
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
+import structlog.testing
 import yaml
 from faults import CERT_EXPECTED, HTTP_EXPECTED, WS_EXPECTED, TestCerts
 from faults.fixtures import (
@@ -30,6 +32,7 @@ from faults.fixtures import (
 from helpers import ProbeRun, sample, until
 
 from probe.checks import CheckContext
+from probe.checks._http_classify import Progress, classify
 from probe.credentials import Credentials
 from probe.daemon import Daemon
 from probe.outcome import Failure
@@ -274,12 +277,6 @@ def test_an_exception_no_rule_names_is_protocol_logged_once() -> None:
     is called directly here rather than forced by patching the check. The probe is `protocol`
     naming the exception type, and the traceback is logged once per target and type, not once
     per probe."""
-    import uuid
-
-    import structlog.testing
-
-    from probe.checks._http_classify import Progress, classify
-
     target = make_target("http://127.0.0.1:9/", name=f"t-{uuid.uuid4().hex[:8]}")
     with structlog.testing.capture_logs() as logs:
         results = [

@@ -85,16 +85,8 @@ def response(body: bytes, *headers: str, status: str = "200 OK") -> bytes:
 
 @asynccontextmanager
 async def serve(peer: Handler, host: str = "127.0.0.1") -> AsyncIterator[str]:
-    if host == "127.0.0.1":
-        async with raw_server(peer) as port:
-            yield f"http://127.0.0.1:{port}"
-        return
-    server = await asyncio.start_server(peer, host, 0)
-    try:
-        yield f"http://[{host}]:{server.sockets[0].getsockname()[1]}"
-    finally:
-        server.close()
-        await server.wait_closed()
+    async with raw_server(peer, host) as port:
+        yield f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
 
 JSON_OK = {"json": {"status": "healthy"}}

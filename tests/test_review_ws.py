@@ -10,11 +10,11 @@ import asyncio
 import base64
 import hashlib
 import re
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager, suppress
+from contextlib import suppress
 from pathlib import Path
 
 from helpers import until
+from http_servers import raw_server
 from websockets.asyncio.server import ServerConnection, serve
 from websockets.http11 import Request, Response
 
@@ -63,18 +63,11 @@ class DeafPeer:
             writer.close()
 
 
-@asynccontextmanager
-async def deaf_server(peer: DeafPeer) -> AsyncIterator[int]:
-    server = await asyncio.start_server(peer, "127.0.0.1", 0)
-    async with server:
-        yield server.sockets[0].getsockname()[1]
-
-
 async def test_a_probe_cancelled_while_closing_a_failed_session_drops_the_connection() -> None:
     """SIGTERM (or the scheduler's backstop) while the check politely closes a failed session:
     the connection is cut, not left open until the server or the garbage collector ends it."""
     peer = DeafPeer()
-    async with deaf_server(peer) as port:
+    async with raw_server(peer) as port:
         t = target(f"ws://127.0.0.1:{port}/ws", messages=[
             {"send": "ping", "expect": {"regex": "^pong$"}, "timeout": "2s"}])
         task = asyncio.create_task(check(t, CheckContext()))

@@ -22,13 +22,15 @@ import pytest
 import yaml
 from aiohttp import web
 from helpers import refused_port, silent_server
+from http_servers import raw_server, read_request
 from websockets.asyncio.server import ServerConnection, serve
 from websockets.datastructures import Headers
 from websockets.http11 import Request, Response
 
 from probe.checks import CheckContext
+from probe.checks.messages import mismatch
 from probe.checks.websocket import check
-from probe.config import Config, Target
+from probe.config import Config, Match, Target
 from probe.credentials import Credentials
 from probe.outcome import Failure, Outcome
 from probe.twin import Twin
@@ -495,20 +497,6 @@ async def test_garbage_frames_are_protocol() -> None:
 # --- the upgrade fails -----------------------------------------------------------------------
 
 
-@asynccontextmanager
-async def raw_server(answer: bytes) -> AsyncIterator[int]:
-    """A TCP server that reads the request and writes `answer` (helpers.silent_server: none)."""
-    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await reader.readuntil(b"\r\n\r\n")
-        writer.write(answer)
-        await writer.drain()
-        writer.close()
-
-    server = await asyncio.start_server(handle, "127.0.0.1", 0)
-    async with server:
-        yield server.sockets[0].getsockname()[1]
-
-
 @pytest.mark.parametrize(
     ("answer", "failure", "status"),
     [
@@ -521,7 +509,12 @@ async def raw_server(answer: bytes) -> AsyncIterator[int]:
     ],
 )
 async def test_bad_upgrade_answers(answer: bytes, failure: Failure, status: int | None) -> None:
-    async with raw_server(answer) as port:
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(answer)
+        await writer.drain()
+
+    async with raw_server(handle) as port:
         target, ctx = setup({"url": f"ws://127.0.0.1:{port}/ws", "messages": [PING]})
         outcome, _ = await probe(target, ctx)
     assert outcome.failure is failure, outcome.detail
@@ -696,9 +689,6 @@ async def test_bearer_file_change_reaches_the_next_probe(tmp_path: Path) -> None
     ],
 )
 def test_matching_rules(match: dict[str, Any], message: str, why: str | None) -> None:
-    from probe.checks.messages import mismatch
-    from probe.config import Match
-
     got = mismatch(Match.model_validate(match), message.encode())
     if why is None:
         assert got is None

@@ -10,16 +10,18 @@ from __future__ import annotations
 
 import re
 import ssl
+import weakref
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from functools import lru_cache
 from importlib import import_module
 from pathlib import Path
+from typing import Any, TypeVar
 
 from probe import __version__
 from probe.config import Target
 from probe.credentials import Credentials
-from probe.outcome import Outcome
+from probe.outcome import Failure, Outcome
 
 USER_AGENT = f"stageprobe/{__version__}"
 
@@ -52,6 +54,48 @@ def ssl_context(verify: bool, ca_file: Path | None) -> ssl.SSLContext:
     else:
         ctx = ssl.create_default_context(cafile=str(ca_file) if ca_file else None)
     return ctx
+
+
+class Fail(Exception):
+    """A failure already named (from the closed vocabulary, with its one-line detail and the
+    status / close code seen): raised inside a check, turned into its Outcome by check()."""
+
+    def __init__(
+        self, failure: Failure, detail: str, *, status: int | None = None, close: int | None = None
+    ) -> None:
+        super().__init__(detail)
+        self.failure, self.detail, self.status, self.close = failure, detail, status, close
+
+
+# --- what a check derives once per config object ---------------------------------------------
+
+_V = TypeVar("_V")
+PerObject = dict[int, tuple[weakref.ref[Any], object, _V]]
+
+
+def recall(store: PerObject[_V], obj: object, stamp: object = None) -> _V | None:
+    """What `keep` stored for `obj` (built for `stamp`), or None.
+
+    Keyed by id(): the config models are frozen but hold dicts, so they cannot be hashed. The
+    entry goes when `obj` is garbage collected (a reload builds new objects), so neither a
+    changed config nor a reused id ever sees a stale value."""
+    held = store.get(id(obj))
+    if held is not None and held[0]() is obj and held[1] == stamp:
+        return held[2]
+    return None
+
+
+def keep(store: PerObject[_V], obj: object, value: _V, stamp: object = None) -> _V:
+    """Store `value` for `obj` (and `stamp`) until `obj` goes; returns `value`."""
+    key = id(obj)
+
+    def forget(ref: weakref.ref[Any], key: int = key) -> None:
+        held = store.get(key)
+        if held is not None and held[0] is ref:
+            del store[key]
+
+    store[key] = (weakref.ref(obj, forget), stamp, value)
+    return value
 
 
 # --- what every check's details share ---------------------------------------------------------

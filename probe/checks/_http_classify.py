@@ -5,7 +5,8 @@ while resolving is `dns`, before a TCP/TLS connection `connect_timeout`, after i
 error while connecting is `refused` (or `connect_timeout` with the OS reason: unreachable and the
 like), during the TLS handshake `tls`, after the request `disconnected`. What the transport
 itself can name (not valid HTTP, a body over the limit, an undecodable body) it raises as `Fail`
-with its failure and detail already decided. Details never carry a URL's query string.
+with its failure and detail already decided; check() takes those as they are, never through
+classify(). Details never carry a URL's query string.
 """
 
 from __future__ import annotations
@@ -88,14 +89,6 @@ def _when(probe: Progress) -> str:
     return "before the response headers"
 
 
-class Fail(Exception):
-    """A failure already named: raised by the transport and the check, caught by check()."""
-
-    def __init__(self, failure: Failure, detail: str) -> None:
-        super().__init__(failure, detail)
-        self.failure, self.detail = failure, detail
-
-
 def disconnected(exc: BaseException | None, probe: Progress) -> tuple[Failure, str]:
     """The connection went away before the answer was complete."""
     if exc is None:
@@ -110,8 +103,6 @@ def disconnected(exc: BaseException | None, probe: Progress) -> tuple[Failure, s
 def classify(exc: Exception, probe: Progress, target: Target) -> tuple[Failure, str]:
     """An exception out of resolving, connecting or the TLS handshake (or an unexpected one)."""
     stage = probe.stage
-    if isinstance(exc, Fail):
-        return exc.failure, exc.detail
     if stage == "resolve" and isinstance(exc, OSError):
         host = probe.where.rpartition(":")[0]
         return Failure.DNS, f"cannot resolve {host}: {clip(os_text(exc))}"

@@ -21,14 +21,13 @@ from __future__ import annotations
 import base64
 import json
 import re
-import weakref
 from dataclasses import dataclass
 from typing import Any
 
 from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
-from probe.checks import USER_AGENT, clip
+from probe.checks import USER_AGENT, PerObject, clip, keep, recall
 from probe.checks._http_request import PRIVATE, Hop, build_hop
 from probe.config import Target
 from probe.outcome import Failure
@@ -63,31 +62,12 @@ class Plan:
         return 200 <= code < 300 if self.statuses is None else code in self.statuses
 
 
-class _Entry:
-    __slots__ = ("plan", "ref")
-
-    def __init__(self, ref: weakref.ref[Target], plan: Plan) -> None:
-        self.ref, self.plan = ref, plan
-
-
-_PLANS: dict[int, _Entry] = {}
+_PLANS: PerObject[Plan] = {}
 
 
 def plan_for(target: Target) -> Plan:
     """The target's Plan, built on first use and dropped when the Target is garbage collected."""
-    key = id(target)
-    entry = _PLANS.get(key)
-    if entry is not None and entry.ref() is target:
-        return entry.plan
-    plan = _build(target)
-
-    def forget(ref: weakref.ref[Target], key: int = key) -> None:
-        held = _PLANS.get(key)
-        if held is not None and held.ref is ref:
-            del _PLANS[key]
-
-    _PLANS[key] = _Entry(weakref.ref(target, forget), plan)
-    return plan
+    return recall(_PLANS, target) or keep(_PLANS, target, _build(target))
 
 
 def _build(t: Target) -> Plan:

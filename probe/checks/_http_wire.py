@@ -29,7 +29,8 @@ from cryptography import x509
 from httptools import HttpParserError, HttpParserUpgrade, HttpResponseParser
 from multidict import CIMultiDict, CIMultiDictProxy
 
-from probe.checks._http_classify import Fail, Progress, disconnected
+from probe.checks import Fail
+from probe.checks._http_classify import Progress, disconnected
 from probe.checks._http_expect import Plan, quote, size
 from probe.checks._http_request import REDIRECTS, Hop
 from probe.outcome import Failure

@@ -36,7 +36,7 @@ from websockets.protocol import State
 from websockets.typing import Origin, Subprotocol
 from websockets.uri import WebSocketURI
 
-from probe.checks import USER_AGENT, clip, host_port, ssl_context
+from probe.checks import USER_AGENT, Fail, clip, host_port, ssl_context
 from probe.checks.messages import mismatch
 from probe.config import Target
 from probe.config_base import fmt
@@ -48,16 +48,6 @@ CLOSE_TIMEOUT = 1.0  # the closing handshake after the steps; a slow close is no
 # connections is pinned at WARNING, so PROBE_LOG_LEVEL=debug can never print a token.
 _WIRE_LOG = logging.getLogger("probe.checks.websocket.wire")
 _WIRE_LOG.setLevel(logging.WARNING)
-
-
-class Fail(Exception):
-    """A classified failure of one session; becomes the probe's Outcome."""
-
-    def __init__(
-        self, failure: Failure, detail: str, *, status: int | None = None, close: int | None = None
-    ) -> None:
-        super().__init__(detail)
-        self.failure, self.detail, self.status, self.close = failure, detail, status, close
 
 
 @dataclass
@@ -156,12 +146,10 @@ async def _connect_tcp(
     """The first address (in resolver order) that accepts; refused ones are skipped. Plain ws://
     connects `conn` itself; wss:// a placeholder protocol, replaced when TLS starts."""
     loop = asyncio.get_running_loop()
+    factory: Callable[[], asyncio.Protocol] = (lambda: _Tcp(s)) if plan.secure else (lambda: conn)
     last: OSError | None = None
     for family, _, _, _, addr in infos:
         try:
-            factory: Callable[[], asyncio.Protocol] = (
-                (lambda: _Tcp(s)) if plan.secure else (lambda: conn)
-            )
             transport, _ = await loop.create_connection(factory, addr[0], addr[1], family=family)
             return transport
         except TimeoutError:  # ETIMEDOUT from the kernel, before our own deadline

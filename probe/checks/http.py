@@ -20,10 +20,9 @@ from __future__ import annotations
 import asyncio
 import ssl
 import time
-from urllib.parse import quote_plus
 
-from probe.checks import CheckContext, clip, scrub, ssl_context
-from probe.checks._http_classify import Fail, Progress, classify, os_text, timed_out
+from probe.checks import CheckContext, Fail, clip, scrub, ssl_context
+from probe.checks._http_classify import Progress, classify, os_text, timed_out
 from probe.checks._http_expect import Plan, evaluate, plan_for
 from probe.checks._http_request import BadRedirect, redirect_hop
 from probe.checks._http_wire import Wire, connect
@@ -102,8 +101,7 @@ async def _run(
             placed = await attach(target, ctx.credentials)
         except CredentialError as exc:  # its message already starts "credential NAME:"
             raise Fail(Failure.CREDENTIAL, clip(str(exc), 120)) from None
-        secrets += [placed.token, *placed.headers.values(),
-                    *map(quote_plus, placed.query.values())]  # as the request line carries it
+        secrets += placed.secrets()
         cred_headers, query = placed.headers or None, placed.query or None
         probe.stage = "start"
     loop = asyncio.get_running_loop()

@@ -14,11 +14,10 @@ from __future__ import annotations
 
 import json
 import re
-import weakref
 from dataclasses import dataclass
 from typing import Any
 
-from probe.checks import clip
+from probe.checks import PerObject, clip, keep, recall
 from probe.checks._http_expect import MISSING, as_json, resolve, same
 from probe.config import Match
 
@@ -31,35 +30,27 @@ class _Expected:
     shown: str  # how a detail writes it
 
 
-_COMPILED: dict[int, tuple[weakref.ref[Match], _Compiled]] = {}
-
-
 @dataclass(frozen=True, slots=True)
 class _Compiled:
     regex: re.Pattern[str] | None
     expected: tuple[_Expected, ...]
 
 
+_COMPILED: PerObject[_Compiled] = {}
+
+
 def _compiled(match: Match) -> _Compiled:
-    key = id(match)
-    held = _COMPILED.get(key)
-    if held is not None and held[0]() is match:
-        return held[1]
+    return recall(_COMPILED, match) or keep(_COMPILED, match, _compile(match))
+
+
+def _compile(match: Match) -> _Compiled:
     expected = []
     for path, want in match.json_.items():
         value = as_json(want)
         expected.append(_Expected(path, tuple(path.split(".")), value, json.dumps(value)))
-    compiled = _Compiled(
+    return _Compiled(
         re.compile(match.regex) if match.regex is not None else None, tuple(expected)
     )
-
-    def forget(ref: weakref.ref[Match], key: int = key) -> None:
-        entry = _COMPILED.get(key)
-        if entry is not None and entry[0] is ref:
-            del _COMPILED[key]
-
-    _COMPILED[key] = (weakref.ref(match, forget), compiled)
-    return compiled
 
 
 def mismatch(match: Match, message: str | bytes) -> str | None:

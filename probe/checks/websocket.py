@@ -37,19 +37,17 @@ import socket
 import ssl
 import statistics
 import time
-import weakref
 from typing import Any
-from urllib.parse import quote_plus, urlencode, urlsplit, urlunsplit
+from urllib.parse import urlencode, urlsplit, urlunsplit
 
 from websockets.exceptions import InvalidURI
 from websockets.typing import Origin, Subprotocol
 from websockets.uri import parse_uri
 
-from probe.checks import CheckContext, scrub, ssl_context
+from probe.checks import CheckContext, Fail, PerObject, keep, recall, scrub, ssl_context
 from probe.checks._http_classify import os_text
 from probe.checks._ws_session import (
     CLOSE_TIMEOUT,
-    Fail,
     Plan,
     Session,
     finish,
@@ -103,25 +101,14 @@ def _plan(target: Target, attached: Attached) -> Plan:
     )
 
 
-_PLANS: dict[int, tuple[weakref.ref[Target], str, Plan]] = {}
+_PLANS: PerObject[Plan] = {}
 
 
 def plan_for(target: Target, attached: Attached) -> Plan:
     """The target's Plan for this token: built when the token changes (a cached JWT lasts
     minutes), dropped when the Target is garbage collected (a reload builds new Targets)."""
-    key = id(target)
-    held = _PLANS.get(key)
-    if held is not None and held[0]() is target and held[1] == attached.token:
-        return held[2]
-    plan = _plan(target, attached)
-
-    def forget(ref: weakref.ref[Target], key: int = key) -> None:
-        entry = _PLANS.get(key)
-        if entry is not None and entry[0] is ref:
-            del _PLANS[key]
-
-    _PLANS[key] = (weakref.ref(target, forget), attached.token, plan)
-    return plan
+    token = attached.token
+    return recall(_PLANS, target, token) or keep(_PLANS, target, _plan(target, attached), token)
 
 
 # --- the probe -------------------------------------------------------------------------------
@@ -210,8 +197,7 @@ async def _probe(
                 attached = await attach(target, ctx.credentials)
             except CredentialError as exc:
                 raise Fail(Failure.CREDENTIAL, str(exc)) from None
-            secrets += [attached.token, *attached.headers.values(),
-                        *map(quote_plus, attached.query.values())]  # as the URL carries it
+            secrets += attached.secrets()
             try:
                 plan = plan_for(target, attached)
             except (ValueError, InvalidURI) as exc:  # e.g. a port out of range
