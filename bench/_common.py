@@ -327,23 +327,6 @@ def buckets(samples: list[Sample], name: str) -> dict[float, float]:
     return out
 
 
-def bucket_quantile(q: float, before: dict[float, float], after: dict[float, float]) -> float:
-    """histogram_quantile() over the increase between two scrapes (linear within a bucket)."""
-    les = sorted(after)
-    inc = [after[le] - before.get(le, 0.0) for le in les]
-    if not inc or inc[-1] <= 0:
-        return float("nan")
-    rank = q * inc[-1]
-    prev_le, prev_c = 0.0, 0.0
-    for le, c in zip(les, inc, strict=True):
-        if c >= rank:
-            if le == float("inf"):
-                return prev_le
-            return prev_le + (le - prev_le) * ((rank - prev_c) / (c - prev_c) if c > prev_c else 0)
-        prev_le, prev_c = le, c
-    return les[-1]
-
-
 def share_at_most(bound: float, before: dict[float, float], after: dict[float, float]) -> float:
     """Fraction of observations <= bound (exact when bound is a bucket edge)."""
     les = sorted(after)

@@ -38,7 +38,7 @@ async def drive(urls: list[str], probe: Probe, args: argparse.Namespace, pid: in
     t_win = t_start + args.warmup
     t_end = t_win + args.window
     max_slots = int((args.warmup + args.window) / gap) + 1
-    state = {"probes": 0, "errors": 0, "done_in_window": 0}
+    state = {"probes": 0, "errors": 0}
     lags: list[float] = []
     recorded: list[float] = []
     tasks: set[asyncio.Task[None]] = set()

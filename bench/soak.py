@@ -283,8 +283,7 @@ def verdict(args: argparse.Namespace, plan: Plan, samples: list[Sample], final: 
     if wrong:
         problems.append(f"{len(wrong)} target(s) misclassified: " + ", ".join(
             f"{n} ({plan.fault_of[n]}: {v})" for n, v in sorted(wrong.items())[:5]))
-    interval = plan.config.targets[0].interval
-    floor_count = (elapsed / interval) * 0.5
+    floor_count = (elapsed / args.interval) * 0.5  # every target has the default interval
     starved = {name: int(final.results.get((name, "success"), 0)
                          + final.results.get((name, "failure"), 0))
                for name in plan.stable}
@@ -348,11 +347,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         plan = plan_targets(args.targets, args.faulty, args.interval, args.timeout, ports,
                             args.history)
+        targets = plan.config.targets
         kinds = defaultdict(int)
-        for t in plan.config.targets:
+        for t in targets:
             kinds[t.kind] += 1
-        n_faulty = sum(1 for v in plan.expected.values() if v is not None)
-        print(f"soak: {len(plan.config.targets)} targets ({dict(kinds)}; {n_faulty} faulty), "
+        n_faulty = sum(1 for t in targets if plan.expected[t.name] is not None)
+        print(f"soak: {len(targets)} targets ({dict(kinds)}; {n_faulty} faulty), "
               f"interval {args.interval:g}s, timeout {args.timeout:g}s, for {args.duration:g}s; "
               f"fault servers in pid {proc.pid}", flush=True)
         print(HEADER, flush=True)

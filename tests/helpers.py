@@ -93,7 +93,6 @@ async def http_get(url: str, headers: dict[str, str] | None = None,
         return None
 
 
-
 async def run_cli(*argv: str) -> int:
     """`probe ARGV...` in-process, in a worker thread: the CLI runs its own event loop (as from a
     shell) while the test's loop keeps serving the twin or daemon it talks to."""
@@ -113,6 +112,7 @@ async def until_stderr(capsys: pytest.CaptureFixture[str], text: str, within: fl
 
     await until(appeared, f"{text!r} on stderr", within=within)
     return "".join(seen)
+
 
 @contextlib.asynccontextmanager
 async def running_twin(ssl_context: ssl.SSLContext | None = None, **kwargs: Any
@@ -261,7 +261,7 @@ class ProbeRun:
         self.close()
 
     def close(self) -> None:
-        """SIGTERM (a clean stop), SIGKILL if it does not exit within 10 s."""
+        """stop_process (blocking), then close the stderr pipe if it has one."""
         stop_process(self.proc)
         if self.proc.stderr is not None:
             self.proc.stderr.close()
