@@ -38,7 +38,7 @@ was 90):
 from __future__ import annotations
 
 from bisect import bisect_left
-from typing import TYPE_CHECKING
+from collections.abc import Iterable
 
 from prometheus_client import CollectorRegistry, Gauge, Histogram, disable_created_metrics
 
@@ -65,9 +65,6 @@ from probe.exposition import (
     render,
 )
 from probe.outcome import Failure, Outcome
-
-if TYPE_CHECKING:
-    from probe.readiness import Verdict
 
 disable_created_metrics()
 
@@ -253,13 +250,14 @@ class Metrics:
         if outcome.kind == series.kind:  # else a probe started before a reload changed the kind
             series.record(outcome)
 
-    def set_readiness(self, verdict: Verdict) -> None:
+    def set_readiness(self, gate: bool, targets: Iterable[tuple[str, bool]]) -> None:
+        """probe_gate_ready and each target's probe_target_ready (Readiness.ready_flags())."""
         series = self._series
-        for tv in verdict.targets:
-            s = series.get(tv.name)
+        for name, ready in targets:
+            s = series.get(name)
             if s is not None:
-                s.ready = 1.0 if tv.ready else 0.0
-        self.gate_ready.set(1 if verdict.ready else 0)
+                s.ready = 1.0 if ready else 0.0
+        self.gate_ready.set(1 if gate else 0)
 
     def observe_lag(self, seconds: float) -> None:
         self.lag.observe(seconds)

@@ -27,7 +27,8 @@ from pathlib import Path
 from typing import TextIO
 from urllib.parse import urlsplit, urlunsplit
 
-from probe.readiness import TargetVerdict, Verdict, fmt_ms
+from probe.latency_window import fmt_ms
+from probe.readiness import TargetVerdict, Verdict
 
 SUITE = "stageprobe"
 # Characters XML 1.0 cannot carry at all, even escaped; a server's body may contain them.

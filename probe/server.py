@@ -94,7 +94,7 @@ def _exposition(metrics: Metrics, openmetrics: bool, gzipped: bool) -> bytes:
 
 async def metrics_handler(request: web.Request) -> web.StreamResponse:
     rt = _runtime(request)
-    rt.metrics.set_readiness(rt.readiness.verdict(rt.clock()))
+    rt.metrics.set_readiness(*rt.readiness.ready_flags())
     openmetrics, content_type = negotiate(request.headers.get("Accept", ""))
     gzipped = "gzip" in request.headers.get("Accept-Encoding", "")
     headers = {"Content-Type": content_type, "Cache-Control": "no-store"}
@@ -167,10 +167,7 @@ async def status_api(request: web.Request) -> web.StreamResponse:
 
 
 async def index(request: web.Request) -> web.StreamResponse:
-    if any(r.resource is not None and r.resource.canonical == "/status"
-           for r in request.app.router.routes()):
-        raise web.HTTPFound("/status")
-    return web.Response(text="stageprobe: /metrics /livez /readyz /api/v1/status\n")
+    raise web.HTTPFound("/status")
 
 
 def make_app(runtime: Runtime) -> web.Application:

@@ -66,15 +66,15 @@ def ws_sessions(app: web.Application) -> tuple[int, int]:
     return int(cfg["open"]), int(cfg["peak"])
 
 
-def _state(request: web.Request) -> Any:
-    """The twin's current TwinState."""
-    cfg = request.app[WS_CONFIG]
-    return request.app[cfg["state_key"]]["state"]
+def _twin(request: web.Request) -> dict[str, Any]:
+    """The twin's shared dict: its current TwinState ("state") and request counts ("counts")."""
+    shared: dict[str, Any] = request.app[request.app[WS_CONFIG]["state_key"]]
+    return shared
 
 
 def _refusal(request: web.Request, cfg: dict[str, Any]) -> str | None:
     """Why the upgrade is refused (403), or None. Never echoes a token."""
-    if _state(request).ws == "reject":
+    if _twin(request)["state"].ws == "reject":
         return "rejected (twin fault)"
     claims = cfg["verify"](request)
     if claims is None:
@@ -94,7 +94,7 @@ def _refusal(request: web.Request, cfg: dict[str, Any]) -> str | None:
 
 async def _handle(request: web.Request) -> web.StreamResponse:
     cfg = request.app[WS_CONFIG]
-    request.app[cfg["state_key"]]["counts"][request.path] += 1
+    _twin(request)["counts"][request.path] += 1
     if (why := _refusal(request, cfg)) is not None:
         return web.json_response({"error": why}, status=403)
     ws = web.WebSocketResponse(heartbeat=None, max_msg_size=1 << 20)
@@ -114,7 +114,7 @@ async def _handle(request: web.Request) -> web.StreamResponse:
 
 async def _answer(request: web.Request, ws: web.WebSocketResponse, text: str) -> bool:
     """Answer one message; False when the session is over (crashed or dropped)."""
-    state = _state(request)
+    state = _twin(request)["state"]
     if state.ws == "silent":
         return True
     try:
@@ -136,8 +136,7 @@ async def _answer(request: web.Request, ws: web.WebSocketResponse, text: str) ->
         return False
     if kind == "user_message":
         assert isinstance(message, dict)
-        counts = request.app[request.app[WS_CONFIG]["state_key"]]["counts"]
-        run = f"run-{counts[request.path]}"
+        run = f"run-{_twin(request)['counts'][request.path]}"
         await ws.send_json({"type": "agent_started", "run_id": run})
         await ws.send_json({"type": "agent_thinking", "run_id": run})
         reply = f"echo: {str(message.get('text', ''))[:200]}"

@@ -273,6 +273,9 @@ async def test_gate_token_and_status_api(
             text = await r.text()
         assert "abc123" not in text and "gate-secret-1" not in text and "pw@" not in text
 
+    async with http.get(f"{base}/", allow_redirects=False) as r:  # the page is the front door
+        assert r.status == 302 and r.headers["Location"] == "/status"
+
     daemon.request_stop("test")
     async with http.get(f"{base}/readyz", headers=auth) as r:
         assert r.status == 503 and await r.json() == {"ready": False, "draining": True}

@@ -12,11 +12,12 @@ import asyncio
 import gzip
 import sys
 import threading
-import time
 from collections.abc import AsyncIterator, Iterator
 
 import aiohttp
 import pytest
+from aiohttp import web
+from aiohttp.typedefs import Handler
 from helpers import serving, until
 from prometheus_client.openmetrics.parser import text_string_to_metric_families as om_parse
 from prometheus_client.parser import text_string_to_metric_families as text_parse
@@ -49,15 +50,24 @@ class GatedMetrics(Metrics):
         return super().render(openmetrics)
 
 
-class CountingClock:
-    """Runtime.clock: /metrics reads it once per request, before joining a render."""
+class Arrivals:
+    """Counts requests as they reach the app; the handler runs on, without yielding to the
+    loop, until it joins (or starts) a render, so a count seen by the test means joined."""
 
     def __init__(self) -> None:
-        self.calls = 0
+        self.count = 0
 
-    def __call__(self) -> float:
-        self.calls += 1
-        return time.time()
+    @web.middleware
+    async def middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        self.count += 1
+        return await handler(request)
+
+
+async def scrape(http: aiohttp.ClientSession, base: str) -> bytes:
+    """One /metrics body (aiohttp asks for gzip and inflates it)."""
+    async with http.get(f"{base}/metrics") as resp:
+        assert resp.status == 200
+        return await resp.read()
 
 
 def outcome_for(target: Target, i: int = 0) -> Outcome:
@@ -71,33 +81,29 @@ def outcome_for(target: Target, i: int = 0) -> Outcome:
 
 
 @pytest.fixture
-async def big() -> AsyncIterator[tuple[str, Runtime, GatedMetrics, CountingClock]]:
+async def big() -> AsyncIterator[tuple[str, Runtime, GatedMetrics, Arrivals]]:
     lines = "".join(f"  - {{name: t{i}, url: 'http://127.0.0.1:9/x'}}\n" for i in range(TARGETS))
     config = parse_config("targets:\n" + lines, env={})
     metrics = GatedMetrics()
     for target in config.targets:
         metrics.add_target(target)
         metrics.record(outcome_for(target), target)
-    clock = CountingClock()
     runtime = Runtime(config=config, readiness=Readiness(config), metrics=metrics,
-                      history=History.from_config(config), clock=clock)
-    async with serving(make_app(runtime)) as base:
-        yield base, runtime, metrics, clock
+                      history=History.from_config(config))
+    arrivals = Arrivals()
+    app = make_app(runtime)
+    app.middlewares.append(arrivals.middleware)
+    async with serving(app) as base:
+        yield base, runtime, metrics, arrivals
         metrics.gate.set()  # a failed test must not leave a render thread waiting
 
 
 async def test_other_requests_are_answered_while_metrics_render(
-    big: tuple[str, Runtime, GatedMetrics, CountingClock],
+    big: tuple[str, Runtime, GatedMetrics, Arrivals],
 ) -> None:
     base, runtime, metrics, _ = big
     async with aiohttp.ClientSession() as http:
-
-        async def scrape() -> bytes:
-            async with http.get(f"{base}/metrics", headers={"Accept-Encoding": "gzip"}) as resp:
-                assert resp.status == 200
-                return await resp.read()
-
-        scraping = asyncio.create_task(scrape())
+        scraping = asyncio.create_task(scrape(http, base))
         await until(metrics.entered.is_set, "the /metrics render to start", every=0.001)
         async with http.get(f"{base}/livez") as resp:
             assert resp.status == 200
@@ -109,20 +115,15 @@ async def test_other_requests_are_answered_while_metrics_render(
 
 
 async def test_concurrent_scrapes_share_one_render(
-    big: tuple[str, Runtime, GatedMetrics, CountingClock],
+    big: tuple[str, Runtime, GatedMetrics, Arrivals],
 ) -> None:
-    base, runtime, metrics, clock = big
+    base, runtime, metrics, arrivals = big
     async with aiohttp.ClientSession() as http:
-
-        async def scrape() -> bytes:
-            async with http.get(f"{base}/metrics") as resp:
-                return await resp.read()
-
-        first = asyncio.create_task(scrape())
+        first = asyncio.create_task(scrape(http, base))
         await until(metrics.entered.is_set, "the first render to start", every=0.001)
         (shared,) = runtime.renders.values()
-        second = asyncio.create_task(scrape())
-        await until(lambda: clock.calls >= 2, "the second scrape to arrive", every=0.001)
+        second = asyncio.create_task(scrape(http, base))
+        await until(lambda: arrivals.count >= 2, "the second scrape to arrive", every=0.001)
         metrics.gate.set()
         a, b = await asyncio.gather(first, second)
     assert metrics.renders == 1

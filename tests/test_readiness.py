@@ -11,8 +11,9 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from probe.config import Config
+from probe.latency_window import percentile
 from probe.outcome import Failure, Outcome
-from probe.readiness import Readiness, Verdict, percentile
+from probe.readiness import Readiness, Verdict
 
 FAST = settings(max_examples=150, deadline=None)
 
@@ -439,3 +440,4 @@ def test_cheap_ready_never_disagrees_with_the_full_verdict(
         assert full.ready == (track.state == "ready" and not wrong_build and not breached)
         assert full.ready or full.failure is not None or track.state != "ready"
         assert r.verdict(float(i)).ready == full.ready == (not r._blocking)
+        assert r.ready_flags() == (full.ready, [("t0", full.ready)])  # what /metrics exports
