@@ -27,6 +27,7 @@ from typing import IO, Any
 import aiohttp
 import pytest
 from aiohttp import web
+from prometheus_client.openmetrics.parser import text_string_to_metric_families as om_parse
 from prometheus_client.parser import text_string_to_metric_families
 
 from probe.daemon import Daemon
@@ -36,14 +37,27 @@ from probe.twin import Twin
 StartDaemon = Callable[..., Awaitable[Daemon]]  # the type of conftest's `start_daemon`
 
 
-def sample(metrics: Metrics, name: str, labels: dict[str, str]) -> float | None:
-    """One sample of what /metrics would serve right now (the rendered text, parsed back by
-    prometheus-client), or None when that series is absent."""
-    for family in text_string_to_metric_families(metrics.render().decode()):
-        for s in family.samples:
-            if s.name == name and s.labels == labels:
-                return float(s.value)
-    return None
+Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
+
+
+def samples(metrics: Metrics) -> Samples:
+    """What /metrics serves right now (Metrics.render, in both formats), read by
+    prometheus-client's own parsers; the two formats must carry the same samples. Parse once and
+    look up many values with `value`: a render is a whole exposition."""
+    got: list[Samples] = []
+    for openmetrics, parse in ((False, text_string_to_metric_families), (True, om_parse)):
+        out: Samples = {}
+        for family in parse(metrics.render(openmetrics).decode()):
+            for s in family.samples:
+                out[(s.name, frozenset(s.labels.items()))] = s.value
+        got.append(out)
+    assert got[0] == got[1]
+    return got[0]
+
+
+def value(s: Samples, name: str, **labels: str) -> float | None:
+    """One sample of `s`, or None when that series is absent."""
+    return s.get((name, frozenset(labels.items())))
 
 
 def free_port() -> int:

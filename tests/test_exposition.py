@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
+from faults.fixtures import config_of
 from prometheus_client import generate_latest
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.metrics_core import Metric
@@ -23,7 +23,6 @@ from prometheus_client.openmetrics.parser import text_string_to_metric_families 
 from prometheus_client.parser import text_string_to_metric_families as text_parse
 from prometheus_client.utils import floatToGoString
 
-from probe.config import Config, parse_config
 from probe.exposition import count, negotiate, num
 from probe.metrics import Metrics
 from probe.outcome import Failure, Outcome
@@ -40,20 +39,16 @@ class Parsed:
         return self.families
 
 
-def config_of(*targets: dict[str, Any]) -> Config:
-    return parse_config(yaml.safe_dump({"targets": list(targets)}), env={})
-
-
 def busy_metrics() -> Metrics:
     """Every kind of series: http and https, websocket, bounds, failures, readiness, lag."""
-    config = config_of(
+    config = config_of([
         {"name": "api", "url": "https://127.0.0.1:1/health",
          "latency": {"measure": "ttfb", "p50": "20ms", "p95": "150ms", "p99": "2s"}},
         {"name": "chat", "url": "ws://127.0.0.1:1/ws", "critical": False,
          "messages": [{"send": {"type": "ping"}}],
          "latency": {"measure": "rtt", "p95": "1s"}},
         {"name": "never-probed", "url": "http://127.0.0.1:1/"},
-    )
+    ])
     m = Metrics(version="1.2.3")
     api, chat, _ = config.targets
     for target in config.targets:
@@ -127,7 +122,7 @@ def test_counts_are_formatted_as_prometheus_client_formats_them(value: int) -> N
 def test_label_values_are_escaped(tmp_path: Path) -> None:
     """Config allows only [A-Za-z0-9_.:-] in names; were that loosened, the text stays valid."""
     name = 'we"ird\\name\nline2'
-    target = config_of({"name": "x", "url": "http://127.0.0.1:1/"}).targets[0].model_copy(
+    target = config_of([{"name": "x", "url": "http://127.0.0.1:1/"}]).targets[0].model_copy(
         update={"name": name})
     m = Metrics()
     m.add_target(target)

@@ -29,7 +29,7 @@ from faults.fixtures import (
     make_target,
     probe_once,
 )
-from helpers import ProbeRun, sample, until
+from helpers import ProbeRun, Samples, samples, until, value
 
 from probe.checks import CheckContext
 from probe.checks._http_classify import Progress, classify
@@ -162,16 +162,19 @@ async def test_daemon_healthy_targets_unaffected_by_faulty_ones(
         targets.append({"name": name, "url": fault_server(f).ws_url("/"), "interval": "1s",
                         "timeout": "1s", "messages": [PING_STEP]})
     daemon = Daemon(config_of(targets, defaults={"success_threshold": 2, "failure_threshold": 2}))
-    def results(name: str, result: str) -> float:
-        got = sample(daemon.metrics, "probe_results_total", {"target": name, "result": result})
-        return got or 0
+    def results(s: Samples, name: str, result: str) -> float:
+        return value(s, "probe_results_total", target=name, result=result) or 0
+
+    def settled() -> bool:
+        s = samples(daemon.metrics)  # one render and parse per poll, not one per lookup
+        return (all(results(s, n, "failure") >= 2 for n in expected)
+                and results(s, "ok-http", "success") >= 8 and results(s, "ok-ws", "success") >= 8)
 
     url = await daemon.start("127.0.0.1", 0)
     start = time.monotonic()
     try:
         await until(
-            lambda: all(results(n, "failure") >= 2 for n in expected)
-            and results("ok-http", "success") >= 8 and results("ok-ws", "success") >= 8,
+            settled,
             "every faulty target failed twice and the healthy ones probed repeatedly", within=30,
         )
         elapsed = time.monotonic() - start
@@ -183,10 +186,11 @@ async def test_daemon_healthy_targets_unaffected_by_faulty_ones(
                 exposition = await resp.text()
     finally:
         await daemon.stop()
+    final = samples(daemon.metrics)
     for name in ("ok-http", "ok-ws"):
-        assert results(name, "failure") == 0, name
+        assert results(final, name, "failure") == 0, name
         # cadence: a loop that waited on the faulty ones (1 s timeouts) would manage far fewer
-        assert results(name, "success") >= elapsed / HEALTHY_INTERVAL * 0.5, name
+        assert results(final, name, "success") >= elapsed / HEALTHY_INTERVAL * 0.5, name
     by_name = {t["name"]: t for t in verdict["targets"]}
     assert by_name["ok-http"]["ready"] and by_name["ok-ws"]["ready"]
     assert verdict["ready"] is False
@@ -194,7 +198,7 @@ async def test_daemon_healthy_targets_unaffected_by_faulty_ones(
         assert by_name[name]["state"] == "failing", by_name[name]
         assert by_name[name]["failure"] == failure, (name, by_name[name])
         for other in Failure:
-            n = sample(daemon.metrics, "probe_failures_total", {"target": name, "failure": other})
+            n = value(final, "probe_failures_total", target=name, failure=other.value)
             assert (n or 0) == 0 or other == failure, (name, other, n)
     assert 'probe_success{target="ok-http"} 1.0' in exposition
     assert 'probe_success{target="http-drip"} 0.0' in exposition

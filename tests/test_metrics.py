@@ -10,22 +10,24 @@ from typing import Any
 
 import aiohttp
 import pytest
-import yaml
 from certs import make_self_signed
+from faults.fixtures import config_of
 from helpers import (
     Prometheus,
+    Samples,
     StartDaemon,
     refused_port,
     running_twin,
+    samples,
     silent_server,
     until,
+    value,
 )
 from prometheus_client.openmetrics.parser import text_string_to_metric_families as om_parse
-from prometheus_client.parser import text_string_to_metric_families
 
 from probe import __version__
 from probe.checks import CheckContext, checker_for
-from probe.config import Config, Target, parse_config
+from probe.config import Config, Target
 from probe.metrics import HTTP_PHASES, KIND_FAILURES, Metrics
 from probe.outcome import Failure, Outcome
 from probe.readiness import Readiness
@@ -33,37 +35,12 @@ from probe.twin import Twin
 
 pytestmark = pytest.mark.twin(version="v1")  # conftest's `twin`
 
-Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
-
-
-def samples(metrics: Metrics) -> Samples:
-    """What /metrics serves (Metrics.render, in both formats), read by prometheus-client's own
-    parsers; the two formats must carry the same samples."""
-    got: list[Samples] = []
-    for openmetrics, parse in ((False, text_string_to_metric_families), (True, om_parse)):
-        out: Samples = {}
-        for family in parse(metrics.render(openmetrics).decode()):
-            for s in family.samples:
-                out[(s.name, frozenset(s.labels.items()))] = s.value
-        got.append(out)
-    assert got[0] == got[1]
-    return got[0]
-
-
 def of_target(s: Samples, name: str) -> list[tuple[str, dict[str, str]]]:
     return [(n, dict(labels)) for n, labels in s if dict(labels).get("target") == name]
 
 
-def value(s: Samples, name: str, **labels: str) -> float | None:
-    return s.get((name, frozenset(labels.items())))
-
-
-def config_of(*targets: dict[str, Any]) -> Config:
-    return parse_config(yaml.safe_dump({"targets": list(targets)}), env={})
-
-
 def http_target(url: str, **extra: Any) -> Target:
-    return config_of({"name": "t", "url": url, "interval": "2s", "timeout": "1s", **extra}
+    return config_of([{"name": "t", "url": url, "interval": "2s", "timeout": "1s", **extra}]
                      ).targets[0]
 
 
@@ -218,8 +195,8 @@ async def test_forget_removes_every_series_of_a_target(twin: Twin) -> None:
 
 def test_lag_histogram_and_readiness_gauges() -> None:
     m = Metrics()
-    config = config_of({"name": "a", "url": "http://127.0.0.1:1/", "success_threshold": 1},
-                       {"name": "b", "url": "http://127.0.0.1:1/", "critical": False})
+    config = config_of([{"name": "a", "url": "http://127.0.0.1:1/", "success_threshold": 1},
+                        {"name": "b", "url": "http://127.0.0.1:1/", "critical": False}])
     for target in config.targets:
         m.add_target(target)
     readiness = Readiness(config)
@@ -278,8 +255,8 @@ def test_a_failure_outside_the_kinds_usual_set_is_counted_all_the_same() -> None
 async def test_openmetrics_negotiation(
     twin: Twin, start_daemon: StartDaemon, http: aiohttp.ClientSession
 ) -> None:
-    config = config_of({"name": "h", "url": f"{twin.url}/health", "interval": "200ms",
-                        "timeout": "200ms"})
+    config = config_of([{"name": "h", "url": f"{twin.url}/health", "interval": "200ms",
+                         "timeout": "200ms"}])
     base = (await start_daemon(config)).url
     async def scraped() -> bool:
         async with http.get(f"{base}/metrics") as r:
@@ -322,8 +299,8 @@ async def test_real_prometheus_scrapes_the_daemon(
 ) -> None:
     if shutil.which("prometheus") is None:
         pytest.skip("the prometheus binary is not installed (Debian package `prometheus`)")
-    config = config_of({"name": "backend-health", "url": f"{twin.url}/health",
-                        "interval": "200ms", "timeout": "200ms"})
+    config = config_of([{"name": "backend-health", "url": f"{twin.url}/health",
+                         "interval": "200ms", "timeout": "200ms"}])
     daemon = await start_daemon(config)
     prom = Prometheus(
         tmp_path,
@@ -354,7 +331,7 @@ async def test_served_series_follow_a_reload(twin: Twin, start_daemon: StartDaem
     """Daemon.apply: a removed target's series leave /metrics, a target whose latency target
     no longer judges ttfb loses that histogram and keeps its counts."""
     def config(*targets: dict[str, Any]) -> Config:
-        return config_of(*({"interval": "200ms", "timeout": "200ms", **t} for t in targets))
+        return config_of([{"interval": "200ms", "timeout": "200ms", **t} for t in targets])
 
     keep = {"name": "keep", "url": f"{twin.url}/health"}
     daemon = await start_daemon(config(
