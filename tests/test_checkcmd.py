@@ -13,7 +13,7 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
-from helpers import free_port, until
+from helpers import refused_port, until
 from helpers import run_cli as run
 
 from probe.twin import Twin
@@ -116,11 +116,11 @@ async def test_wait_on_a_twin_that_never_heals_ends_at_the_deadline_with_the_rea
 
 async def test_refused_and_non_critical_targets(
         twin: Twin, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    port = free_port()  # a port that was free a moment ago: connection refused
-    targets = health(twin) + (f"  - name: gone\n    url: http://127.0.0.1:{port}/\n"
-                              "    critical: false\n")
-    cfg = write_config(tmp_path, targets)
-    assert await run("check", "-c", str(cfg)) == 0, "a non-critical target does not block"
+    with refused_port() as port:
+        targets = health(twin) + (f"  - name: gone\n    url: http://127.0.0.1:{port}/\n"
+                                  "    critical: false\n")
+        cfg = write_config(tmp_path, targets)
+        assert await run("check", "-c", str(cfg)) == 0, "a non-critical target does not block"
     out = capsys.readouterr().out
     assert "WARN gone" in out and "refused" in out
     cfg.write_text(cfg.read_text().replace("    critical: false\n", ""))

@@ -21,6 +21,7 @@ from helpers import (
     StartDaemon,
     free_port,
     http_get,
+    refused_port,
     serving,
     silent_server,
     until,
@@ -138,13 +139,14 @@ async def test_wait_until_the_daemon_is_ready(daemon: Daemon, twin: Twin,
 
 async def test_unreachable_daemon_is_not_ready_with_the_reason(
         capsys: pytest.CaptureFixture[str]) -> None:
-    url = f"http://127.0.0.1:{free_port()}"
-    assert await run("gate", url) == 1
-    out = capsys.readouterr().out
-    assert out.startswith("FAIL probe-daemon  refused: cannot reach the daemon at")
-    t0 = time.monotonic()
-    assert await run("gate", url, "--wait", "1s") == 1
-    assert 1.0 <= time.monotonic() - t0 < 15
+    with refused_port() as port:
+        url = f"http://127.0.0.1:{port}"
+        assert await run("gate", url) == 1
+        out = capsys.readouterr().out
+        assert out.startswith("FAIL probe-daemon  refused: cannot reach the daemon at")
+        t0 = time.monotonic()
+        assert await run("gate", url, "--wait", "1s") == 1
+        assert 1.0 <= time.monotonic() - t0 < 15
     captured = capsys.readouterr()
     assert "refused" in captured.out and "refused" in captured.err
 

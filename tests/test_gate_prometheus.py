@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
-from helpers import Prometheus, free_port, until, until_stderr
+from helpers import Prometheus, refused_port, until, until_stderr
 from helpers import run_cli as run
 
 from probe.gate import prometheus_verdict
@@ -160,5 +160,6 @@ async def test_prometheus_one_replica_failing_names_the_cause(
 
 
 async def test_prometheus_unreachable(capsys: pytest.CaptureFixture[str]) -> None:
-    assert await run("gate", "--prometheus", f"http://127.0.0.1:{free_port()}") == 1
+    with refused_port() as port:
+        assert await run("gate", "--prometheus", f"http://127.0.0.1:{port}") == 1
     assert "refused: cannot reach Prometheus at" in capsys.readouterr().out

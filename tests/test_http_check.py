@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 from certs import SelfSigned, make_self_signed
+from helpers import refused_port
 from http_servers import MIB, App, raw_server, read_request, serve_app
 
 from probe.checks import CheckContext, _http_expect
@@ -199,9 +200,7 @@ async def test_dns() -> None:
 
 
 async def test_refused() -> None:
-    with socket.socket() as sock:  # bound, not listening: the kernel answers RST
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    with refused_port() as port:  # bound, not listening: the kernel answers RST
         out = await probe(f"http://127.0.0.1:{port}/?token=hunter2")
     assert failed(out, Failure.REFUSED) == f"connection refused by 127.0.0.1:{port}"
 

@@ -17,6 +17,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import pytest
+from helpers import refused_port
 from http_servers import raw_server
 
 from probe.checks import CheckContext
@@ -232,9 +233,7 @@ async def test_ipv6_loopback_target() -> None:
 
 
 async def test_refused_on_every_address_of_a_name() -> None:
-    with socket.socket() as sock:  # bound, not listening
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    with refused_port() as port:  # bound, not listening
         out = await probe(f"http://localhost:{port}/")
     assert failed(out, Failure.REFUSED) == f"connection refused by localhost:{port}"
 

@@ -32,7 +32,7 @@ import pytest
 import pytest_asyncio
 import yaml
 from certs import make_self_signed
-from helpers import ProbeRun, Prometheus, PromQLError, free_port, running_twin, until
+from helpers import ProbeRun, Prometheus, PromQLError, refused_port, running_twin, until
 
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"
@@ -133,7 +133,7 @@ async def stack(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Stack
         config.write_text(probe_config(*(t.url for t in twins), ca_file=cert.cert_file))
         daemon = ProbeRun(config, tmp, {"PROBE_GATE_TOKEN": None, "PROBE_LOG_LEVEL": "info"})
         started.callback(daemon.close)
-        dead = f"127.0.0.1:{free_port()}"
+        dead = f"127.0.0.1:{started.enter_context(refused_port())}"
         prometheus = Prometheus(
             tmp, prometheus_config(daemon.url.removeprefix("http://"), dead), "--log.level=warn")
         started.callback(prometheus.stop)
