@@ -1,9 +1,11 @@
 """The daemon's HTTP face: /metrics, /livez, /readyz, /api/v1/status and the /status page.
 
 /readyz is what CI gates on, so its status code alone is the answer (200 ready, 503 not); the
-JSON body names the cause per target. With PROBE_GATE_TOKEN set, anonymous callers still get the
-status code and `{"ready": bool}` (a load balancer or an uptime check needs no more), but the
-details — which name internal hosts and failures — need the bearer token.
+JSON body names the cause per target. It answers GET, HEAD and POST alike: Flagger's webhooks
+POST a JSON payload (ignored here) and read only the status code. With PROBE_GATE_TOKEN set,
+anonymous callers still get the status code and `{"ready": bool}` (a load balancer or an uptime
+check needs no more), but the details — which name internal hosts and failures — need the bearer
+token.
 
 /livez means "the daemon is alive and its scheduler is not stuck" (see Scheduler.stuck): a
 blocked event loop or a wedged target loop turns it 503, so an orchestrator restarts us.
@@ -176,7 +178,8 @@ def make_app(runtime: Runtime) -> web.Application:
     app.router.add_get("/", index)
     app.router.add_get("/metrics", metrics_handler)
     app.router.add_get("/livez", livez)
-    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/readyz", readyz)  # and HEAD
+    app.router.add_post("/readyz", readyz)  # Flagger's webhooks POST their payload
     app.router.add_get("/api/v1/status", status_api)
     add_status_routes(app)
     return app
