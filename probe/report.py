@@ -85,7 +85,27 @@ def summary(v: Verdict) -> str:
     return f"NOT READY: {ok}/{len(critical)} critical targets ready; waiting on {blocking}"
 
 
-def render_text(v: Verdict) -> str:
+_COLORS = {"OK": "32", "FAIL": "31", "WARN": "33", "WAIT": "36"}  # SGR: green, red, yellow, cyan
+
+
+def use_color(stream: TextIO, env: Mapping[str, str] | None = None) -> bool:
+    """Colour only for a person: a terminal, and NO_COLOR (no-color.org) not set to anything."""
+    environ = os.environ if env is None else env
+    if environ.get("NO_COLOR"):
+        return False
+    isatty = getattr(stream, "isatty", None)
+    return bool(isatty and isatty())
+
+
+def _paint(text: str, sgr: str, color: bool) -> str:
+    return f"\x1b[{sgr}m{text}\x1b[0m" if color else text
+
+
+def verdict_line(v: Verdict, color: bool = False) -> str:
+    return _paint(summary(v), "1;32" if v.ready else "1;31", color)
+
+
+def render_text(v: Verdict, color: bool = False) -> str:
     width = max((len(t.name) for t in v.targets), default=0)
     lines = []
     for t in v.targets:
@@ -94,8 +114,9 @@ def render_text(v: Verdict) -> str:
         if t.ready and facts:
             what += f" ({facts})"
         tail = "" if t.critical else "  [non-critical]"
-        lines.append(f"{_mark(t):<4} {t.name:<{width}}  {what}{tail}")
-    lines.append(summary(v))
+        mark = _paint(f"{_mark(t):<4}", _COLORS[_mark(t)], color)
+        lines.append(f"{mark} {t.name:<{width}}  {what}{tail}")
+    lines.append(verdict_line(v, color))
     return "\n".join(lines) + "\n"
 
 
@@ -158,8 +179,15 @@ def render_github(v: Verdict) -> str:
     return "\n".join(lines) + "\n"
 
 
+_MD_PUNCT = re.compile(r"([\\`*_{}\[\]()#+!|~])")
+
+
 def _md(text: str) -> str:
-    return text.replace("\\", "\\\\").replace("|", "\\|").replace("\r", " ").replace("\n", " ")
+    """Text from a target (a detail quoting its body, say) as one inert Markdown table cell: no
+    HTML (`<`, `&`), no code spans, links, emphasis or cell breaks (`|`), no line breaks."""
+    text = text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    text = _MD_PUNCT.sub(r"\\\1", text)
+    return re.sub(r"[\r\n]+", " ", text)
 
 
 def markdown_summary(v: Verdict) -> str:
@@ -186,16 +214,44 @@ def render(v: Verdict, fmt: str) -> str:
         raise ValueError(f"unknown format {fmt!r} (one of {', '.join(RENDERERS)})") from None
 
 
+def unwritable(path: Path) -> str | None:
+    """Why a report cannot be written at `path`, or None: checked before probing, so a wrong
+    --junit path fails at once with its reason instead of after a 10-minute wait."""
+    if path.is_dir():
+        return "is a directory"
+    ancestor = next((p for p in path.parents if p.exists()), None)
+    if ancestor is not None and not ancestor.is_dir():
+        return f"{ancestor} is not a directory"
+    existed = path.exists()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "a", encoding="utf-8"):
+            pass
+        if not existed:
+            path.unlink()  # no empty report left behind if the run is interrupted
+    except OSError as exc:
+        return exc.strerror or type(exc).__name__
+    return None
+
+
 def emit(v: Verdict, fmt: str, junit: Path | None = None, out: TextIO | None = None,
-         env: Mapping[str, str] | None = None) -> None:
-    """What `probe check` and `probe gate` do with a verdict: print, JUnit file, step summary."""
+         env: Mapping[str, str] | None = None, quiet: bool = False) -> None:
+    """What `probe check` and `probe gate` do with a verdict: print, JUnit file, step summary.
+
+    `quiet` (-q) shortens the text format to its verdict line; the machine formats, the JUnit
+    file and the step summary are whole either way.
+    """
     stream = out if out is not None else sys.stdout
-    stream.write(render(v, fmt))
+    environ = os.environ if env is None else env
+    if fmt == "text":
+        color = use_color(stream, environ)
+        stream.write(verdict_line(v, color) + "\n" if quiet else render_text(v, color))
+    else:
+        stream.write(render(v, fmt))
     stream.flush()
     if junit is not None:
         junit.parent.mkdir(parents=True, exist_ok=True)
         junit.write_text(render_junit(v), encoding="utf-8")
-    environ = os.environ if env is None else env
     step_summary = environ.get("GITHUB_STEP_SUMMARY")
     if fmt == "github" and step_summary:
         with open(step_summary, "a", encoding="utf-8") as fh:

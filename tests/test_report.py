@@ -8,7 +8,17 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 from probe.readiness import TargetVerdict, Verdict
-from probe.report import Progress, emit, gh_data, gh_property, render, render_junit
+from probe.report import (
+    Progress,
+    emit,
+    gh_data,
+    gh_property,
+    markdown_summary,
+    render,
+    render_junit,
+    unwritable,
+    use_color,
+)
 
 
 def tv(name: str, ready: bool, failure: str | None = None, detail: str = "",
@@ -104,7 +114,7 @@ def test_emit_writes_junit_and_appends_the_step_summary(tmp_path: Path) -> None:
     assert out.getvalue().startswith("::error title=a|b%3A http_status::")
     text = summary.read_text()
     assert text.startswith("earlier step\n### :x: staging not ready")
-    assert "| :x: | a\\|b | failing | http_status: HTTP 503 \\| down |" in text
+    assert "| :x: | a\\|b | failing | http\\_status: HTTP 503 \\| down |" in text
     assert ET.parse(junit).getroot().get("failures") == "1"
     # other formats leave the step summary alone
     emit(READY, "text", None, out=io.StringIO(), env={"GITHUB_STEP_SUMMARY": str(summary)})
@@ -133,3 +143,55 @@ def test_progress_on_a_terminal_is_one_live_line() -> None:
     p.close()
     text = stream.getvalue()
     assert text.count("\r\x1b[K") == 2 and text.endswith("\n") and text.count("\n") == 1
+
+
+def test_step_summary_keeps_what_a_target_says_inert() -> None:
+    """A detail quotes the target's body: in the step summary it must stay one plain cell, not
+    HTML, a code span, a link, emphasis or a new row."""
+    nasty = "got <img src=x onerror=alert(1)> `rm -rf` [click](http://evil) **b** | x\r\nrow2"
+    md = markdown_summary(Verdict(False, [tv("api<b>", False, "assertion", nasty)]))
+    row = next(line for line in md.splitlines() if "api" in line)
+    assert "<" not in row and "&lt;img src=x onerror=alert\\(1\\)&gt;" in row
+    assert "`" not in row.replace("\\`", "") and "\\[click\\]\\(http://evil\\)" in row
+    assert "\\*\\*b\\*\\*" in row and "\\| x row2" in row
+    assert row.count(" | ") == 4, "no cell break from the detail"
+    assert "&lt;b&gt;" in row, "a target name is escaped too"
+
+
+def test_quiet_text_is_the_verdict_line_only() -> None:
+    out = io.StringIO()
+    emit(NOT_READY, "text", out=out, env={}, quiet=True)
+    assert out.getvalue() == ("NOT READY: 1/3 critical targets ready; waiting on "
+                              "backend-health (http_status), agents (pending)\n")
+    out = io.StringIO()
+    emit(NOT_READY, "json", out=out, env={}, quiet=True)
+    assert json.loads(out.getvalue())["ready"] is False, "-q leaves machine formats whole"
+
+
+class Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_colour_on_a_terminal_unless_no_color() -> None:
+    assert use_color(Terminal(), {}) and not use_color(io.StringIO(), {})
+    assert not use_color(Terminal(), {"NO_COLOR": "1"})
+    assert use_color(Terminal(), {"NO_COLOR": ""}), "no-color.org: only a non-empty value counts"
+    out = Terminal()
+    emit(NOT_READY, "text", out=out, env={})
+    lines = out.getvalue().splitlines()
+    assert lines[0].startswith("\x1b[31mFAIL\x1b[0m backend-health")
+    assert lines[-1].startswith("\x1b[1;31mNOT READY")
+    out = Terminal()
+    emit(NOT_READY, "text", out=out, env={"NO_COLOR": "1"})
+    assert "\x1b" not in out.getvalue()
+    assert out.getvalue() == render(NOT_READY, "text")
+
+
+def test_unwritable_names_the_reason_and_leaves_nothing_behind(tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("")
+    not_a_dir = f"{tmp_path / 'file'} is not a directory"
+    assert unwritable(tmp_path / "file" / "sub" / "r.xml") == not_a_dir
+    assert unwritable(tmp_path) == "is a directory"
+    fresh = tmp_path / "reports" / "r.xml"
+    assert unwritable(fresh) is None and not fresh.exists()
