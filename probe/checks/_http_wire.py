@@ -12,7 +12,13 @@ written to the headers parsed (taken in the parser callback, not when the corout
 Bounds against a hostile peer: the response head (status line, headers, any 1xx interim
 answers) may take at most MAX_HEAD bytes and MAX_HEADERS header lines; the body is counted as it
 arrives and reading stops at the body limit, decompressed output included (zlib max_length).
-Whatever the probe does not read is dropped with the connection, never buffered.
+The head cap also covers what a chunked body carries besides its data: every byte received that
+is not body data (the head, chunk-size lines and their extensions, trailers) counts, with
+CHUNK_FRAMING bytes of allowance per chunk for the size line's own digits and CRLFs. Without it
+a trailer line that never ends grows httptools' header buffer by concatenation (memory, and
+quadratic CPU on the loop) until the probe's deadline. Trailers are counted, never kept.
+Whatever the probe does not read is dropped with the connection, never buffered, and close()
+drops the parser and buffers, so nothing of a probe waits for the cyclic GC.
 """
 
 from __future__ import annotations
@@ -37,6 +43,7 @@ from probe.outcome import Failure
 
 MAX_HEAD = 64 * 1024
 MAX_HEADERS = 128
+CHUNK_FRAMING = 32  # bytes per chunk for its size line (16 hex digits at most) and CRLFs
 _NO_HEADERS: CIMultiDictProxy[str] = CIMultiDictProxy(CIMultiDict())
 _GZIP, _DEFLATE = zlib.MAX_WBITS | 16, zlib.MAX_WBITS
 _ENCODINGS = {b"gzip": _GZIP, b"x-gzip": _GZIP, b"deflate": _DEFLATE}
@@ -80,7 +87,10 @@ async def connect(
             errors.append(exc)
     else:
         refused = [e for e in errors if isinstance(e, ConnectionRefusedError)]
-        raise (refused or errors)[0]
+        try:
+            raise (refused or errors)[0]
+        finally:  # the lists hold the error, its traceback this frame: no cycle left behind
+            errors = refused = []
     probe.close_phase("connect", time.perf_counter())
     if tls is not None:
         probe.stage = "tls"
@@ -105,21 +115,22 @@ class Wire(asyncio.Protocol):
     `error` and raised to the awaiting check; the transport is the check's to close."""
 
     __slots__ = (
-        "chunks", "ctype", "decoded", "decoder", "done", "encoding", "error", "first", "follow",
-        "head_bytes", "head_done", "head_only", "headers", "length", "limit", "location",
-        "parser", "plan", "probe", "status", "t_done", "t_head", "transport", "waiter",
+        "body_raw", "chunks", "chunks_seen", "ctype", "decoded", "decoder", "done", "encoding",
+        "error", "first", "follow", "head_bytes", "head_done", "head_only", "headers", "length",
+        "limit", "location", "parser", "plan", "probe", "received", "status", "t_done",
+        "t_head", "trailers", "transport", "waiter",
     )
 
     def __init__(self, plan: Plan, head_only: bool, limit: int, probe: Progress) -> None:
         self.plan, self.head_only, self.limit, self.probe = plan, head_only, limit, probe
-        self.parser = HttpResponseParser(self)
+        self.parser: HttpResponseParser | None = HttpResponseParser(self)
         self.transport: asyncio.Transport | None = None
         self.waiter: asyncio.Future[None] | None = None
         self.error: BaseException | None = None
         self.headers: list[tuple[bytes, bytes]] = []
         self.head_done = self.done = self.follow = False
         self.status = 0
-        self.head_bytes = 0
+        self.head_bytes = self.received = self.body_raw = self.chunks_seen = self.trailers = 0
         self.first = b""
         self.length: int | None = None
         self.encoding = self.ctype = self.location = b""
@@ -156,14 +167,21 @@ class Wire(asyncio.Protocol):
 
     def close(self) -> None:
         """Hang up: politely after a complete message; at once otherwise (a body not read, a TLS
-        shutdown not waited for: RST if data is unread)."""
+        shutdown not waited for: RST if data is unread).
+
+        Also lets go of everything the exchange holds: the parser (which refers back to this
+        object, a cycle), the headers and the body (read by the check before it closes), and the
+        error (its traceback holds the frames that hold this object, another cycle), so all of
+        it is freed by reference counting when the probe ends, not at the next full GC."""
         transport, self.transport = self.transport, None
         if transport is not None:
             if self.t_done and self.error is None:
                 transport.close()
             else:
                 transport.abort()
-        self.error = self.error or _CLOSED
+        self.error = _CLOSED  # never raised: nothing awaits a closed exchange
+        self.parser = self.decoder = self.chunks = self.waiter = None
+        self.headers = []
 
     def body_bytes(self) -> bytes:
         return b"".join(self.chunks) if self.chunks else b""
@@ -190,12 +208,13 @@ class Wire(asyncio.Protocol):
         self.transport = transport  # type: ignore[assignment]
 
     def data_received(self, data: bytes) -> None:
-        if self.done or self.error is not None:
+        if self.done or self.error is not None or self.parser is None:
             return
         if not self.head_done:
             if not self.first:
                 self.first = data[:64]
             self.head_bytes += len(data)
+        self.received += len(data)
         try:
             self.parser.feed_data(data)
         except HttpParserUpgrade:
@@ -203,11 +222,15 @@ class Wire(asyncio.Protocol):
         except HttpParserError as exc:
             if self.done:  # bytes after the end of the message: not our concern
                 return
-            cause = exc.__context__
-            self._fail(cause if isinstance(cause, Fail) else self._invalid(exc))
+            self._fail(self._named(exc))
         else:
             if not self.head_done and self.head_bytes > MAX_HEAD:
                 self._fail(Fail(Failure.PROTOCOL, "not valid HTTP: response head exceeds"
+                                                  f" {size(MAX_HEAD)} without ending"))
+            elif not self.done and self.received - self.body_raw > (
+                    MAX_HEAD + CHUNK_FRAMING * self.chunks_seen):
+                self._fail(Fail(Failure.PROTOCOL, "not valid HTTP: chunked framing (chunk"
+                                                  " extensions or trailer) exceeds"
                                                   f" {size(MAX_HEAD)} without ending"))
 
     def eof_received(self) -> bool | None:
@@ -229,6 +252,12 @@ class Wire(asyncio.Protocol):
             self.length, self.encoding, self.ctype, self.location = None, b"", b"", b""
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        if self.head_done:  # a trailer (after a chunked body): counted, never kept
+            self.trailers += 1
+            if self.trailers > MAX_HEADERS:
+                raise Fail(Failure.PROTOCOL, f"not valid HTTP: more than {MAX_HEADERS} trailer"
+                                             " lines")
+            return
         headers = self.headers
         headers.append((name, value))
         if len(headers) > MAX_HEADERS:
@@ -245,6 +274,7 @@ class Wire(asyncio.Protocol):
                 self.location = value
 
     def on_headers_complete(self) -> None:
+        assert self.parser is not None  # only called from inside feed_data
         status = self.parser.get_status_code()
         if status < 200 and status != 101:
             return  # interim (100 Continue, 103 Early Hints): the real answer follows
@@ -273,6 +303,7 @@ class Wire(asyncio.Protocol):
         if self.done:
             return
         probe = self.probe
+        self.body_raw += len(data)
         probe.bytes_read += len(data)
         if probe.bytes_read > self.limit:
             raise Fail(Failure.BODY_TOO_LARGE, f"body exceeds the {size(self.limit)} limit"
@@ -282,6 +313,9 @@ class Wire(asyncio.Protocol):
             self.decoded += len(data)
         if self.chunks is not None:
             self.chunks.append(data)
+
+    def on_chunk_header(self) -> None:
+        self.chunks_seen += 1
 
     def on_message_complete(self) -> None:
         if self.head_done and not self.done:
@@ -307,9 +341,16 @@ class Wire(asyncio.Protocol):
         self._wake()
 
     def _fail(self, error: BaseException) -> None:
+        """Keep `error` for the awaiting check, without its traceback: that one holds the
+        callback's frames, which hold this object (a cycle only the full GC would free)."""
         if self.error is None:
-            self.error = error
+            self.error = error.with_traceback(None)
         self._wake()
+
+    def _named(self, exc: HttpParserError) -> Fail:
+        """The Fail a callback raised (httptools wraps it), else `exc` named as invalid HTTP."""
+        cause = exc.__context__
+        return cause if isinstance(cause, Fail) else self._invalid(exc)
 
     def _wake(self) -> None:
         waiter = self.waiter

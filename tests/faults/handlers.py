@@ -2,81 +2,22 @@
 
 Every handler is bounded: it ends when the client goes away, when the server stops (the
 connection task is cancelled), or after a fixed amount of work. Names are `kind` or `kind:arg`
-(e.g. `ws_close:1011`); `FAULTS` maps the kind to its handler.
+(e.g. `ws_close:1011`); `FAULTS` maps the kind to its handler. The HTTP faults are here, the
+WebSocket ones in handlers_ws.py.
 """
 
 from __future__ import annotations
 
 import asyncio
-import fcntl
-import json
 import select
 import socket
 import struct
-import termios
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 
-from .wire import (
-    OP_CLOSE,
-    OP_PING,
-    OP_PONG,
-    OP_TEXT,
-    close_frame,
-    frame,
-    frame_header,
-    json_response,
-    read_frame,
-    read_request,
-    response,
-    upgrade_response,
-)
+from .conn import CHUNK, Conn, Handler
+from .handlers_ws import WS_FAULTS, ws_ok_session
+from .wire import json_response, read_request, response
 
-CHUNK = 64 * 1024
 BIG_HTTP_BODY = 50 * 1024 * 1024
-BIG_WS_MESSAGE = 20 * 1024 * 1024
-
-
-@dataclass
-class Conn:
-    reader: asyncio.StreamReader
-    writer: asyncio.StreamWriter
-    arg: str | None
-
-    async def send(self, data: bytes) -> None:
-        self.writer.write(data)
-        await self.writer.drain()
-
-    async def delivered(self, within: float = 5.0) -> None:
-        """Return once the client's kernel has acknowledged every byte written so far.
-
-        Our send queue (SIOCOUTQ: bytes not yet ACKed by the peer) and the transport's own
-        buffer both empty: what was sent is in the client's receive queue, so whatever we do
-        next (a RST) comes after it. There is no event for this, so it polls the kernel every
-        millisecond (loopback ACKs at once), bounded by `within`."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + within
-        fd = self.writer.get_extra_info("socket").fileno()
-        while self.writer.transport.get_write_buffer_size() or _unacked(fd):
-            if loop.time() > deadline:
-                return  # the client stopped reading (window full): RST it as it is
-            await asyncio.sleep(0.001)
-
-    async def until_eof(self) -> None:
-        """Read (and discard) whatever the client sends until it hangs up."""
-        while await self.reader.read(CHUNK):
-            pass
-
-
-Handler = Callable[[Conn], Awaitable[None]]
-
-
-def _unacked(fd: int) -> int:
-    """Bytes in this socket's send queue not yet acknowledged by the peer (SIOCOUTQ)."""
-    return int(struct.unpack("i", fcntl.ioctl(fd, termios.TIOCOUTQ, b"\0\0\0\0"))[0])
-
-
-# --- HTTP ------------------------------------------------------------------------------------
 
 
 async def ok(c: Conn) -> None:
@@ -209,116 +150,42 @@ async def redirect_loop(c: Conn) -> None:
         await c.send(response(302, b"", Location=nxt))
 
 
-# --- WebSocket -------------------------------------------------------------------------------
-
-
-async def _upgrade(c: Conn) -> bool:
-    req = await read_request(c.reader)
-    if req is None:
-        return False
-    await c.send(upgrade_response(req))
-    return True
-
-
-async def _first_message(c: Conn) -> None:
-    """Wait (bounded) for the client's first data frame, so a fault hits mid-session."""
-    try:
-        async with asyncio.timeout(30):
-            while True:
-                opcode, _ = await read_frame(c.reader)
-                if opcode != OP_PING:
-                    return
-    except (TimeoutError, asyncio.IncompleteReadError, ConnectionError, ValueError):
-        return
-
-
-async def ws_ok_session(c: Conn, _req: object = None) -> None:
-    """Answer {"type": "ping"} with {"type": "pong"}, echo anything else, honour close."""
-    if _req is None:
-        if not await _upgrade(c):
-            return
-    else:
-        await c.send(upgrade_response(_req))
-    while True:
-        try:
-            opcode, data = await read_frame(c.reader)
-        except (asyncio.IncompleteReadError, ConnectionError, ValueError):
-            return
-        if opcode == OP_CLOSE:
-            await c.send(frame(OP_CLOSE, data[:2]))
-            return
-        if opcode == OP_PING:
-            await c.send(frame(OP_PONG, data))
-        elif opcode == OP_TEXT:
-            try:
-                msg = json.loads(data)
-            except ValueError:
-                msg = None
-            if isinstance(msg, dict) and msg.get("type") == "ping":
-                data = json.dumps({"type": "pong"}).encode()
-            await c.send(frame(OP_TEXT, data))
-
-
-async def ws_ok(c: Conn) -> None:
-    await ws_ok_session(c)
-
-
-async def ws_reject(c: Conn) -> None:
-    """Answer the upgrade with an ordinary HTTP status (403 by default)."""
-    if await read_request(c.reader) is not None:
-        await c.send(json_response(int(c.arg or 403), {"error": "rejected"}, Connection="close"))
-
-
-async def ws_garbage(c: Conn) -> None:
-    """101, then bytes that are no valid frame (reserved opcode, reserved bits)."""
-    if await _upgrade(c):
-        await c.send(b"\x7f\x05hello\x0f\xffnot a websocket frame at all" * 4)
-        await c.until_eof()
-
-
-async def ws_big(c: Conn) -> None:
-    """101, then one 20 MB text message, streamed in chunks."""
-    if not await _upgrade(c):
-        return
-    await _first_message(c)
-    await c.send(frame_header(OP_TEXT, BIG_WS_MESSAGE))
-    block = b"a" * CHUNK
-    for _ in range(BIG_WS_MESSAGE // CHUNK):
-        await c.send(block)
-    await c.until_eof()
-
-
-async def ws_close(c: Conn) -> None:
-    """101, the first message, then a close frame with the code in arg (default 1011)."""
-    if not await _upgrade(c):
-        return
-    await _first_message(c)
-    code = int(c.arg or 1011)
-    await c.send(close_frame(code, f"fault close {code}"))
-    try:  # wait (bounded) for the client's closing frame, then hang up as a server should
-        async with asyncio.timeout(5):
-            while (await read_frame(c.reader))[0] != OP_CLOSE:
-                pass
-    except (TimeoutError, asyncio.IncompleteReadError, ConnectionError, ValueError):
-        pass
-
-
-async def ws_drop(c: Conn) -> None:
-    """101, the first message, then the TCP connection is reset without a close frame."""
-    if await _upgrade(c):
-        await _first_message(c)
-        c.writer.transport.abort()
-
-
-async def ws_silent(c: Conn) -> None:
-    """101, then read everything and never say a word."""
-    if await _upgrade(c):
-        await c.until_eof()
-
-
-async def ws_no_upgrade(c: Conn) -> None:
-    """Read the upgrade request and never answer it."""
+async def trailer_flood(c: Conn) -> None:
+    """A chunked body that ends (`0` chunk), then trailer lines without end (bounded here at
+    64 MB); `trailer_flood:long` sends one trailer line that never ends instead."""
     await read_request(c.reader)
+    await c.send(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n")
+    if c.arg == "long":
+        await c.send(b"X-Trailer: ")
+        line = b"t" * CHUNK
+    else:
+        line = b"".join(b"X-Trailer-%d: %s\r\n" % (i, b"t" * 40) for i in range(1000))
+    await _flood(c, line)
+
+
+async def chunk_ext_flood(c: Conn) -> None:
+    """A chunked body whose first chunk-size line carries extensions without end (bounded here
+    at 64 MB): `5;a=b;a=b;...` never reaching its CRLF."""
+    await read_request(c.reader)
+    await c.send(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5")
+    await _flood(c, b";ext=value" * (CHUNK // 10))
+
+
+async def slowloris(c: Conn) -> None:
+    """A status line, then one short header line every 50 ms, never ending the head (bounded
+    here at 10 minutes): each byte arrives well inside any read timeout, only the probe's own
+    deadline ends it."""
+    await read_request(c.reader)
+    await c.send(b"HTTP/1.1 200 OK\r\n")
+    for i in range(12_000):
+        await c.send(b"X-Slow-%d: s\r\n" % i)
+        await asyncio.sleep(0.05)
+
+
+async def _flood(c: Conn, block: bytes, total: int = 64 * 1024 * 1024) -> None:
+    """Send `block` until `total` bytes went out or the client hung up, then wait for EOF."""
+    for _ in range(total // len(block)):
+        await c.send(block)
     await c.until_eof()
 
 
@@ -326,8 +193,6 @@ FAULTS: dict[str, Handler] = {
     "ok": ok, "status": status, "accept_no_read": accept_no_read, "no_answer": no_answer,
     "stall_body": stall_body, "drip": drip, "big_body": big_body, "garbage": garbage,
     "bad_chunk": bad_chunk, "header_flood": header_flood,
-    "reset": reset, "redirect_loop": redirect_loop,
-    "ws_ok": ws_ok, "ws_reject": ws_reject, "ws_garbage": ws_garbage, "ws_big": ws_big,
-    "ws_close": ws_close, "ws_drop": ws_drop, "ws_silent": ws_silent,
-    "ws_no_upgrade": ws_no_upgrade,
+    "reset": reset, "redirect_loop": redirect_loop, "trailer_flood": trailer_flood,
+    "chunk_ext_flood": chunk_ext_flood, "slowloris": slowloris, **WS_FAULTS,
 }

@@ -20,7 +20,8 @@ import threading
 import time
 from typing import Self
 
-from .handlers import FAULTS, Conn
+from .conn import Conn
+from .handlers import FAULTS
 
 HOST = "127.0.0.1"
 

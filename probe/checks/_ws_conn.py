@@ -1,0 +1,157 @@
+"""The connection a WebSocket probe drives: websockets' ClientConnection, bounded against a server
+that would steal the event loop from every other target.
+
+- Frames per loop turn. websockets parses every complete frame of a read in one call: a 256 KiB
+  read of empty pings is 128k frames, ~0.7 s of parsing and 128k pongs on this machine, during
+  which no other target's probe runs. Here the parser stops after FRAMES_PER_TURN frames
+  (~1 ms), reading is paused, and the rest of what was read is parsed on the following turns;
+  an end of stream that arrives meanwhile is handed on once that backlog is parsed, so a close
+  frame behind the backlog still names the failure.
+- Pings. Answering a ping is cheap; answering a flood of them is not (and the pongs pile up in
+  the write buffer of a server that does not read). More than PING_LIMIT pings within a second
+  fails the session: `protocol`, "ping flood".
+- A finished closing handshake. A client waits for the server to drop TCP after both close
+  frames (RFC 6455 7.1.1, so the server keeps the TIME_WAIT), but a server that never does would
+  hold a waiting step until its timeout: the connection is closed CLOSE_GRACE later.
+- A failed TLS handshake. start_tls reports its failure to this protocol's connection_lost
+  although connection_made never ran; websockets' handler then raised inside the loop (an
+  asyncio ERROR traceback per probe). Such a call is ignored: the failure is named by the caller.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Generator
+from typing import Any
+
+from websockets.asyncio.client import ClientConnection
+from websockets.client import ClientProtocol
+from websockets.exceptions import ProtocolError
+from websockets.frames import Frame, Opcode
+from websockets.streams import StreamReader
+
+FRAMES_PER_TURN = 256  # frames parsed per loop turn per connection (~5 us each)
+PING_LIMIT = 100  # pings a server may send within one second
+CLOSE_GRACE = 0.1  # seconds the server has to drop TCP after the closing handshake
+
+
+class PingFlood(ProtocolError):
+    """More pings than any keepalive needs: the server is flooding the session."""
+
+
+class _Reader(StreamReader):
+    """websockets' reader with a frame budget: the parser asks `at_eof` before every frame, and
+    waits there (as for more data) once the budget of this turn is spent."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.budget = FRAMES_PER_TURN
+
+    def at_eof(self) -> Generator[None, None, bool]:
+        while self.budget <= 0:
+            yield
+        self.budget -= 1
+        return (yield from super().at_eof())
+
+
+class BoundedProtocol(ClientProtocol):
+    """ClientProtocol with the frame budget and the ping limit."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # The parser already started on the plain reader (nothing fed yet): restart it on ours.
+        self.parser.close()
+        self.reader = _Reader()
+        self.parser = self.parse()
+        next(self.parser)
+        self.pings = 0
+        self.ping_window = 0.0
+
+    def recv_frame(self, frame: Frame) -> None:
+        if frame.opcode is Opcode.PING:
+            now = time.monotonic()
+            if now - self.ping_window >= 1.0:
+                self.ping_window, self.pings = now, 0
+            self.pings += 1
+            if self.pings > PING_LIMIT:
+                raise PingFlood(f"more than {PING_LIMIT} pings within 1 s (ping flood)")
+        super().recv_frame(frame)
+
+
+class BoundedConnection(ClientConnection):
+    """ClientConnection that parses a bounded number of frames per loop turn, cuts off a server
+    that broke the protocol, closes a finished closing handshake the server leaves open, and
+    notes when its transport was ready (`t_connected`, perf_counter)."""
+
+    protocol: BoundedProtocol
+    t_connected: float | None = None
+    _made = False
+    _refill: asyncio.Handle | None = None
+    _eof_held = False
+    _grace: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        if self.t_connected is None:
+            self.t_connected = time.perf_counter()
+        self._made = True
+        super().connection_made(transport)
+
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)
+        proto = self.protocol
+        if proto.parser_exc is not None:
+            # A server that sent an invalid or oversized frame (or a ping flood) has been told
+            # (1002/1009); waiting for it to acknowledge would turn a precise failure into a
+            # timeout.
+            self._cancel_refill()
+            if not self.transport.is_closing():
+                self.transport.abort()
+            return
+        if proto.reader.budget <= 0:  # a backlog: no more reading until it is parsed
+            self.transport.pause_reading()
+            if self._refill is None:
+                self._refill = self.loop.call_soon(self._parse_backlog)
+        if (proto.close_rcvd is not None and proto.close_sent is not None
+                and self._grace is None and not self.transport.is_closing()):
+            self._grace = self.loop.call_later(CLOSE_GRACE, self.transport.close)
+
+    def _parse_backlog(self) -> None:
+        """The next turn's share of what was read but not parsed; reading resumes (and a held
+        end of stream is handed on) once none is left."""
+        self._refill = None
+        reader = self.protocol.reader
+        reader.budget = FRAMES_PER_TURN
+        if reader.eof:
+            return
+        self.data_received(b"")
+        if self._refill is not None or self.protocol.parser_exc is not None:
+            return  # more next turn, or cut off
+        if self._eof_held:
+            self._eof_held = False
+            super().eof_received()
+            self.transport.close()
+        elif not self.recv_messages.paused:  # else the message queue resumes reading itself
+            self.transport.resume_reading()
+
+    def _cancel_refill(self) -> None:
+        if self._refill is not None:
+            self._refill.cancel()
+            self._refill = None
+
+    def eof_received(self) -> bool | None:
+        if self._refill is not None and self.transport.get_extra_info("sslcontext") is None:
+            self._eof_held = True  # handed on after the backlog; the transport stays open
+            return True
+        return super().eof_received()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self._made:  # start_tls failed: never connected, the caller names the failure
+            return
+        self._cancel_refill()
+        if self._grace is not None:
+            self._grace.cancel()
+        # A backlog still unparsed is dropped (the connection is gone): bounded, like the rest.
+        self.protocol.reader.budget = FRAMES_PER_TURN
+        self.protocol.reader.buffer.clear()
+        super().connection_lost(exc)
