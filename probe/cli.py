@@ -57,6 +57,14 @@ def _parser() -> argparse.ArgumentParser:
     gate.add_argument("--junit", type=Path, default=None, metavar="PATH")
     gate.add_argument("--token-env", default="PROBE_GATE_TOKEN", metavar="VAR",
                       help="environment variable holding the daemon's gate token")
+    gate.add_argument("-c", "--config", type=Path, default=None, metavar="FILE",
+                      help="with --prometheus: the daemons' config; each critical target "
+                           "needs a fresh ready series")
+    gate.add_argument("--selector", default="", metavar="'{LABEL=\"V\",...}'",
+                      help="with --prometheus: label matchers added to every query")
+    gate.add_argument("--max-age", type=_duration, default=60.0, metavar="DURATION",
+                      help="with --prometheus: older samples do not count (default 1m, "
+                           "~3 scrape intervals)")
 
     validate = sub.add_parser("validate", help="check a config file; every error names its place")
     config_arg(validate)
@@ -95,6 +103,7 @@ _COMMANDS = {
     "run": "probe.daemon",
     "check": "probe.checkcmd",
     "gate": "probe.gate",
+    "gate --prometheus": "probe.gate_prometheus",
     "demo": "probe.demo",
 }
 
@@ -103,7 +112,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "validate":
         return _validate(args)
-    module = import_module(_COMMANDS[args.command])
+    command = args.command
+    if command == "gate" and args.prometheus is not None:
+        command = "gate --prometheus"
+    module = import_module(_COMMANDS[command])
     try:
         return int(module.main(args))
     except ConfigError as err:

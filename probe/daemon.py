@@ -37,6 +37,7 @@ from probe.outcome import Outcome
 from probe.readiness import Readiness
 from probe.scheduler import Scheduler
 from probe.server import Runtime, make_app
+from probe.shard import Shard, from_environ, owned
 
 log = structlog.get_logger("probe.daemon")
 SHUTDOWN_TIMEOUT = 1.0  # seconds the listener waits for open requests when closing
@@ -59,11 +60,15 @@ class Daemon:
     """The running prober: config, scheduler, metrics, readiness, history and the HTTP server."""
 
     def __init__(
-        self, config: Config, *, config_path: Path | None = None, gate_token: str | None = None
+        self, config: Config, *, config_path: Path | None = None, gate_token: str | None = None,
+        shard: Shard | None = None,
     ) -> None:
         self.config_path = config_path
+        self.shard = shard or Shard()
+        config = owned(config, self.shard)  # this shard's targets only, here and in apply()
         self.ctx = _context(config)
         self.metrics = Metrics()
+        self.metrics.set_shard(self.shard.index, self.shard.count, self.shard.replicas)
         self.history = History.from_config(config)
         self.runtime = Runtime(
             config=config, readiness=Readiness(config), metrics=self.metrics,
@@ -107,7 +112,7 @@ class Daemon:
         await self.scheduler.start()
         loop = type(asyncio.get_running_loop()).__module__.partition(".")[0]
         log.info("stageprobe started", version=__version__, listen=f"{host}:{bound}", loop=loop,
-                 targets=len(self.config.targets),
+                 targets=len(self.config.targets), shard=self.shard.label,
                  config=str(self.config_path) if self.config_path else None)
         return self.url
 
@@ -148,6 +153,7 @@ class Daemon:
         return True
 
     def apply(self, new: Config) -> None:
+        new = owned(new, self.shard)
         old = self.config
         old_targets = {t.name: t for t in old.targets}
         new_targets = {t.name: t for t in new.targets}
@@ -159,7 +165,8 @@ class Daemon:
         if new.credentials != old.credentials or new.expect_version != old.expect_version:
             ctx, previous = _context(new), self.ctx
             self.ctx = ctx
-            self._close_later(previous.credentials, max(t.timeout for t in old.targets) + 1)
+            self._close_later(previous.credentials,
+                              max((t.timeout for t in old.targets), default=0.0) + 1)
         self.runtime.config = new
         self.runtime.readiness.reconfigure(new)
         self.scheduler.reconfigure(new, ctx)
@@ -198,9 +205,10 @@ async def serve(
     config: Config, *, host: str, port: int, config_path: Path | None = None,
     gate_token: str | None = None,
     on_started: Callable[[Daemon], Awaitable[None] | None] | None = None,
+    shard: Shard | None = None,
 ) -> int:
     """Run a daemon until SIGTERM/SIGINT; the exit code. Also used by `probe demo`."""
-    daemon = Daemon(config, config_path=config_path, gate_token=gate_token)
+    daemon = Daemon(config, config_path=config_path, gate_token=gate_token, shard=shard)
     install_signals(daemon, reload=config_path is not None)
     try:
         await daemon.start(host, port)
@@ -237,7 +245,8 @@ def settle_gc(daemon: Daemon) -> None:
     gc.collect()
     gc.freeze()
     gc.set_threshold(*GC_THRESHOLDS)
-    settle = min(60.0, max(t.interval + t.timeout for t in daemon.config.targets) + 1.0)
+    settle = min(60.0, max((t.interval + t.timeout for t in daemon.config.targets),
+                           default=0.0) + 1.0)
 
     def freeze_again() -> None:
         gc.collect()
@@ -249,6 +258,7 @@ def settle_gc(daemon: Daemon) -> None:
 def main(args: argparse.Namespace) -> int:
     settings = load_settings()
     configure(level=settings.log_level)
+    shard = from_environ()
     path = Path(args.config) if getattr(args, "config", None) else settings.config
     config = load_config(path)
     try:
@@ -257,6 +267,6 @@ def main(args: argparse.Namespace) -> int:
         raise ConfigError("environment", [str(exc)]) from None
     token = settings.gate_token.get_secret_value() if settings.gate_token else None
     code = run_loop(serve(config, host=host, port=port, config_path=path, gate_token=token,
-                          on_started=settle_gc), daemon=True)
+                          on_started=settle_gc, shard=shard), daemon=True)
     sys.stderr.flush()
     return code

@@ -4,17 +4,8 @@
 from $PROBE_GATE_TOKEN (or --token-env VAR) when set, and renders the verdict it answers. Redirects
 are not followed, so the token never travels to another host.
 
-`probe gate --prometheus URL` reads the daemon's own metrics back from a Prometheus-compatible
-query API (`URL/api/v1/query`), for probers running as several replicas or as sidecars CI cannot
-reach. Across replicas it is strict: the gate is ready only if `probe_gate_ready` is 1 in every
-replica reporting it (`min`), and a target only if `probe_target_ready` is 1 in every replica
-reporting it. The cause of a not-ready target is its most frequent failure class over the last 5
-minutes (`increase(probe_failures_total[5m])`). Which targets are critical comes from
-`probe_target_critical` (critical if so in any replica); without that series, a target that is
-not ready while every replica's gate is ready must be non-critical, and others show as
-critical. Metrics carry only ready or not, so a target that is not ready shows as `failing`.
-A bearer token for the query API is read from $PROBE_PROMETHEUS_TOKEN, never from the daemon's
-gate token.
+`probe gate --prometheus URL` asks Prometheus instead: see probe.gate_prometheus, which
+shares this module's polling and connection handling.
 
 With --wait, both poll until ready or the deadline; an unreachable daemon meanwhile is "not ready
 yet" with that reason, and is the final reason if the deadline passes.
@@ -28,7 +19,6 @@ import json
 import os
 import sys
 from collections.abc import Awaitable, Callable
-from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import aiohttp
@@ -41,8 +31,6 @@ from probe.report import Progress, emit, public_url
 POLL = 1.0  # seconds between polls while waiting
 REQUEST_TIMEOUT = 10.0
 BODY_LIMIT = 8 << 20
-PROMETHEUS_TOKEN_ENV = "PROBE_PROMETHEUS_TOKEN"
-FAILURE_WINDOW = "5m"
 
 Fetch = Callable[[aiohttp.ClientSession, float], Awaitable[Verdict]]
 
@@ -74,7 +62,7 @@ def synthetic(name: str, failure: str | None, detail: str, kind: str = "gate") -
     return Verdict(ready=False, targets=[tv])
 
 
-def _classify(exc: BaseException) -> tuple[str, str]:
+def classify(exc: BaseException) -> tuple[str, str]:
     """A connection error -> (failure class, words), without the exception's raw text."""
     if isinstance(exc, TimeoutError):
         return "timeout", "no answer in time"
@@ -91,7 +79,7 @@ def _classify(exc: BaseException) -> tuple[str, str]:
     return "protocol", f"{type(exc).__name__}"
 
 
-async def _get(session: aiohttp.ClientSession, url: str, headers: dict[str, str],
+async def get(session: aiohttp.ClientSession, url: str, headers: dict[str, str],
                budget: float, params: dict[str, str] | None = None) -> tuple[int, bytes]:
     async with session.get(url, headers=headers, params=params, allow_redirects=False,
                            timeout=aiohttp.ClientTimeout(total=budget)) as resp:
@@ -105,9 +93,9 @@ def readyz_fetcher(url: str, token: str | None, token_env: str | None) -> Fetch:
 
     async def fetch(session: aiohttp.ClientSession, budget: float) -> Verdict:
         try:
-            status, body = await _get(session, target, headers, budget)
+            status, body = await get(session, target, headers, budget)
         except (aiohttp.ClientError, TimeoutError) as exc:
-            failure, words = _classify(exc)
+            failure, words = classify(exc)
             return synthetic("probe-daemon", failure,
                              f"cannot reach the daemon at {shown}: {words}")
         try:
@@ -130,102 +118,6 @@ def readyz_fetcher(url: str, token: str | None, token_env: str | None) -> Fetch:
                              f"the daemon answered not ready (HTTP {status}); details need its "
                              f"gate token: {why}")
         return Verdict(ready=ready, targets=verdict.targets, since=verdict.since)
-
-    return fetch
-
-
-class PromError(Exception):
-    pass
-
-
-async def _query(session: aiohttp.ClientSession, url: str, headers: dict[str, str],
-                 budget: float, promql: str) -> list[dict[str, Any]]:
-    status, body = await _get(session, url, headers, budget, params={"query": promql})
-    try:
-        data = json.loads(body)
-    except ValueError:
-        raise PromError(f"HTTP {status}, not a Prometheus API answer") from None
-    if not isinstance(data, dict) or data.get("status") != "success":
-        error = data.get("error") if isinstance(data, dict) else None
-        raise PromError(f"HTTP {status}: {error or 'query failed'}")
-    result = (data.get("data") or {}).get("result")
-    if not isinstance(result, list):
-        raise PromError("the answer has no result vector")
-    return [r for r in result if isinstance(r, dict)]
-
-
-def _value(series: dict[str, Any]) -> float:
-    try:
-        return float(series["value"][1])
-    except (KeyError, IndexError, TypeError, ValueError):
-        return float("nan")
-
-
-def prometheus_verdict(gates: list[float], targets: dict[str, list[float]],
-                       causes: dict[str, tuple[str, float]],
-                       critical: dict[str, bool] | None = None) -> Verdict:
-    """Readiness across replicas from raw series values (pure, so it is easy to test)."""
-    if not gates:
-        return synthetic("prometheus", None, "no data from Prometheus for probe_gate_ready")
-    gate_ready = all(v >= 1 for v in gates)
-    out = []
-    for name in sorted(targets):
-        values = targets[name]
-        down = sum(1 for v in values if not v >= 1)
-        failure, detail = None, ""
-        if down:
-            detail = f"not ready in {down} of {len(values)} replica{'s' if len(values) > 1 else ''}"
-            if name in causes:
-                failure, count = causes[name]
-                detail += f"; {count:.0f} {failure} failures in the last {FAILURE_WINDOW}"
-        out.append(TargetVerdict(
-            name=name, kind="", ready=not down,
-            critical=(critical or {}).get(name, not (gate_ready and down)),
-            state="failing" if down else "ready",
-            failure=failure, detail=detail, status_code=None, close_code=None, version=None,
-            latency_ms={}))
-    if not gate_ready and all(t.ready for t in out):
-        down = sum(1 for v in gates if not v >= 1)
-        why = f"probe_gate_ready is 0 in {down} of {len(gates)} replicas"
-        out.append(synthetic("probe_gate_ready", None, why).targets[0])
-    return Verdict(ready=gate_ready, targets=out)
-
-
-def prometheus_fetcher(url: str, token: str | None) -> Fetch:
-    api = query_url(url)
-    shown = public_url(api)
-    headers = {"Authorization": f"Bearer {token}"} if token else {}
-
-    async def fetch(session: aiohttp.ClientSession, budget: float) -> Verdict:
-        try:
-            gates = [_value(s) for s in await _query(session, api, headers, budget,
-                                                     "probe_gate_ready")]
-            targets: dict[str, list[float]] = {}
-            for s in await _query(session, api, headers, budget, "probe_target_ready"):
-                name = (s.get("metric") or {}).get("target")
-                if isinstance(name, str):
-                    targets.setdefault(name, []).append(_value(s))
-            critical: dict[str, bool] = {}
-            for s in await _query(session, api, headers, budget,
-                                  "max by (target) (probe_target_critical)"):
-                name = (s.get("metric") or {}).get("target")
-                if isinstance(name, str):
-                    critical[name] = _value(s) >= 1
-            causes: dict[str, tuple[str, float]] = {}
-            promql = (f"sum by (target, failure) "
-                      f"(increase(probe_failures_total[{FAILURE_WINDOW}])) > 0")
-            for s in await _query(session, api, headers, budget, promql):
-                labels, count = s.get("metric") or {}, _value(s)
-                name, failure = labels.get("target"), labels.get("failure")
-                if isinstance(name, str) and isinstance(failure, str) and count > causes.get(
-                        name, ("", 0.0))[1]:
-                    causes[name] = (failure, count)
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            failure, words = _classify(exc)
-            return synthetic("prometheus", failure, f"cannot reach Prometheus at {shown}: {words}")
-        except PromError as exc:
-            return synthetic("prometheus", "protocol", f"Prometheus at {shown}: {exc}")
-        return prometheus_verdict(gates, targets, causes, critical)
 
     return fetch
 
@@ -253,17 +145,18 @@ async def run_gate(fetch: Fetch, wait: float | None, progress: Progress | None =
 
 
 def main(args: argparse.Namespace) -> int:
-    if (args.url is None) == (args.prometheus is None):
+    """`probe gate URL` (cli.py sends `probe gate --prometheus URL` to probe.gate_prometheus)."""
+    if args.url is None or args.prometheus is not None:
         print("probe gate: give the daemon's URL or --prometheus URL (one of them)",
               file=sys.stderr)
         return EXIT_USAGE
+    if args.config is not None or args.selector:
+        print("probe gate: -c and --selector go with --prometheus URL", file=sys.stderr)
+        return EXIT_USAGE
     try:
-        if args.prometheus is not None:
-            fetch = prometheus_fetcher(args.prometheus, os.environ.get(PROMETHEUS_TOKEN_ENV))
-        else:
-            token_env = args.token_env or None
-            token = os.environ.get(token_env) if token_env else None
-            fetch = readyz_fetcher(args.url, token or None, token_env)
+        token_env = args.token_env or None
+        token = os.environ.get(token_env) if token_env else None
+        fetch = readyz_fetcher(args.url, token or None, token_env)
     except ValueError as exc:
         print(f"probe gate: {exc}", file=sys.stderr)
         return EXIT_USAGE

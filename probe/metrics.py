@@ -228,6 +228,16 @@ class Metrics:
             buckets=LAG_BUCKETS, registry=p,
         )
         self.build_info.labels(version).set(1)
+        # Which shard of the fleet this daemon is (PROBE_SHARD; 0/1 unsharded), so the gate,
+        # the dashboard and the shard-missing alert see every replica, and how many to expect.
+        self.shard_info = Gauge(
+            "probe_shard_info", "this daemon's shard (PROBE_SHARD INDEX/COUNT)",
+            ["shard", "index", "count", "replicas"], registry=p,
+        )
+        self.shard_count = Gauge(
+            "probe_shard_count", "how many shards the fleet has (PROBE_SHARD's COUNT)", registry=p
+        )
+        self.set_shard(0, 1, 1)
         self._series: dict[str, TargetSeries] = {}
         # What render() iterates, in another thread: replaced on add/forget, never changed.
         self._snapshot: tuple[TargetSeries, ...] = ()
@@ -258,6 +268,12 @@ class Metrics:
             if s is not None:
                 s.ready = 1.0 if ready else 0.0
         self.gate_ready.set(1 if gate else 0)
+
+    def set_shard(self, index: int, count: int, replicas: int) -> None:
+        """probe_shard_info{shard="INDEX/COUNT",...} 1 and probe_shard_count COUNT."""
+        self.shard_info.clear()
+        self.shard_info.labels(f"{index}/{count}", str(index), str(count), str(replicas)).set(1)
+        self.shard_count.set(count)
 
     def observe_lag(self, seconds: float) -> None:
         self.lag.observe(seconds)

@@ -4,30 +4,105 @@ scraping two fake prober replicas' /metrics."""
 from __future__ import annotations
 
 import asyncio
+import re
 import shutil
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
 
 import pytest
 from helpers import Prometheus, refused_port, until, until_stderr
 from helpers import run_cli as run
 
-from probe.gate import prometheus_verdict
+from probe.gate_prometheus import (
+    NO_C_NOTE,
+    Expected,
+    Observed,
+    ago,
+    check_selector,
+    queries,
+    verdict,
+)
+from probe.report import render_text
+from probe.shard import owners
 
 pytestmark = pytest.mark.timeout(90)
 
 
+def obs(gates: list[float], targets: dict[str, list[float]], **kw: Any) -> Observed:
+    """An Observed of unsharded replicas (no shard labels)."""
+    return Observed(gates=gates, targets={k: [(v, "") for v in vs] for k, vs in targets.items()},
+                    **kw)
+
+
 def test_prometheus_verdict_is_strict_across_replicas() -> None:
-    v = prometheus_verdict([1.0, 1.0], {"a": [1.0, 1.0], "b": [1.0, 0.0]}, {})
-    assert v.ready and [t.name for t in v.not_ready()] == ["b"]
+    v = verdict(obs([1.0, 1.0], {"a": [1.0, 1.0], "b": [1.0, 0.0]}))
+    assert v.ready and [t.name for t in v.not_ready()] == ["b", "absent-targets"]
     assert not v.not_ready()[0].critical, "gate ready everywhere: b must be non-critical"
-    v = prometheus_verdict([1.0, 0.0], {"a": [1.0, 1.0]}, {})
+    v = verdict(obs([1.0, 0.0], {"a": [1.0, 1.0]}))
     assert not v.ready and v.not_ready()[0].detail == "probe_gate_ready is 0 in 1 of 2 replicas"
-    v = prometheus_verdict([1.0], {"a": [1.0], "b": [0.0]}, {}, {"b": True, "a": False})
+    v = verdict(obs([1.0], {"a": [1.0], "b": [0.0]}, critical={"b": True, "a": False}))
     assert not v.targets[0].critical and v.targets[1].critical, "probe_target_critical wins"
-    v = prometheus_verdict([float("nan")], {}, {})
+    v = verdict(obs([float("nan")], {}))
     assert not v.ready
+
+
+def test_without_a_file_the_verdict_says_absent_targets_are_invisible() -> None:
+    v = verdict(obs([1.0], {"a": [1.0]}))
+    note = v.targets[-1]
+    assert v.ready and note.name == "absent-targets" and not note.critical and not note.ready
+    assert note.detail == NO_C_NOTE and "-c FILE" in render_text(v)
+
+
+def test_without_a_file_a_shard_its_siblings_announce_is_missed() -> None:
+    shards = {(0, 3, 1), (2, 3, 1)}
+    v = verdict(obs([1.0, 1.0], {"a": [1.0], "b": [1.0]}, shards=shards))
+    assert not v.ready
+    (missing,) = [t for t in v.not_ready() if t.critical]
+    assert missing.name == "shard 1/3" and "no fresh data" in missing.detail
+
+
+def test_with_a_file_every_critical_target_needs_a_fresh_series() -> None:
+    expected = [Expected("a", "http", True), Expected("b", "http", True),
+                Expected("docs", "http", False)]
+    v = verdict(obs([1.0], {"a": [1.0]}, last_seen={"b": 125.0}), expected)
+    assert not v.ready and [t.name for t in v.not_ready()] == ["b", "docs"]
+    b = v.not_ready()[0]
+    assert b.critical and b.kind == "http" and b.failure is None
+    assert b.detail == "no data in Prometheus for 2m: its replica is down or not scraped"
+    assert "in the last 1h" in v.not_ready()[1].detail, "never seen within the window"
+    # the owning shard is named, by the daemons' own hash
+    shards = {(i, 3, 1) for i in range(3)}
+    v = verdict(obs([1.0], {"a": [1.0]}, shards=shards), expected[:2])
+    (owner,) = owners("b", 3)
+    assert f"its shard {owner}/3 is down" in v.not_ready()[0].detail
+    v = verdict(obs([], {"a": [1.0], "b": [1.0]}), expected)
+    assert v.ready, "non-critical docs may be absent; probe_gate_ready is not needed with -c"
+
+
+def test_redundant_replicas_are_ready_only_if_every_fresh_one_is() -> None:
+    expected = [Expected("a", "http", True)]
+    o = Observed(targets={"a": [(1.0, "0/3"), (0.0, "2/3")]},
+                 causes={"a": ("http_status", 4.0)})
+    v = verdict(o, expected)
+    assert not v.ready
+    assert v.targets[0].detail == ("not ready in 1 of 2 replicas (shard 2/3); 4 http_status "
+                                   "failures in the last 5m")
+    v = verdict(Observed(targets={"a": [(1.0, "0/3")]}), expected)
+    assert v.ready, "one fresh replica left of two, and it says ready"
+
+
+def test_queries_scope_every_metric_and_keep_only_fresh_samples() -> None:
+    q = queries('{job="stageprobe"}', 30)
+    for promql in q.values():
+        names = re.findall(r"\b(probe_[a-z_]+)\b", promql)
+        assert names and all(f'{n}{{job="stageprobe"}}' in promql for n in names), promql
+    assert q["ready"] == ('probe_target_ready{job="stageprobe"} and (time() - '
+                          'timestamp(probe_target_ready{job="stageprobe"})) < 30')
+    with pytest.raises(ValueError, match="label selector"):
+        check_selector('job="stageprobe"')
+    assert [ago(s) for s in (4.4, 119, 125, 3600, 3725)] == ["4s", "119s", "2m", "1h", "1h2m"]
 
 
 class Replica:
