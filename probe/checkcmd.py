@@ -18,16 +18,21 @@ import asyncio
 import sys
 import time
 
+import structlog
+
 from probe.checks import CheckContext
 from probe.cli import EXIT_NOT_READY, EXIT_READY, config_path
 from probe.config import Config, Target, load_config
 from probe.credentials import Credentials
 from probe.logging import configure
 from probe.loop import run_loop
+from probe.outcome import Outcome
 from probe.readiness import Readiness, Verdict
 from probe.report import Progress, emit
 from probe.scheduler import load_check, probe_once
+from probe.selection import select_config
 
+log = structlog.get_logger("probe.check")
 TICK = 1.0  # how often the progress line is refreshed while nothing changes
 
 
@@ -50,6 +55,7 @@ async def _drive(target: Target, readiness: Readiness, ctx: CheckContext, stop: 
         started = loop.time()
         outcome = await probe_once(target, check, ctx, crashed=crashed)
         readiness.observe(outcome, time.time())
+        _log_probe(outcome)
         probes += 1
         changed.set()
         if one_round and (probes >= limit or _decided(readiness, target.name)):
@@ -61,6 +67,16 @@ async def _drive(target: Target, readiness: Readiness, ctx: CheckContext, stop: 
                     await stop.wait()
             except TimeoutError:
                 pass
+
+
+def _log_probe(outcome: Outcome) -> None:
+    """`-v`: one DEBUG line per probe, the result in `message` (what a log viewer shows)."""
+    took = f"{outcome.duration * 1000:.0f}ms"
+    if outcome.success:
+        log.debug(f"probe {outcome.target}: ok in {took}", target=outcome.target, ok=True)
+    else:
+        log.debug(f"probe {outcome.target}: {outcome.failure}: {outcome.detail} ({took})",
+                  target=outcome.target, ok=False, failure=str(outcome.failure))
 
 
 def _settled(readiness: Readiness, config: Config, v: Verdict) -> bool:
@@ -111,9 +127,12 @@ async def run_check(config: Config, expect_version: str | None = None,
 
 def main(args: argparse.Namespace) -> int:
     config = load_config(config_path(args.config))  # ConfigError: the CLI prints it, exit 2
-    configure(level="warning")  # a check bug's traceback goes to stderr; stdout is the report
-    progress = Progress(args.wait) if args.wait is not None else None
+    config = select_config(config, args.target, args.exclude)  # UsageError: an unknown name
+    # warnings only (a check bug's traceback goes to stderr; stdout is the report); -v adds a
+    # line per probe
+    configure(level="debug" if args.verbose else "warning")
+    progress = Progress(args.wait) if args.wait is not None and not args.quiet else None
     # Readiness falls back to the config's expect_version when --expect-version is not given
     verdict = run_loop(run_check(config, args.expect_version, args.wait, progress))
-    emit(verdict, args.format, args.junit, out=sys.stdout)
+    emit(verdict, args.format, args.junit, out=sys.stdout, quiet=args.quiet)
     return EXIT_READY if verdict.ready else EXIT_NOT_READY

@@ -7,6 +7,7 @@ in its own module and is imported only when used, so `probe validate` stays fast
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 from importlib import import_module
@@ -16,7 +17,13 @@ from probe import __version__
 from probe.config import ConfigError, Settings, load_config, parse_duration
 
 EXIT_READY, EXIT_NOT_READY, EXIT_USAGE = 0, 1, 2
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report a Ctrl-C
 FORMATS = ("text", "json", "junit", "github")
+
+
+class UsageError(Exception):
+    """A mistake in how a command was called (exit 2): said at once, before or instead of
+    probing, because waiting cannot fix it (a wrong URL, a wrong token, an unknown target)."""
 
 
 def _duration(text: str) -> float:
@@ -35,26 +42,46 @@ def _parser() -> argparse.ArgumentParser:
         sp.add_argument("-c", "--config", type=Path, default=None,
                         help="config file (default: $PROBE_CONFIG or config/example.yaml)")
 
+    def judging_args(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--target", action="append", default=[], metavar="NAME",
+                        help="judge only this target (repeatable); an unknown name exits 2")
+        sp.add_argument("--exclude", action="append", default=[], metavar="NAME",
+                        help="leave this target out (repeatable); an unknown name exits 2")
+        talk = sp.add_mutually_exclusive_group()
+        talk.add_argument("-q", "--quiet", action="store_true",
+                          help="print only the verdict line (text format), no progress")
+        talk.add_argument("-v", "--verbose", action="store_true",
+                          help="on stderr, one line per probe (check) or per poll (gate)")
+
     run = sub.add_parser("run", help="the daemon: probe continually, serve /metrics and /readyz")
     config_arg(run)
 
     check = sub.add_parser("check", help="probe without a daemon and report readiness")
     config_arg(check)
-    check.add_argument("--wait", type=_duration, default=None, metavar="DURATION",
-                       help="keep probing until ready or this deadline (e.g. 10m)")
+    check.add_argument("--wait", "--timeout", dest="wait", type=_duration, default=None,
+                       metavar="DURATION",
+                       help="keep probing until ready or this deadline (e.g. 10m); "
+                            "without it, one round that decides each target")
     check.add_argument("--expect-version", default=None, metavar="V",
                        help="ready only when targets with version_path serve this version")
-    check.add_argument("--format", choices=FORMATS, default="text")
+    check.add_argument("--format", choices=FORMATS, default="text",
+                       help="stdout: text (default), json, junit, or github (annotations, "
+                            "and a summary appended to $GITHUB_STEP_SUMMARY when set)")
     check.add_argument("--junit", type=Path, default=None, metavar="PATH",
-                       help="also write a JUnit XML report here")
+                       help="also write a JUnit XML report here (checked before probing)")
+    judging_args(check)
 
     gate = sub.add_parser("gate", help="ask a running daemon (or Prometheus) if staging is ready")
     gate.add_argument("url", nargs="?", default=None, help="the daemon's base URL or /readyz URL")
     gate.add_argument("--prometheus", default=None, metavar="URL",
                       help="a Prometheus-compatible query API to evaluate readiness from")
-    gate.add_argument("--wait", type=_duration, default=None, metavar="DURATION")
-    gate.add_argument("--format", choices=FORMATS, default="text")
-    gate.add_argument("--junit", type=Path, default=None, metavar="PATH")
+    gate.add_argument("--wait", "--timeout", dest="wait", type=_duration, default=None,
+                      metavar="DURATION", help="poll until ready or this deadline (e.g. 10m)")
+    gate.add_argument("--format", choices=FORMATS, default="text",
+                      help="as for probe check: text, json, junit or github")
+    gate.add_argument("--junit", type=Path, default=None, metavar="PATH",
+                      help="also write a JUnit XML report here (checked before asking)")
+    judging_args(gate)
     gate.add_argument("--token-env", default="PROBE_GATE_TOKEN", metavar="VAR",
                       help="environment variable holding the daemon's gate token")
     gate.add_argument("-c", "--config", type=Path, default=None, metavar="FILE",
@@ -76,7 +103,28 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def config_path(arg: Path | None) -> Path:
-    return arg if arg is not None else Settings().config
+    """-c FILE, else $PROBE_CONFIG, else config/example.yaml; UsageError saying how to pass one
+    when that default does not exist (a fresh checkout elsewhere, or a pip install)."""
+    if arg is not None:
+        return arg
+    path = Settings().config
+    if not path.exists():
+        where = ("$PROBE_CONFIG" if os.environ.get("PROBE_CONFIG")
+                 else "the default, config/example.yaml,")
+        raise UsageError(f"no config file: {where} is not at {path}; pass one with -c FILE "
+                         "or PROBE_CONFIG=FILE (`probe init FILE` writes a starter)")
+    return path
+
+
+def _preflight(args: argparse.Namespace) -> None:
+    """Usage errors that can be found before any probing, so they fail in a second."""
+    from probe.report import unwritable
+
+    junit = getattr(args, "junit", None)
+    if junit is not None and (why := unwritable(junit)):
+        raise UsageError(f"--junit {junit}: cannot write the report there: {why}")
+    if args.command in ("run", "check"):
+        args.config = config_path(args.config)
 
 
 def print_config_errors(err: ConfigError) -> None:
@@ -87,7 +135,11 @@ def print_config_errors(err: ConfigError) -> None:
 
 
 def _validate(args: argparse.Namespace) -> int:
-    path = config_path(args.config)
+    try:
+        path = config_path(args.config)
+    except UsageError as exc:
+        print(f"probe validate: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     try:
         config = load_config(path)
     except ConfigError as err:
@@ -117,12 +169,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         command = "gate --prometheus"
     module = import_module(_COMMANDS[command])
     try:
+        _preflight(args)
         return int(module.main(args))
     except ConfigError as err:
         print_config_errors(err)
         return EXIT_USAGE
+    except UsageError as exc:
+        print(f"probe {args.command}: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     except KeyboardInterrupt:
-        return EXIT_NOT_READY
+        print(f"probe {args.command}: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
 
 
 if __name__ == "__main__":

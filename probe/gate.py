@@ -2,7 +2,9 @@
 
 `probe gate URL` GETs the daemon's /readyz (appended when URL is a base URL) with the bearer token
 from $PROBE_GATE_TOKEN (or --token-env VAR) when set, and renders the verdict it answers. Redirects
-are not followed, so the token never travels to another host.
+are not followed, so the token never travels to another host. Answers that waiting cannot change
+are usage errors (exit 2) at once: HTTP 404 (not the daemon's URL), 401/403, and a daemon that
+withholds its details because the token is missing or wrong (never "READY 0/0").
 
 `probe gate --prometheus URL` asks Prometheus instead: see probe.gate_prometheus, which
 shares this module's polling and connection handling.
@@ -23,10 +25,11 @@ from urllib.parse import urlsplit, urlunsplit
 
 import aiohttp
 
-from probe.cli import EXIT_NOT_READY, EXIT_READY, EXIT_USAGE
+from probe.cli import EXIT_NOT_READY, EXIT_READY, EXIT_USAGE, UsageError
 from probe.loop import run_loop
 from probe.readiness import TargetVerdict, Verdict
 from probe.report import Progress, emit, public_url
+from probe.selection import narrowed
 
 POLL = 1.0  # seconds between polls while waiting
 REQUEST_TIMEOUT = 10.0
@@ -86,6 +89,13 @@ async def get(session: aiohttp.ClientSession, url: str, headers: dict[str, str],
         return resp.status, await resp.content.read(BODY_LIMIT)
 
 
+def _token_words(token: str | None, token_env: str | None) -> str:
+    if token:
+        return f"the token in ${token_env} is wrong (the daemon did not accept it)"
+    return (f"the gate token is missing: set ${token_env or 'PROBE_GATE_TOKEN'} to the daemon's "
+            "PROBE_GATE_TOKEN (or name another variable with --token-env VAR)")
+
+
 def readyz_fetcher(url: str, token: str | None, token_env: str | None) -> Fetch:
     target = readyz_url(url)
     shown = public_url(target)
@@ -98,6 +108,12 @@ def readyz_fetcher(url: str, token: str | None, token_env: str | None) -> Fetch:
             failure, words = classify(exc)
             return synthetic("probe-daemon", failure,
                              f"cannot reach the daemon at {shown}: {words}")
+        if status == 404:
+            raise UsageError(f"nothing answers at {shown} (HTTP 404): give the daemon's base URL "
+                             "or its /readyz URL")
+        if status in (401, 403):
+            raise UsageError(f"{shown} refused the request (HTTP {status}): "
+                             f"{_token_words(token, token_env)}")
         try:
             data = json.loads(body)
             verdict = Verdict.from_dict(data)
@@ -110,13 +126,10 @@ def readyz_fetcher(url: str, token: str | None, token_env: str | None) -> Fetch:
         if data.get("draining"):
             return synthetic("probe-daemon", "disconnected",
                              f"the daemon at {shown} is draining (shutting down)")
+        if "targets" not in data:  # what a daemon with PROBE_GATE_TOKEN tells anonymous callers
+            raise UsageError(f"the daemon at {shown} withholds its verdict's details: "
+                             f"{_token_words(token, token_env)}")
         ready = verdict.ready and status == 200
-        if not ready and not verdict.targets:
-            why = (f"the token in ${token_env} was not accepted" if token else
-                   f"set ${token_env or 'PROBE_GATE_TOKEN'} to the daemon's gate token")
-            return synthetic("probe-daemon", None,
-                             f"the daemon answered not ready (HTTP {status}); details need its "
-                             f"gate token: {why}")
         return Verdict(ready=ready, targets=verdict.targets, since=verdict.since)
 
     return fetch
@@ -160,7 +173,10 @@ def main(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"probe gate: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    progress = Progress(args.wait) if args.wait is not None else None
-    verdict = run_loop(run_gate(fetch, args.wait, progress))
-    emit(verdict, args.format, args.junit, out=sys.stdout)
+    if args.verbose:  # every poll's answer, also without --wait
+        progress: Progress | None = Progress(args.wait or 0.0, heartbeat=0.0)
+    else:
+        progress = Progress(args.wait) if args.wait is not None and not args.quiet else None
+    verdict = run_loop(run_gate(narrowed(fetch, args.target, args.exclude), args.wait, progress))
+    emit(verdict, args.format, args.junit, out=sys.stdout, quiet=args.quiet)
     return EXIT_READY if verdict.ready else EXIT_NOT_READY

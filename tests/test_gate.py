@@ -12,6 +12,7 @@ import json
 import re
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -112,18 +113,32 @@ async def test_gate_token_is_sent_from_the_env_and_never_printed(
         twin: Twin, start_daemon: StartDaemon, capsys: pytest.CaptureFixture[str],
         monkeypatch: pytest.MonkeyPatch) -> None:
     daemon = await failing(await start_daemon(gate_config(twin), gate_token=TOKEN), twin)
-    monkeypatch.delenv("PROBE_GATE_TOKEN", raising=False)
-    assert await run("gate", daemon.url) == 1
-    out = capsys.readouterr().out
-    assert "details need its gate token" in out and "PROBE_GATE_TOKEN" in out
     monkeypatch.setenv("MY_TOKEN", TOKEN)
     assert await run("gate", daemon.url, "--token-env", "MY_TOKEN", "--format", "github") == 1
     out = capsys.readouterr().out
     assert "::error title=backend-health%3A http_status::" in out
     assert TOKEN not in out
+
+
+async def test_a_missing_or_wrong_token_is_a_usage_error_not_ready_0_of_0(
+        twin: Twin, start_daemon: StartDaemon, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A ready daemon with PROBE_GATE_TOKEN answers anonymous callers 200 `{"ready": true}`:
+    without its details that is no verdict, and waiting cannot fix a token."""
+    daemon = await ready(await start_daemon(gate_config(twin), gate_token=TOKEN))
+    monkeypatch.delenv("PROBE_GATE_TOKEN", raising=False)
+    assert await run("gate", daemon.url, "--wait", "10m") == 2
+    captured = capsys.readouterr()
+    assert "READY" not in captured.out
+    assert "gate token is missing: set $PROBE_GATE_TOKEN" in captured.err
     monkeypatch.setenv("MY_TOKEN", "wrong")
-    assert await run("gate", daemon.url, "--token-env", "MY_TOKEN") == 1
-    assert "token in $MY_TOKEN was not accepted" in capsys.readouterr().out
+    assert await run("gate", daemon.url, "--token-env", "MY_TOKEN", "--wait", "10m") == 2
+    err = capsys.readouterr().err
+    assert "the token in $MY_TOKEN is wrong" in err and "wrong" not in err.split("$MY_TOKEN")[0]
+    monkeypatch.setenv("MY_TOKEN", TOKEN)
+    assert await run("gate", daemon.url, "--token-env", "MY_TOKEN") == 0
+    out = capsys.readouterr().out
+    assert out.startswith("OK   backend-health") and TOKEN not in out
 
 
 async def test_wait_until_the_daemon_is_ready(daemon: Daemon, twin: Twin,
@@ -160,14 +175,69 @@ async def test_unreachable_while_waiting_then_up(
     assert await gate == 0
 
 
-async def test_a_wrong_path_and_a_draining_daemon_are_named(
+async def test_a_wrong_path_is_a_usage_error_at_once_and_a_draining_daemon_is_named(
         daemon: Daemon, capsys: pytest.CaptureFixture[str]) -> None:
     await ready(daemon)
-    assert await run("gate", daemon.url + "/not-the-prober/") == 1
-    assert "http_status: the daemon answered HTTP 404" in capsys.readouterr().out
+    # with --wait 10m: a 404 is said at once (the test's timeout would catch a wait)
+    assert await run("gate", daemon.url + "/not-the-prober/", "--wait", "10m") == 2
+    captured = capsys.readouterr()
+    assert "nothing answers at http://127.0.0.1:" in captured.err and "HTTP 404" in captured.err
+    assert captured.out == ""
     daemon.request_stop("test")  # what SIGTERM does: /readyz says draining until it closes
     assert await run("gate", daemon.url) == 1
     assert "is draining" in capsys.readouterr().out
+
+
+def two_targets(twin: Twin, dead: int) -> Config:
+    return parse_config(f"""
+defaults: {{interval: 200ms, timeout: 200ms, success_threshold: 1, failure_threshold: 1}}
+targets:
+  - {{name: backend-health, url: "{twin.url}/health"}}
+  - {{name: dead, url: "http://127.0.0.1:{dead}/"}}
+""", env={})
+
+
+async def test_target_and_exclude_judge_a_subset_and_unknown_names_exit_2(
+        twin: Twin, start_daemon: StartDaemon, capsys: pytest.CaptureFixture[str]) -> None:
+    with refused_port() as dead:
+        daemon = await start_daemon(two_targets(twin, dead))
+
+        async def both_judged() -> bool:
+            got = await http_get(f"{daemon.url}/readyz")
+            states = {t["name"]: t["state"] for t in json.loads(got[1])["targets"]} if got else {}
+            return states == {"backend-health": "ready", "dead": "failing"}
+
+        await until(both_judged, "one target ready and one failing")
+        assert await run("gate", daemon.url) == 1
+        capsys.readouterr()
+        assert await run("gate", daemon.url, "--exclude", "dead", "-q") == 0
+        assert capsys.readouterr().out == "READY: 1/1 critical targets ready\n"
+        assert await run("gate", daemon.url, "--target", "backend-health", "--format",
+                         "json") == 0
+        assert [t["name"] for t in json.loads(capsys.readouterr().out)["targets"]] == [
+            "backend-health"]
+        assert await run("gate", daemon.url, "--target", "dead", "--timeout", "1s") == 1
+        assert "dead (refused)" in capsys.readouterr().out
+        assert await run("gate", daemon.url, "--target", "backend-helth", "--wait", "10m") == 2
+        err = capsys.readouterr().err
+        assert "no target named 'backend-helth'" in err and "backend-health, dead" in err
+
+
+async def test_verbose_prints_every_poll(daemon: Daemon, capsys: pytest.CaptureFixture[str]
+                                         ) -> None:
+    await ready(daemon)
+    assert await run("gate", daemon.url, "-v") == 0
+    assert "READY: 1/1 critical targets ready" in capsys.readouterr().err
+
+
+def test_an_unwritable_junit_path_is_a_usage_error_before_asking(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "file").write_text("")
+    with refused_port() as port:  # a 10-minute wait if it asked first
+        assert cli(["gate", f"http://127.0.0.1:{port}", "--wait", "10m",
+                    "--junit", str(tmp_path / "file" / "r.xml")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("probe gate: --junit ") and "is not a directory" in err
 
 
 class StandIn:
