@@ -235,7 +235,7 @@ class Metrics:
             ["shard", "index", "count", "replicas"], registry=p,
         )
         self.shard_count = Gauge(
-            "probe_shard_count", "how many shards the fleet has (PROBE_SHARD's COUNT)", registry=p
+            "probe_shards", "how many shards the fleet has (PROBE_SHARD's COUNT)", registry=p
         )
         self.set_shard(0, 1, 1)
         self._series: dict[str, TargetSeries] = {}
@@ -270,7 +270,7 @@ class Metrics:
         self.gate_ready.set(1 if gate else 0)
 
     def set_shard(self, index: int, count: int, replicas: int) -> None:
-        """probe_shard_info{shard="INDEX/COUNT",...} 1 and probe_shard_count COUNT."""
+        """probe_shard_info{shard="INDEX/COUNT",...} 1 and probe_shards COUNT."""
         self.shard_info.clear()
         self.shard_info.labels(f"{index}/{count}", str(index), str(count), str(replicas)).set(1)
         self.shard_count.set(count)

@@ -114,7 +114,7 @@ def test_the_daemon_keeps_only_its_shard_on_start_and_on_reload() -> None:
     assert [t.name for t in daemon.runtime.readiness.verdict(0.0).targets] == mine
     s = samples(daemon.metrics)
     assert value(s, "probe_shard_info", shard="1/3", index="1", count="3", replicas="1") == 1
-    assert value(s, "probe_shard_count") == 3
+    assert value(s, "probe_shards") == 3
     daemon.apply(parse_config(config_text(9, names=[*NAMES, "t99"]), env=env))
     assert [t.name for t in daemon.config.targets] == split([*NAMES, "t99"], 3)[1]
     assert owned(config, Shard()) is config
