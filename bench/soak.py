@@ -227,7 +227,7 @@ async def soak(args: argparse.Namespace, plan: Plan, workdir: Path
                 if args.reload_every and loop.time() - start >= (reloads + 1) * args.reload_every:
                     reloads += 1  # what SIGHUP does: re-read the file, apply the difference
                     path.write_text(json.dumps(plan.docs[reloads % 2]))
-                    if not daemon.reload():
+                    if not await daemon.reload():
                         raise SystemExit("reload of a valid config failed")
     finally:
         await daemon.stop()

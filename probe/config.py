@@ -243,7 +243,7 @@ class Config(Strict):
     @field_validator("expect_version", mode="before")
     @classmethod
     def _blank_is_none(cls, v: Any) -> Any:
-        return None if v == "" else v
+        return None if isinstance(v, str) and not v.strip() else v  # `${X:-}`: no expectation
 
     @model_validator(mode="after")
     def _references(self) -> Config:
@@ -257,7 +257,15 @@ class Config(Strict):
                 raise ValueError(
                     f"targets[{i}].credential: unknown credential {t.credential!r} ({known})"
                 )
+        if self.expect_version is not None and not any(t.version_path for t in self.targets):
+            raise ValueError(no_version_path(self.expect_version))
         return self
+
+
+def no_version_path(expected: str) -> str:
+    """Why an expected version that no target can check is an error, not a silent pass."""
+    return (f"expect_version is {expected!r} but no target has a version_path, so no version "
+            "would be checked; set version_path on the target that reports the build")
 
 
 # --- loading ---------------------------------------------------------------------------------

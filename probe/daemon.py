@@ -5,8 +5,12 @@ Shutdown order matters for a CI gate: on SIGTERM/SIGINT /readyz turns 503 `drain
 cancelled, then the listener closes; the process exits 0 well within 5 s.
 
 A reload never makes things worse: an invalid new file is logged with all its errors and the
-running config stays. A valid one starts added targets, stops removed ones and removes their
-series, and keeps the state and latency windows of targets that stayed.
+running config stays. The file is read off the event loop and applied only once two reads agree
+(probe.reload: a FIFO, a hung mount or a half-written file cannot block the loop or open the
+gate). A valid one starts added targets, stops removed ones and removes their series, restarts
+changed ones (any field, or the credential they use) at `pending`, and keeps the state and
+latency windows of unchanged targets only. Once draining, SIGHUP is ignored: a daemon going
+away must not start new targets.
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ from pydantic import ValidationError
 
 from probe import __version__
 from probe.checks import CheckContext
-from probe.config import Config, ConfigError, Settings, Target, load_config
+from probe.config import Config, ConfigError, Settings, Target, load_config, parse_config
 from probe.credentials import Credentials
 from probe.history import History
 from probe.logging import configure, log_transition
@@ -35,6 +39,7 @@ from probe.loop import run_loop
 from probe.metrics import Metrics
 from probe.outcome import Outcome
 from probe.readiness import Readiness
+from probe.reload import FileReader, read_settled
 from probe.scheduler import Scheduler
 from probe.server import Runtime, make_app
 from probe.shard import Shard, from_environ, owned
@@ -76,11 +81,16 @@ class Daemon:
         )
         self.scheduler = Scheduler(config, self.ctx, self._on_outcome, self.metrics.observe_lag)
         self.runtime.scheduler = self.scheduler
+        if config_path is not None:  # POST /-/reload (probe reload), like SIGHUP
+            self.runtime.reload = self.reload
         for target in config.targets:
             self.metrics.add_target(target)
         self._runner: web.AppRunner | None = None
         self._stopping = asyncio.Event()
         self._closing: set[asyncio.Task[None]] = set()
+        self._reader = FileReader()
+        self._reloading: asyncio.Task[None] | None = None
+        self._reload_again = False
         self.url = ""
 
     @property
@@ -127,6 +137,8 @@ class Daemon:
 
     async def stop(self) -> None:
         self.runtime.draining = True
+        if self._reloading is not None:
+            self._reloading.cancel()
         await self.scheduler.stop()
         if self._runner is not None:
             await self._runner.cleanup()
@@ -138,16 +150,38 @@ class Daemon:
             task.cancel()
         log.info("stopped")
 
-    def reload(self) -> bool:
+    def request_reload(self) -> None:
+        """SIGHUP: reload in a task (the loop keeps serving meanwhile); ignored once draining.
+        A SIGHUP during a reload makes that reload run once more when it ends."""
+        if self._stopping.is_set():
+            log.info("reload ignored: the daemon is draining")
+            return
+        if self._reloading is not None and not self._reloading.done():
+            self._reload_again = True
+            return
+        self._reloading = asyncio.create_task(self._reload_until_current(), name="reload")
+
+    async def _reload_until_current(self) -> None:
+        while True:
+            self._reload_again = False
+            await self.reload()
+            if not self._reload_again:
+                return
+
+    async def reload(self) -> bool:
         """Re-read the config file; on any error keep the running config. True if applied."""
         if self.config_path is None:
             log.warning("reload requested but there is no config file to re-read")
             return False
         try:
-            new = load_config(self.config_path)
+            text = await read_settled(self.config_path, self._reader)
+            new = parse_config(text, str(self.config_path))
         except ConfigError as err:
             log.error("config reload failed; the running config stays",
                       source=err.source, errors=err.errors)
+            return False
+        if self._stopping.is_set():
+            log.info("reload dropped: the daemon began draining while reading the file")
             return False
         self.apply(new)
         return True
@@ -155,12 +189,7 @@ class Daemon:
     def apply(self, new: Config) -> None:
         new = owned(new, self.shard)
         old = self.config
-        old_targets = {t.name: t for t in old.targets}
         new_targets = {t.name: t for t in new.targets}
-        removed = sorted(old_targets.keys() - new_targets.keys())
-        added = sorted(new_targets.keys() - old_targets.keys())
-        changed = sorted(n for n in new_targets.keys() & old_targets.keys()
-                         if new_targets[n] != old_targets[n])
         ctx = None
         if new.credentials != old.credentials or new.expect_version != old.expect_version:
             ctx, previous = _context(new), self.ctx
@@ -168,16 +197,16 @@ class Daemon:
             self._close_later(previous.credentials,
                               max((t.timeout for t in old.targets), default=0.0) + 1)
         self.runtime.config = new
-        self.runtime.readiness.reconfigure(new)
-        self.scheduler.reconfigure(new, ctx)
-        for name in removed:
+        changes = self.runtime.readiness.reconfigure(new)  # computed once, for everyone below
+        self.scheduler.reconfigure(new, ctx, restart=changes.changed)
+        for name in changes.removed:
             self.metrics.forget(name)
             self.history.forget(name)
-        for name in added + changed:  # a changed kind (http <-> ws): add_target swaps the series
+        for name in changes.added + changes.changed:  # a kind change (http <-> ws) swaps series
             self.metrics.add_target(new_targets[name])
         self.history.reconfigure(new.history.results, new.history.span, len(new.targets))
-        log.info("config reloaded", added=added, removed=removed, changed=changed,
-                 targets=len(new.targets))
+        log.info("config reloaded", added=changes.added, removed=changes.removed,
+                 changed=changes.changed, targets=len(new.targets))
 
     def _close_later(self, credentials: Credentials, after: float) -> None:
         """Close replaced credentials once probes that may still use them are done."""
@@ -198,7 +227,7 @@ def install_signals(daemon: Daemon, reload: bool = True) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, daemon.request_stop, sig.name)
     if reload and hasattr(signal, "SIGHUP"):
-        loop.add_signal_handler(signal.SIGHUP, daemon.reload)
+        loop.add_signal_handler(signal.SIGHUP, daemon.request_reload)
 
 
 async def serve(

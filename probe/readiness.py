@@ -17,7 +17,16 @@ state depends only on the sequence of success/failure (the property tests check 
 On top of the state, a `ready` target is still *not ready* when
 - its latency target is breached over the rolling window (failure `latency`), or
 - an expected version is set, the target has a `version_path`, and the version it last reported
-  differs (failure `version_mismatch`).
+  does not match it (failure `version_mismatch`; probe.version_match: exact, or one git commit).
+
+No fresh evidence is no evidence: a target whose last result is older than `2 x interval +
+timeout` is `stale` (not ready, whatever it was) until its next result. Staleness depends on the
+clock only, so it is decided when asked (verdict(now), ready_flags(now)), never stored; the
+result that ends it is a transition from `stale`.
+
+A reload restarts every target whose definition changed (any field, or the credential block it
+uses) at `pending` with no results: what was proven of the old definition says nothing of the
+new one. Only unchanged targets keep their record.
 The gate is ready when every critical target is ready. With no critical target at all the gate is
 vacuously ready: `critical: false` means "do not gate on me", and the report still lists them.
 
@@ -38,9 +47,40 @@ from typing import Any, Literal
 from probe.config import Config, Target
 from probe.latency_window import LatencyWindows
 from probe.outcome import Failure, Outcome
+from probe.version_match import version_matches
 
-State = Literal["pending", "ready", "failing"]
-STATES: tuple[State, ...] = ("pending", "ready", "failing")
+State = Literal["pending", "ready", "failing", "stale"]
+STATES: tuple[State, ...] = ("pending", "ready", "failing", "stale")
+
+
+def stale_after(target: Target) -> float:
+    """Seconds after its last result at which a target's evidence is too old to count: two
+    missed results plus the time a probe may take."""
+    return 2 * target.interval + target.timeout
+
+
+@dataclass(frozen=True)
+class Changes:
+    """What a reload does to the targets, computed once (diff_configs) for every consumer."""
+
+    added: list[str]
+    removed: list[str]
+    changed: list[str]  # definition or credential changed: restarted from scratch
+
+
+def diff_configs(old: Config, new: Config) -> Changes:
+    """Targets added, removed, and changed: any field of the Target, or the spec of the
+    credential it uses (a rotated token or a new token URL is a new definition too)."""
+    before = {t.name: t for t in old.targets}
+    after = {t.name: t for t in new.targets}
+    changed = sorted(
+        name for name in before.keys() & after.keys()
+        if before[name] != after[name] or (
+            after[name].credential is not None
+            and old.credentials.get(after[name].credential)
+            != new.credentials.get(after[name].credential)))
+    return Changes(added=sorted(after.keys() - before.keys()),
+                   removed=sorted(before.keys() - after.keys()), changed=changed)
 
 
 @dataclass(frozen=True)
@@ -153,32 +193,58 @@ class _Track:
     last_probe_at: float | None = None
     version: str | None = None
     latency: LatencyWindows = field(init=False)
+    stale_after: float = field(init=False)
 
     def __post_init__(self) -> None:
         self.latency = LatencyWindows(self.target.latency, self.target.measure)
-
-    def resize(self) -> None:
-        """Follow the target's (possibly new) latency target; config time only."""
-        self.latency.configure(self.target.latency, self.target.measure)
+        self.stale_after = stale_after(self.target)
 
 
 def _wrong_build(track: _Track, expect_version: str | None) -> bool:
-    return bool(expect_version and track.target.version_path and track.version != expect_version)
+    return bool(expect_version and track.target.version_path
+                and not version_matches(expect_version, track.version))
 
 
-def _ready(track: _Track, expect_version: str | None) -> bool:
-    """Is the target ready: the per-result hot path, so no strings and no sorting."""
+def _stale(track: _Track, now: float | None) -> bool:
+    """Is the last result too old to count (never: no result yet, which is `pending` anyway)."""
+    last = track.last_probe_at
+    return now is not None and last is not None and now - last > track.stale_after
+
+
+def _proven(track: _Track, expect_version: str | None) -> bool:
+    """Ready by its results, freshness aside: what the blocking set is kept from per result."""
     return (track.state == "ready" and not _wrong_build(track, expect_version)
             and not track.latency.breached())
 
 
-def _judge(track: _Track, expect_version: str | None) -> TargetVerdict:
+def _ready(track: _Track, expect_version: str | None, now: float | None) -> bool:
+    """Is the target ready at `now`: the per-result hot path, so no strings and no sorting."""
+    return _proven(track, expect_version) and not _stale(track, now)
+
+
+def _stale_detail(track: _Track, now: float) -> str:
+    assert track.last_probe_at is not None
+    t = track.target
+    was = track.state
+    if track.state == "failing" and track.last_failure is not None:
+        assert track.last_failure.failure is not None
+        was += f" ({track.last_failure.failure.value}: {track.last_failure.detail})"
+    return (f"no result for {now - track.last_probe_at:.1f}s (stale after {track.stale_after:g}s"
+            f" = 2 x interval {t.interval:g}s + timeout {t.timeout:g}s); last known {was}")
+
+
+def _judge(track: _Track, expect_version: str | None, now: float) -> TargetVerdict:
     t = track.target
     latency_ms, breach = track.latency.summary()
     failure: str | None = None
     detail = ""
-    ready = _ready(track, expect_version)  # the one definition; the rest only explains it
-    if track.state == "ready":
+    ready = _ready(track, expect_version, now)  # the one definition; the rest only explains it
+    state, since = track.state, track.since
+    if _stale(track, now):
+        assert track.last_probe_at is not None
+        state, since = "stale", track.last_probe_at + track.stale_after
+        detail = _stale_detail(track, now)
+    elif track.state == "ready":
         if ready:
             pass
         elif _wrong_build(track, expect_version):
@@ -200,11 +266,11 @@ def _judge(track: _Track, expect_version: str | None) -> TargetVerdict:
         detail = (f"pending: {track.successes} of {t.success_threshold} consecutive successes")
     last = track.last
     return TargetVerdict(
-        name=t.name, kind=t.kind, critical=t.critical, ready=ready, state=track.state,
+        name=t.name, kind=t.kind, critical=t.critical, ready=ready, state=state,
         failure=failure, detail=detail,
         status_code=last.status_code if last else None,
         close_code=last.close_code if last else None,
-        version=track.version, latency_ms=latency_ms, since=track.since,
+        version=track.version, latency_ms=latency_ms, since=since,
         last_probe_at=track.last_probe_at, consecutive_successes=track.successes,
         consecutive_failures=track.failures,
     )
@@ -218,6 +284,7 @@ class Readiness:
 
     def __init__(self, config: Config, expect_version: str | None = None) -> None:
         self._override = expect_version or None
+        self._config = config
         self._tracks: dict[str, _Track] = {}
         self._blocking: set[str] = set()  # critical targets that are not ready
         self._gate_ready = False
@@ -239,6 +306,7 @@ class Readiness:
             return None
         self._last_now = now
         t = track.target
+        was_stale = _stale(track, now)
         track.last, track.last_probe_at = outcome, now
         if track.since is None:
             track.since = now
@@ -250,12 +318,14 @@ class Readiness:
         else:
             track.successes, track.failures = 0, track.failures + 1
             track.last_failure = outcome
-        old = track.state
+        old: State = "stale" if was_stale else track.state
         if track.successes >= t.success_threshold:
             track.state = "ready"
         elif track.failures >= t.failure_threshold:
             track.state = "failing"
         self._refresh(track, now)
+        if was_stale and t.critical and not self._blocking:
+            self._gate_since = now  # (one of) the gate's stale targets has just come back
         if track.state == old:
             return None
         track.since = now
@@ -263,38 +333,49 @@ class Readiness:
                           detail=outcome.detail, at=now)
 
     def verdict(self, now: float) -> Verdict:
-        targets = [_judge(track, self._expect) for track in self._tracks.values()]
+        targets = [_judge(track, self._expect, now) for track in self._tracks.values()]
         ready = all(v.ready for v in targets if v.critical)
-        return Verdict(ready=ready, targets=targets, since=self._gate_since)
+        since = self._gate_since
+        if not self._blocking and not ready:  # not ready only for want of fresh results
+            began = min(v.since for v in targets if v.critical and v.state == "stale"
+                        and v.since is not None)
+            since = began if since is None else max(since, began)
+        return Verdict(ready=ready, targets=targets, since=since)
 
-    def ready_flags(self) -> tuple[bool, list[tuple[str, bool]]]:
-        """(gate ready, [(target, ready)]): verdict()'s answers without its explanations, for
-        /metrics (~40 ms of the event loop per scrape at 2 000 targets saved)."""
+    def ready_flags(self, now: float) -> tuple[bool, list[tuple[str, bool]]]:
+        """(gate ready, [(target, ready)]) at `now`: verdict()'s answers without its
+        explanations, for /metrics (~40 ms of the event loop per scrape at 2 000 targets saved)."""
         expect = self._expect
-        return not self._blocking, [(name, _ready(track, expect))
-                                    for name, track in self._tracks.items()]
+        flags = [(name, _ready(track, expect, now)) for name, track in self._tracks.items()]
+        gate = not self._blocking and not any(
+            track.target.critical and _stale(track, now) for track in self._tracks.values())
+        return gate, flags
 
-    def target(self, name: str) -> TargetVerdict | None:
+    def target(self, name: str, now: float) -> TargetVerdict | None:
         """One target's verdict (None if unknown): cheaper than a whole verdict per result."""
         track = self._tracks.get(name)
-        return _judge(track, self._expect) if track is not None else None
+        return _judge(track, self._expect, now) if track is not None else None
 
-    def reconfigure(self, config: Config) -> None:
-        """Adopt a new config; kept targets (same name) keep their state, counters and windows.
-
-        Changed thresholds take effect at the target's next result (there is no `now` here).
-        """
+    def reconfigure(self, config: Config) -> Changes:
+        """Adopt a new config: unchanged targets keep their state, counters and windows; added
+        and changed ones (diff_configs) start at `pending` with no results. Returns the changes,
+        so the daemon restarts the same targets in the scheduler and the metrics."""
+        changes = diff_configs(self._config, config)
+        restart = set(changes.changed)
+        self._config = config
         self._expect = self._override or config.expect_version or None
         tracks: dict[str, _Track] = {}
         for target in config.targets:
-            track = self._tracks.get(target.name) or _Track(target=target)
-            track.target = target
-            track.resize()
+            track = self._tracks.get(target.name)
+            if track is None or target.name in restart:
+                track = _Track(target=target)
+            track.target = target  # equal, but the new config's object
             tracks[target.name] = track
         self._tracks = tracks
         self._blocking = set()
         for track in tracks.values():
             self._refresh(track, self._last_now)
+        return changes
 
     def awaiting_latency(self, name: str) -> bool:
         """True while a target with a latency target has fewer than min_samples samples.
@@ -307,7 +388,7 @@ class Readiness:
     def _refresh(self, track: _Track, now: float | None) -> None:
         """Keep the set of blocking critical targets current, so the gate is O(1) per result."""
         name = track.target.name
-        if track.target.critical and not _ready(track, self._expect):
+        if track.target.critical and not _proven(track, self._expect):
             self._blocking.add(name)
         else:
             self._blocking.discard(name)

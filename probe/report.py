@@ -49,7 +49,10 @@ def public_url(url: str) -> str:
 
 
 def cause(t: TargetVerdict) -> str:
-    """`failure: detail`, the one line that says why a target is not ready."""
+    """`failure: detail`, the one line that says why a target is not ready (`stale: ...` for
+    a target whose last result is too old: staleness is a state, not a failure class)."""
+    if t.state == "stale" and not t.failure:
+        return f"stale: {t.detail}" if t.detail else "stale"
     if t.failure and t.detail:
         return f"{t.failure}: {t.detail}"
     return t.failure or t.detail or t.state

@@ -18,7 +18,7 @@ import asyncio
 import contextlib
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 
 import structlog
 
@@ -130,8 +130,12 @@ class Scheduler:
         if tasks:
             await asyncio.wait(tasks, timeout=STOP_GRACE)
 
-    def reconfigure(self, config: Config, ctx: CheckContext | None = None) -> None:
-        """Start added targets, stop removed ones, restart changed ones; keep unchanged loops."""
+    def reconfigure(self, config: Config, ctx: CheckContext | None = None,
+                    restart: Collection[str] = ()) -> None:
+        """Start added targets, stop removed ones, restart changed ones; keep unchanged loops.
+
+        `restart` names targets to restart although their Target is equal: the credential they
+        use changed (readiness.diff_configs decides, once, for the daemon)."""
         if ctx is not None:
             self._ctx = ctx
         if config.concurrency != self._config.concurrency:
@@ -147,7 +151,7 @@ class Scheduler:
         for name, target in new.items():
             if name not in old:
                 self._spawn(target)
-            elif old[name] != target:
+            elif old[name] != target or name in restart:
                 previous = self._cancel(name)
                 self._spawn(target, after=previous)
 

@@ -96,7 +96,7 @@ def _exposition(metrics: Metrics, openmetrics: bool, gzipped: bool) -> bytes:
 
 async def metrics_handler(request: web.Request) -> web.StreamResponse:
     rt = _runtime(request)
-    rt.metrics.set_readiness(*rt.readiness.ready_flags())
+    rt.metrics.set_readiness(*rt.readiness.ready_flags(rt.clock()))
     openmetrics, content_type = negotiate(request.headers.get("Accept", ""))
     gzipped = "gzip" in request.headers.get("Accept-Encoding", "")
     headers = {"Content-Type": content_type, "Cache-Control": "no-store"}

@@ -141,7 +141,7 @@ async def test_junit_and_github_reports(twin: Twin, tmp_path: Path,
     assert out.startswith("::error title=backend-health%3A http_status::http_status: ")
     root = ET.parse(junit).getroot()
     assert (root.get("tests"), root.get("failures")) == ("2", "2")
-    assert "| :x: | backend-health | failing | http_status: " in summary.read_text()
+    assert "| :x: | backend-health | failing | http\\_status: " in summary.read_text()
 
 
 async def test_bad_config_exits_2_naming_the_place(tmp_path: Path,

@@ -65,7 +65,7 @@ def busy_metrics() -> Metrics:
                             status_code=101, close_code=1011), chat)
     readiness = Readiness(config)
     readiness.observe(Outcome("api", "http", True, 0.04), now=1.0)
-    m.set_readiness(*readiness.ready_flags())
+    m.set_readiness(*readiness.ready_flags(1.0))
     for lag in (0.0004, 0.02, 3.0):
         m.observe_lag(lag)
     return m

@@ -6,7 +6,9 @@ moment a run of >= success_threshold successes or >= failure_threshold failures 
 (`pending` if none); a `ready` target is still not ready on a latency breach (nearest-rank
 percentile over the last `window` successful samples, once `min_samples` exist) or on a version
 mismatch; the gate is ready when every critical target is ready. Reloads (removing, re-adding,
-re-flagging targets) are part of the sequences: kept targets keep their history.
+re-flagging targets) are part of the sequences: unchanged targets keep their history, a changed
+one (re-flagged) starts again from no results. Staleness and credential changes are covered by
+the stateful test in test_readyz_stateful.py.
 """
 
 from __future__ import annotations
@@ -94,8 +96,9 @@ class Model:
 
 
 def config_of(specs: list[Spec], expect_version: str | None) -> Config:
+    """An expected version only where some target has a version_path (else it is invalid)."""
     return Config.model_validate({
-        "expect_version": expect_version,
+        "expect_version": expect_version if any(s.version_path for s in specs) else None,
         "targets": [s.as_target() for s in specs],
     })
 
@@ -155,6 +158,8 @@ def test_gate_matches_reference_and_never_ready_falsely(
                 assert (transition.old, transition.new, transition.at) == (before, after, now)
         elif event[0] == "toggle_critical":
             spec.critical = not spec.critical
+            if spec in active:  # a changed definition: proven again from nothing
+                models[spec.name] = Model(spec)
             readiness.reconfigure(config_of(active, expect_version))
         elif event[0] == "remove":
             if len(active) > 1 and spec in active:

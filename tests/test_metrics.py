@@ -201,7 +201,7 @@ def test_lag_histogram_and_readiness_gauges() -> None:
         m.add_target(target)
     readiness = Readiness(config)
     readiness.observe(Outcome("a", "http", True, 0.01), now=1.0)
-    m.set_readiness(*readiness.ready_flags())
+    m.set_readiness(*readiness.ready_flags(1.0))
     for lag in (0.0005, 0.003, 0.2):
         m.observe_lag(lag)
     s = samples(m)

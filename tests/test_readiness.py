@@ -194,23 +194,101 @@ def test_gate_since_follows_its_flips() -> None:
     assert r.verdict(7.0).since == 7.0
 
 
-def test_reconfigure_keeps_kept_targets_and_drops_removed_ones() -> None:
-    cfg = make_config({"success_threshold": 1}, {"success_threshold": 1})
+def test_reconfigure_keeps_unchanged_targets_and_restarts_changed_ones() -> None:
+    cfg = make_config({"success_threshold": 1}, {"success_threshold": 1},
+                      {"success_threshold": 1})
     r = Readiness(cfg)
-    r.observe(ok("t0", duration=0.3), 1.0)
-    r.observe(ok("t1"), 1.0)
-    new = Config.model_validate({"targets": [
-        {"name": "t0", "url": "http://127.0.0.1:1/0", "success_threshold": 1,
-         "latency": {"p95": "100ms", "min_samples": 1}},
-        {"name": "t9", "url": "http://127.0.0.1:1/9"},
-    ]})
-    r.reconfigure(new)
+    for name in ("t0", "t1", "t2"):
+        r.observe(ok(name, duration=0.3), 1.0)
+    assert r.verdict(1.0).ready
+    new = make_config({"success_threshold": 1, "latency": {"p95": "100ms", "min_samples": 1}},
+                      {"success_threshold": 1}, {"success_threshold": 1}, {})
+    new = new.model_copy(update={"targets": [  # t0 changed, t1 removed, t2 kept, t9 added
+        new.targets[0], new.targets[2], new.targets[3].model_copy(update={"name": "t9"})]})
+    changes = r.reconfigure(new)
+    assert (changes.added, changes.removed, changes.changed) == (["t9"], ["t1"], ["t0"])
     v = r.verdict(2.0)
-    assert [t.name for t in v.targets] == ["t0", "t9"]
-    t0 = v.targets[0]
-    assert t0.state == "ready" and t0.failure == "latency", "window kept across the reload"
-    assert v.targets[1].state == "pending"
+    assert [t.name for t in v.targets] == ["t0", "t2", "t9"]
+    t0, t2, t9 = v.targets
+    assert (t0.state, t0.ready, t0.consecutive_successes, t0.latency_ms) == (
+        "pending", False, 0, {"target_p95": 100.0}), "a changed target starts from scratch"
+    assert (t2.state, t2.ready, t2.since) == ("ready", True, 1.0), "unchanged: record kept"
+    assert t9.state == "pending" and not v.ready
     assert r.observe(ok("t1"), 3.0) is None, "results of a removed target are ignored"
+
+
+def test_a_changed_credential_restarts_the_targets_using_it() -> None:
+    def config(token: str) -> Config:
+        return Config.model_validate({
+            "credentials": {"ci": {"bearer": {"token": token}},
+                            "other": {"bearer": {"token": "o"}}},
+            "targets": [
+                {"name": "uses", "url": "http://127.0.0.1:1/a", "credential": "ci",
+                 "success_threshold": 1},
+                {"name": "other", "url": "http://127.0.0.1:1/b", "credential": "other",
+                 "success_threshold": 1},
+                {"name": "plain", "url": "http://127.0.0.1:1/c", "success_threshold": 1}]})
+
+    r = Readiness(config("token-1"))
+    for name in ("uses", "other", "plain"):
+        r.observe(ok(name), 1.0)
+    assert r.reconfigure(config("token-1")).changed == [], "an equal file changes nothing"
+    assert r.reconfigure(config("token-2")).changed == ["uses"]
+    states = {t.name: t.state for t in r.verdict(1.5).targets}
+    assert states == {"uses": "pending", "other": "ready", "plain": "ready"}
+
+
+def test_a_result_older_than_two_intervals_plus_timeout_is_stale() -> None:
+    cfg = make_config({"success_threshold": 1, "interval": "10s", "timeout": "5s"},
+                      {"success_threshold": 1, "interval": "10s", "timeout": "5s",
+                       "critical": False})
+    r = Readiness(cfg)
+    r.observe(ok("t0"), 100.0)
+    r.observe(ok("t1"), 100.0)
+    assert r.verdict(125.0).ready, "exactly 2 x 10s + 5s old still counts"
+    assert r.ready_flags(125.0) == (True, [("t0", True), ("t1", True)])
+    v = r.verdict(135.5)
+    t0, t1 = v.targets
+    assert not v.ready and (t0.state, t0.ready, t0.failure) == ("stale", False, None)
+    assert t0.detail.startswith("no result for 35.5s (stale after 25s"), t0.detail
+    assert t0.detail.endswith("last known ready") and t0.since == 125.0
+    assert v.since == 125.0, "the gate closed when the evidence ran out"
+    assert t1.state == "stale", "a non-critical target is stale too (it does not gate)"
+    assert r.ready_flags(135.5) == (False, [("t0", False), ("t1", False)])
+    assert Verdict.from_dict(v.to_dict()).targets[0].state == "stale"
+    transition = r.observe(ok("t0"), 140.0)
+    assert transition is not None and (transition.old, transition.new) == ("stale", "ready")
+    v = r.verdict(140.0)
+    assert v.ready and v.since == 140.0 and v.targets[0].since == 140.0
+
+
+def test_stale_failing_target_keeps_its_cause_in_the_detail() -> None:
+    r = Readiness(make_config({"failure_threshold": 1}))
+    r.observe(bad(), 0.0)
+    (t0,) = r.verdict(60.0).targets
+    assert t0.state == "stale"
+    assert t0.detail.endswith("last known failing (http_status: HTTP 503 (expected 200))")
+
+
+@pytest.mark.parametrize(("expected", "served", "match"), [
+    ("9aca97a", "9aca97a0f3c1b2d4e5f60718293a4b5c6d7e8f90", True),
+    ("9aca97a0f3c1b2d4e5f60718293a4b5c6d7e8f90", "9aca97a", True),
+    ("9ACA97A", "9aca97a0f3", True),
+    ("9aca97", "9aca97a0f3c1b2d4e5f60718293a4b5c6d7e8f90", False),  # 6 characters: too short
+    ("9aca97b", "9aca97a0f3c1b2d4e5f60718293a4b5c6d7e8f90", False),
+    ("1.2", "1.2.3", False), ("v1.2.3", "v1.2.3", True), ("release-9aca97a", "9aca97a", False),
+    ("abc", None, False),
+])
+def test_a_git_sha_matches_by_prefix_other_versions_exactly(
+    expected: str, served: str | None, match: bool,
+) -> None:
+    from probe.version_match import version_matches
+
+    assert version_matches(expected, served) is match
+    r = Readiness(make_config({"success_threshold": 1, "version_path": "v"}),
+                  expect_version=expected)
+    r.observe(ok(version=served), 1.0)
+    assert r.verdict(1.0).ready is match
 
 
 def test_to_dict_has_the_design_shape_and_round_trips() -> None:
@@ -314,9 +392,10 @@ def test_ready_needs_success_threshold_consecutive_successes(
 @given(sequences, thresholds, thresholds)
 def test_trailing_runs_decide_the_state(results: list[bool], s: int, f: int) -> None:
     r, _ = feed(results, s, f)
-    t = r.verdict(99.0).targets[0]
+    now = float(len(results))  # a second after the last result: fresh
+    t = r.verdict(now).targets[0]
     if len(results) >= f and not any(results[-f:]):
-        assert t.state == "failing" and not t.ready and not r.verdict(99.0).ready
+        assert t.state == "failing" and not t.ready and not r.verdict(now).ready
         assert t.failure == "http_status"
     if len(results) >= s and all(results[-s:]):
         assert t.state == "ready" and t.ready
@@ -430,8 +509,8 @@ def test_cheap_ready_never_disagrees_with_the_full_verdict(
         track = r._tracks["t0"]
         windows = track.latency
         assert windows.ordered == sorted(windows.windows.get("total", ()))
-        full = _judge(track, r.expect_version)
-        assert _ready(track, r.expect_version) == full.ready
+        full = _judge(track, r.expect_version, float(i))
+        assert _ready(track, r.expect_version, float(i)) == full.ready
         window = list(windows.windows.get("total", ()))  # an independent model of "ready"
         breached = latency is not None and len(window) >= latency["min_samples"] and any(
             round(percentile(window, float(label[1:])) * 1000, 3) > bound * 1000
@@ -440,4 +519,5 @@ def test_cheap_ready_never_disagrees_with_the_full_verdict(
         assert full.ready == (track.state == "ready" and not wrong_build and not breached)
         assert full.ready or full.failure is not None or track.state != "ready"
         assert r.verdict(float(i)).ready == full.ready == (not r._blocking)
-        assert r.ready_flags() == (full.ready, [("t0", full.ready)])  # what /metrics exports
+        # what /metrics exports
+        assert r.ready_flags(float(i)) == (full.ready, [("t0", full.ready)])

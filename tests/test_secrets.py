@@ -240,7 +240,7 @@ async def test_outcomes_logs_metrics_reports_hold_no_secret(
         metrics.record(o, target)
         readiness.observe(o, now)
     verdict = readiness.verdict(now)
-    metrics.set_readiness(*readiness.ready_flags())
+    metrics.set_readiness(*readiness.ready_flags(now))
     assert_clean("/metrics text", metrics.render(openmetrics=False).decode(), secrets)
     assert_clean("/metrics OpenMetrics", metrics.render(openmetrics=True).decode(), secrets)
     assert_clean("verdict", json.dumps(verdict.to_dict()), secrets)

@@ -31,6 +31,7 @@ from probe.checks import USER_AGENT, PerObject, clip, keep, recall
 from probe.checks._http_request import PRIVATE, Hop, build_hop
 from probe.config import Target
 from probe.outcome import Failure
+from probe.version_match import version_matches
 
 MISSING: Any = object()
 
@@ -254,7 +255,7 @@ def evaluate(
                 f"version_path {plan.version_path}: not found in the body"
                 f" (expected build {clip(expect_version, 40)})"
             )
-        if version != expect_version:
+        if not version_matches(expect_version, version):  # exact, or one git commit
             return version, Failure.VERSION_MISMATCH, (
                 f"serving build {clip(version, 60)}, expected {clip(expect_version, 60)}"
             )

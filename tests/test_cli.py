@@ -1,0 +1,126 @@
+"""The CLI as a CI job or a person meets it: choosing targets, -q/-v, --timeout, Ctrl-C, a wrong
+--junit path or no config file, `probe init`, and help that documents every option.
+
+`probe check` runs against the twin on loopback (in-process in a worker thread, or as a real
+subprocess where a signal is the point).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from helpers import refused_port, stop_process, until
+from helpers import run_cli as run
+from test_checkcmd import health, write_config
+
+from probe.cli import main as cli
+from probe.twin import Twin
+
+pytestmark = [pytest.mark.timeout(60), pytest.mark.twin(version="abc")]
+
+
+def two_targets(twin: Twin, tmp_path: Path, dead: int) -> Path:
+    return write_config(tmp_path, health(twin) + f"  - name: dead\n    url: "
+                        f"http://127.0.0.1:{dead}/\n")
+
+
+async def test_target_and_exclude_probe_only_the_chosen_targets(
+        twin: Twin, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    with refused_port() as dead:
+        cfg = str(two_targets(twin, tmp_path, dead))
+        assert await run("check", "-c", cfg) == 1
+        capsys.readouterr()
+        assert await run("check", "-c", cfg, "--exclude", "dead") == 0
+        out = capsys.readouterr().out
+        assert "dead" not in out and "READY: 1/1" in out
+        before = twin.requests("/health")
+        assert await run("check", "-c", cfg, "--target", "dead") == 1
+        assert twin.requests("/health") == before, "a target left out is not probed"
+        assert "FAIL dead  refused" in capsys.readouterr().out
+        assert await run("check", "-c", cfg, "--target", "backend-health",
+                         "--target", "nope", "--exclude", "nope2") == 2
+        captured = capsys.readouterr()
+        assert captured.out == ""
+        assert "no target named 'nope', 'nope2' (targets: backend-health, dead)" in captured.err
+        assert twin.requests("/health") == before, "a usage error probes nothing"
+
+
+async def test_quiet_is_the_verdict_line_and_verbose_a_line_per_probe(
+        twin: Twin, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    cfg = str(write_config(tmp_path, health(twin)))
+    assert await run("check", "-c", cfg, "-q", "--timeout", "20s") == 0
+    captured = capsys.readouterr()
+    assert captured.out == "READY: 1/1 critical targets ready\n"
+    assert captured.err == "", "-q: no progress either"
+    assert await run("check", "-c", cfg, "-v") == 0
+    err = capsys.readouterr().err
+    assert err.count("probe backend-health: ok in") == 2, err  # success_threshold probes
+
+
+def test_timeout_is_wait() -> None:
+    from probe.cli import _parser
+
+    for command in (["check"], ["gate", "http://127.0.0.1:1"]):
+        assert _parser().parse_args([*command, "--timeout", "90s"]).wait == 90.0
+        assert _parser().parse_args([*command, "--wait", "2m"]).wait == 120.0
+
+
+async def test_an_unwritable_junit_path_fails_before_probing(
+        twin: Twin, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    cfg = str(write_config(tmp_path, health(twin)))
+    (tmp_path / "reports").write_text("a file where a directory should be")
+    assert await run("check", "-c", cfg, "--wait", "10m",
+                     "--junit", str(tmp_path / "reports" / "r.xml")) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"probe check: --junit {tmp_path / 'reports' / 'r.xml'}: ")
+    assert "is not a directory" in err and "Traceback" not in err
+    assert twin.requests("/health") == 0
+
+
+def test_a_missing_default_config_says_how_to_pass_one(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("PROBE_CONFIG", raising=False)
+    for command in ("check", "validate"):
+        assert cli([command]) == 2
+        err = capsys.readouterr().err
+        assert "no config file: the default, config/example.yaml," in err, err
+        assert "-c FILE" in err and "PROBE_CONFIG=FILE" in err and "probe init" in err
+    monkeypatch.setenv("PROBE_CONFIG", str(tmp_path / "nope.yaml"))
+    assert cli(["check"]) == 2
+    assert "$PROBE_CONFIG is not at" in capsys.readouterr().err
+
+
+def spawn(tmp_path: Path, *argv: str) -> tuple[subprocess.Popen[bytes], Path]:
+    err = tmp_path / "stderr.txt"
+    with err.open("wb") as fh:
+        proc = subprocess.Popen([sys.executable, "-m", "probe", *argv], stdout=subprocess.DEVNULL,
+                                stderr=fh, env={**os.environ, "NO_COLOR": "1"})
+    return proc, err
+
+
+@pytest.mark.parametrize("command", ["check", "gate"])
+async def test_ctrl_c_exits_130(command: str, twin: Twin, tmp_path: Path) -> None:
+    twin.set_fault(health="503")
+    with refused_port() as port:
+        argv = (["check", "-c", str(write_config(tmp_path, health(twin)))] if command == "check"
+                else ["gate", f"http://127.0.0.1:{port}"])
+        proc, err = spawn(tmp_path, *argv, "--wait", "10m")
+        try:
+            # SIGINT once it is waiting, i.e. has printed its first progress line
+            await until(lambda: "critical ready" in err.read_text(), "a progress line",
+                        detail=err.read_text)
+            proc.send_signal(signal.SIGINT)
+            code = await asyncio.to_thread(proc.wait, 20)
+        finally:
+            stop_process(proc)
+    assert code == 130, err.read_text()
+    text = err.read_text()
+    assert f"probe {command}: interrupted" in text and "Traceback" not in text
