@@ -21,6 +21,7 @@ from helpers import ProbeRun, Prometheus, http_get, run_cli, samples, serving, u
 from probe.cli import _parser
 from probe.config import ConfigError, parse_config
 from probe.daemon import Daemon
+from probe.gate_prometheus import expected_targets
 from probe.shard import Shard, from_environ, owned, owners, parse, split
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -292,7 +293,8 @@ def load_all(path: Path) -> list[dict[str, Any]]:
     return [d for d in yaml.safe_load_all(path.read_text(encoding="utf-8")) if d]
 
 
-def test_shards_manifests_are_wired_together() -> None:
+def test_shards_manifests_are_wired_together(tmp_path: Path,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
     kustomization = load_all(SHARDS / "kustomization.yaml")[0]
     docs = {}
     for resource in kustomization["resources"]:
@@ -317,3 +319,12 @@ def test_shards_manifests_are_wired_together() -> None:
     mounts = {m["mountPath"] for m in gate_container["volumeMounts"]}
     assert str(args.config.parent) in mounts
     assert "PROBE_SHARD" not in {v["name"] for v in gate_container.get("env", [])}
+    # the gate reads the shards' own config without their secrets (a stand-in fills them)
+    configmap = load_all(SHARDS.parent / "configmap.yaml")[0]
+    (volume,) = [v for v in job["spec"]["template"]["spec"]["volumes"] if "configMap" in v]
+    assert volume["configMap"]["name"] == configmap["metadata"]["name"]
+    config = tmp_path / "config.yaml"
+    config.write_text(configmap["data"]["config.yaml"], encoding="utf-8")
+    monkeypatch.delenv("JWT_SECRET", raising=False)
+    expected = expected_targets(config)
+    assert expected and any(e.kind == "websocket" for e in expected)
