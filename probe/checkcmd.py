@@ -4,7 +4,12 @@ Without --wait, one round that honours the thresholds: each target is probed at 
 until its state is decided (ready or failing; a ready target with a latency target also until
 `min_samples` samples give a latency verdict), and at most
 `success_threshold + failure_threshold - 1 (+ min_samples)` times, so a flapping target that never
-decides ends the round as pending with its last failure instead of holding CI forever.
+decides ends the round as pending with its last failure instead of holding CI forever. A target
+that is done keeps being probed at its interval until every target is: the verdict is given at
+the end of the round, and evidence older than `2 x interval + timeout` by then is `stale`.
+
+`--expect-version` must check something: an empty value (an unset `$GIT_SHA`) or a config where
+no target has `version_path` is a usage error (exit 2), never a silent pass.
 
 With --wait D, every target is probed at its interval until the gate is ready (critical latency
 targets with their verdict in) or D has passed; progress goes to stderr. At the deadline the
@@ -21,8 +26,8 @@ import time
 import structlog
 
 from probe.checks import CheckContext
-from probe.cli import EXIT_NOT_READY, EXIT_READY, config_path
-from probe.config import Config, Target, load_config
+from probe.cli import EXIT_NOT_READY, EXIT_READY, EXIT_USAGE, config_path
+from probe.config import Config, Target, load_config, no_version_path
 from probe.credentials import Credentials
 from probe.logging import configure
 from probe.loop import run_loop
@@ -37,14 +42,16 @@ TICK = 1.0  # how often the progress line is refreshed while nothing changes
 
 
 def _decided(readiness: Readiness, name: str) -> bool:
-    tv = readiness.target(name)
+    tv = readiness.target(name, time.time())
     if tv is None:
         return True
     return tv.state == "failing" or (tv.state == "ready" and not readiness.awaiting_latency(name))
 
 
 async def _drive(target: Target, readiness: Readiness, ctx: CheckContext, stop: asyncio.Event,
-                 changed: asyncio.Event, one_round: bool, crashed: set[str]) -> None:
+                 changed: asyncio.Event, done: set[str] | None, crashed: set[str]) -> None:
+    """Probe `target` at its interval until `stop`; with `done` (one round), add its name there
+    once its state is decided or its probe limit is reached, and keep its evidence fresh."""
     loop = asyncio.get_running_loop()
     check = load_check(target)
     limit = target.success_threshold + target.failure_threshold - 1
@@ -57,9 +64,10 @@ async def _drive(target: Target, readiness: Readiness, ctx: CheckContext, stop: 
         readiness.observe(outcome, time.time())
         _log_probe(outcome)
         probes += 1
+        if done is not None and target.name not in done and (
+                probes >= limit or _decided(readiness, target.name)):
+            done.add(target.name)
         changed.set()
-        if one_round and (probes >= limit or _decided(readiness, target.name)):
-            return
         delay = target.interval - (loop.time() - started)
         if delay > 0:
             try:
@@ -93,27 +101,31 @@ async def run_check(config: Config, expect_version: str | None = None,
                        expect_version=readiness.expect_version)
     stop, changed = asyncio.Event(), asyncio.Event()
     crashed: set[str] = set()
-    tasks = [asyncio.create_task(_drive(t, readiness, ctx, stop, changed, wait is None, crashed))
+    done: set[str] | None = set() if wait is None else None
+    tasks = [asyncio.create_task(_drive(t, readiness, ctx, stop, changed, done, crashed))
              for t in config.targets]
+    start = loop.time()
+    deadline = start + (wait if wait is not None else float("inf"))
     try:
-        if wait is None:
-            await asyncio.gather(*tasks)
-        else:
-            start = loop.time()
-            deadline = start + wait
-            while True:
-                changed.clear()
+        while True:
+            changed.clear()
+            for task in tasks:  # a loop only ends when stopped: one that ended is a bug
+                if task.done():
+                    task.result()
+            if done is not None:
+                if len(done) == len(tasks):
+                    break
+            else:
                 v = readiness.verdict(time.time())
                 if progress is not None:
                     progress.update(v, loop.time() - start)
-                remaining = deadline - loop.time()
-                if _settled(readiness, config, v) or remaining <= 0:
+                if _settled(readiness, config, v) or deadline - loop.time() <= 0:
                     break
-                try:
-                    async with asyncio.timeout(min(remaining, TICK)):
-                        await changed.wait()
-                except TimeoutError:
-                    pass
+            try:
+                async with asyncio.timeout(min(deadline - loop.time(), TICK)):
+                    await changed.wait()
+            except TimeoutError:
+                pass
     finally:
         stop.set()
         for task in tasks:
@@ -125,9 +137,25 @@ async def run_check(config: Config, expect_version: str | None = None,
     return readiness.verdict(time.time())
 
 
+def expect_version_error(expect: str | None, config: Config) -> str | None:
+    """Why `--expect-version` cannot be honoured (None: it can, or it was not given)."""
+    if expect is None:
+        return None
+    if not expect.strip():
+        return ("--expect-version is empty (an unset variable, such as $GIT_SHA?): "
+                "it would check nothing")
+    if not any(t.version_path for t in config.targets):
+        return no_version_path(expect)
+    return None
+
+
 def main(args: argparse.Namespace) -> int:
     config = load_config(config_path(args.config))  # ConfigError: the CLI prints it, exit 2
     config = select_config(config, args.target, args.exclude)  # UsageError: an unknown name
+    why = expect_version_error(args.expect_version, config)
+    if why is not None:
+        print(f"probe check: {why}", file=sys.stderr)
+        return EXIT_USAGE
     # warnings only (a check bug's traceback goes to stderr; stdout is the report); -v adds a
     # line per probe
     configure(level="debug" if args.verbose else "warning")
