@@ -132,6 +132,8 @@ class TargetDefaults(Strict):
 
 
 CredentialIn = Literal["header", "query", "subprotocol"]
+WS_CLOSE_ALLOWANCE = 1.0  # seconds a held target's timeout keeps for connect and close
+_HTTP_ONLY_DEFAULTS = ("follow_redirects", "max_redirects")  # not inherited by ws(s) targets
 
 
 class Target(TargetDefaults):
@@ -153,6 +155,8 @@ class Target(TargetDefaults):
     origin: str | None = None
     connections: int = Field(default=1, ge=1, le=1000)
     messages: list[Step] = Field(default_factory=list)
+    hold: Duration = 0.0  # keep the session open this long after the steps (0: close at once)
+    keepalive: Duration | None = None  # WebSocket ping interval while held
 
     @property
     def kind(self) -> Literal["http", "websocket"]:
@@ -180,6 +184,29 @@ class Target(TargetDefaults):
             raise ValueError(f"not an HTTP method: {v!r}")
         return v.upper()
 
+    def _ws_only(self) -> None:
+        """Redirects are not followed on a WebSocket upgrade (a 3xx names its Location), so
+        setting them on a ws(s) target is an error rather than silently ignored (`defaults:`
+        does not give them to ws targets); `timeout` must cover the hold."""
+        redirects = {"follow_redirects", "max_redirects"} & self.model_fields_set
+        if redirects:
+            raise ValueError(f"target {self.name}: {' and '.join(sorted(redirects))} are for "
+                             "http(s) targets only (a WebSocket upgrade is never redirected)")
+        if self.keepalive is not None:
+            if self.keepalive <= 0 or not self.hold or self.keepalive > self.hold:
+                raise ValueError(f"target {self.name}: keepalive pings while held: it needs a "
+                                 "hold at least as long and must be more than 0")
+        if self.hold:
+            longest = max((m.timeout for m in self.messages), default=0.0)
+            need = self.hold + longest + WS_CLOSE_ALLOWANCE
+            if self.timeout < need:
+                steps = f" + the longest step's timeout ({longest:g}s)" if longest else ""
+                raise ValueError(
+                    f"target {self.name}: timeout ({self.timeout:g}s) must cover hold "
+                    f"({self.hold:g}s){steps} + {WS_CLOSE_ALLOWANCE:g}s to connect and close: "
+                    f"at least {need:g}s"
+                )
+
     @model_validator(mode="after")
     def _fits_kind(self) -> Target:
         if self.json_body is not None and self.body is not None:
@@ -191,8 +218,12 @@ class Target(TargetDefaults):
                 raise ValueError("subprotocols and connections are for WebSocket targets only")
             if self.credential_in == "subprotocol":
                 raise ValueError("credential_in: subprotocol is for WebSocket targets only")
+            if self.hold or self.keepalive is not None:
+                raise ValueError("hold and keepalive are for WebSocket targets only")
         elif self.json_body is not None or self.body is not None or self.method != "GET":
             raise ValueError("method, json_body and body are for http(s) targets only")
+        else:
+            self._ws_only()
         if self.latency is not None and self.latency.measure in ("handshake", "rtt"):
             if self.kind != "websocket":
                 raise ValueError(f"latency measure {self.latency.measure} is for WebSocket targets")
@@ -213,6 +244,14 @@ class History(Strict):
 
     results: int = Field(default=1000, ge=1, le=100_000)
     span: Duration = 3600.0
+
+
+def _inherited(defaults: dict[str, Any], target: dict[str, Any]) -> dict[str, Any]:
+    """The `defaults:` keys a target takes: a ws(s) target skips the HTTP-only ones."""
+    url = target.get("url")
+    if isinstance(url, str) and url.lower().startswith(("ws:", "wss:")):
+        return {k: v for k, v in defaults.items() if k not in _HTTP_ONLY_DEFAULTS}
+    return defaults
 
 
 class Config(Strict):
@@ -237,7 +276,7 @@ class Config(Strict):
             TargetDefaults.model_validate(raw)
         except ValidationError:
             return data
-        merged = [{**raw, **t} if isinstance(t, dict) else t for t in targets]
+        merged = [{**_inherited(raw, t), **t} if isinstance(t, dict) else t for t in targets]
         return {**data, "targets": merged}
 
     @field_validator("expect_version", mode="before")

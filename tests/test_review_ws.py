@@ -7,9 +7,6 @@ frame unanswered).
 from __future__ import annotations
 
 import asyncio
-import base64
-import hashlib
-import re
 from contextlib import suppress
 from pathlib import Path
 
@@ -17,13 +14,12 @@ from helpers import until
 from http_servers import raw_server
 from websockets.asyncio.server import ServerConnection, serve
 from websockets.http11 import Request, Response
+from ws_raw import frame, read_frame, upgrade
 
 from probe.checks import CheckContext
 from probe.checks.websocket import check
 from probe.config import Config, Target
 from probe.outcome import Failure
-
-_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 
 
 def target(url: str, **kw: object) -> Target:
@@ -41,21 +37,14 @@ class DeafPeer:
 
     async def __call__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
-            head = await reader.readuntil(b"\r\n\r\n")
-            key = re.search(rb"(?im)^sec-websocket-key:\s*(\S+)", head)
-            assert key is not None
-            accept = base64.b64encode(hashlib.sha1(key.group(1) + _GUID).digest())
-            writer.write(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
-                         b"Connection: Upgrade\r\nSec-WebSocket-Accept: " + accept + b"\r\n\r\n")
+            await upgrade(reader, writer)
             answered = False
             while True:
-                first, second = await reader.readexactly(2)
-                payload = await reader.readexactly(4 + (second & 0x7F))  # mask + short payload
-                del payload
-                if first & 0x0F == 0x8:
+                opcode, _ = await read_frame(reader)
+                if opcode == 0x8:
                     self.close_seen.set()
                 elif not answered:
-                    writer.write(b"\x81\x04nope")
+                    writer.write(frame(0x1, b"nope"))
                     answered = True
         except (asyncio.IncompleteReadError, ConnectionError):
             self.gone.set()  # EOF or reset: the probe let go of the connection

@@ -41,18 +41,54 @@ class PingFlood(ProtocolError):
 
 
 class _Reader(StreamReader):
-    """websockets' reader with a frame budget: the parser asks `at_eof` before every frame, and
-    waits there (as for more data) once the budget of this turn is spent."""
+    """websockets' reader with a frame budget and an early look at each frame's head.
+
+    The parser asks `at_eof` before every frame, and waits there (as for more data) once the
+    budget of this turn is spent. The frame's first read is its 2-byte head, checked at once:
+    websockets checks a frame only once its payload is in, so HTTP text after the 101 (`HT` is
+    a head announcing 84 bytes) waited for a payload that never came, until a timeout."""
 
     def __init__(self) -> None:
         super().__init__()
         self.budget = FRAMES_PER_TURN
+        self.head = False  # the next read_exact is a frame's head
 
     def at_eof(self) -> Generator[None, None, bool]:
         while self.budget <= 0:
             yield
         self.budget -= 1
+        self.head = True
         return (yield from super().at_eof())
+
+    def read_exact(self, n: int) -> Generator[None, None, bytes]:
+        if not self.head:
+            return (yield from super().read_exact(n))
+        self.head = False
+        data = yield from super().read_exact(n)
+        why = _bad_head(data)
+        if why is not None:
+            raise ProtocolError(why)
+        return data
+
+
+_OPCODES = frozenset(int(op) for op in Opcode)
+
+
+def _bad_head(head: bytes) -> str | None:
+    """What is wrong with a server frame's 2-byte head (no extension is ever negotiated)."""
+    if head.startswith(b"HT"):
+        return "HTTP text after the 101 instead of WebSocket frames"
+    first, second = head[0], head[1]
+    opcode = first & 0x0F
+    if first & 0x70:
+        return f"reserved bits set (first byte 0x{first:02x})"
+    if opcode not in _OPCODES:
+        return f"unknown opcode 0x{opcode:x}"
+    if second & 0x80:
+        return "masked frame from the server"
+    if opcode >= 0x8 and (not first & 0x80 or second & 0x7F > 125):
+        return "fragmented or oversized control frame"
+    return None
 
 
 class BoundedProtocol(ClientProtocol):

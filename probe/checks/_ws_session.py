@@ -1,4 +1,5 @@
-"""One WebSocket session of a probe: connect, upgrade, run the steps, close — and name the failure.
+"""One WebSocket session of a probe, its opening: connect, TLS, upgrade — and the failure named
+when it does not open (what an open session does is in _ws_steps).
 
 Each session raises `Fail` (a failure from the closed vocabulary, a one-line detail, and the
 status / close code seen) or returns with its timings in its `Session`.
@@ -27,17 +28,14 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
-from websockets.asyncio.client import ClientConnection
-from websockets.client import ClientProtocol
-from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidMessage, InvalidStatus
-from websockets.frames import Close
-from websockets.protocol import State
+from websockets.exceptions import InvalidHandshake, InvalidMessage, InvalidStatus
 from websockets.typing import Origin, Subprotocol
 from websockets.uri import WebSocketURI
 
 from probe.checks import USER_AGENT, Fail, clip, host_port, ssl_context
-from probe.checks.messages import mismatch
+from probe.checks._ws_conn import BoundedConnection, BoundedProtocol
 from probe.config import Target
 from probe.config_base import fmt
 from probe.outcome import Failure
@@ -67,6 +65,7 @@ class Plan:
     origin: Origin | None = None
     infos: list[Any] | None = None  # an IP literal's address: no resolver needed
     payloads: tuple[str | None, ...] = ()  # what each step sends, encoded once
+    offered: str = ""  # the subprotocols offered, as a detail names them (no token)
 
     @property
     def where(self) -> str:
@@ -78,10 +77,12 @@ class Session:
     """Where one session got to, and its timings (perf_counter seconds)."""
 
     index: int
-    stage: str = "connect"  # connect, tls, upgrade, step, close, done: names a timeout
+    stage: str = "connect"  # connect, tls, upgrade, step, steps done, hold, close, done
     connect: float | None = None
     handshake: float | None = None
     t_connected: float | None = None  # when the TCP connection was made
+    t_open: float = 0.0  # when the upgrade was answered 101: a session's age counts from here
+    t_hold: float = 0.0  # when the hold began
     step: int = 0
     own_timeout: bool = False  # the step in progress is bounded by its own timeout
     skipped: int = 0  # messages an `until` step passed over
@@ -89,11 +90,7 @@ class Session:
     rtts: list[float] = field(default_factory=list)
     steps_time: float = 0.0
     close_code: int | None = None
-    ws: ClientConnection | None = None  # once the upgrade succeeded
-
-
-def _plural(n: int, word: str) -> str:
-    return f"{n} {word}" if n == 1 else f"{n} {word}s"
+    ws: BoundedConnection | None = None  # once the upgrade succeeded
 
 
 # --- opening ---------------------------------------------------------------------------------
@@ -113,40 +110,21 @@ async def resolve(plan: Plan) -> list[Any]:
 class _Tcp(asyncio.Protocol):
     """The TCP phase of a wss:// session: notes when it connected; TLS is started on top."""
 
-    def __init__(self, s: Session) -> None:
-        self.s = s
+    def __init__(self, conn: BoundedConnection) -> None:
+        self.conn = conn
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.s.t_connected = time.perf_counter()
-
-
-class _Connection(ClientConnection):
-    """Notes when the transport is ready (TCP, or TLS on it) and cuts off a server that broke
-    the protocol."""
-
-    session: Session
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        s = self.session
-        if s.t_connected is None:
-            s.t_connected = time.perf_counter()
-        super().connection_made(transport)
-
-    def data_received(self, data: bytes) -> None:
-        super().data_received(data)
-        # A server that sent an invalid or oversized frame has already been told (1002/1009);
-        # waiting for it to acknowledge would turn a precise failure into a timeout.
-        if self.protocol.parser_exc is not None and not self.transport.is_closing():
-            self.transport.abort()
+        self.conn.t_connected = time.perf_counter()
 
 
 async def _connect_tcp(
-    target: Target, plan: Plan, infos: list[Any], s: Session, conn: _Connection
+    target: Target, plan: Plan, infos: list[Any], conn: BoundedConnection
 ) -> asyncio.BaseTransport:
     """The first address (in resolver order) that accepts; refused ones are skipped. Plain ws://
     connects `conn` itself; wss:// a placeholder protocol, replaced when TLS starts."""
     loop = asyncio.get_running_loop()
-    factory: Callable[[], asyncio.Protocol] = (lambda: _Tcp(s)) if plan.secure else (lambda: conn)
+    factory: Callable[[], asyncio.Protocol] = (
+        (lambda: _Tcp(conn)) if plan.secure else (lambda: conn))
     last: OSError | None = None
     for family, _, _, _, addr in infos:
         try:
@@ -164,11 +142,13 @@ async def _connect_tcp(
     )
 
 
-async def _open(target: Target, plan: Plan, infos: list[Any], s: Session) -> ClientConnection:
+async def open_session(
+    target: Target, plan: Plan, infos: list[Any], s: Session
+) -> BoundedConnection:
     """TCP, TLS if wss, then the upgrade; times `connect` and `handshake` (TLS + upgrade)."""
     context = ssl_context(target.tls_verify, target.ca_file) if plan.secure else None
-    conn = _Connection(
-        ClientProtocol(
+    conn = BoundedConnection(
+        BoundedProtocol(
             plan.uri,
             origin=plan.origin,
             subprotocols=plan.subprotocols or None,
@@ -178,10 +158,10 @@ async def _open(target: Target, plan: Plan, infos: list[Any], s: Session) -> Cli
         ping_interval=None,
         close_timeout=min(CLOSE_TIMEOUT, target.timeout),
     )
-    conn.session = s
     t0 = time.perf_counter()
-    transport = await _connect_tcp(target, plan, infos, s, conn)
-    t1 = s.t_connected if s.t_connected is not None else time.perf_counter()
+    transport = await _connect_tcp(target, plan, infos, conn)
+    t1 = conn.t_connected if conn.t_connected is not None else time.perf_counter()
+    s.t_connected = t1
     s.connect = t1 - t0
     try:
         if context is not None:
@@ -196,35 +176,62 @@ async def _open(target: Target, plan: Plan, infos: list[Any], s: Session) -> Cli
         await conn.handshake(plan.headers, USER_AGENT)
     except BaseException as exc:
         transport.abort()  # type: ignore[attr-defined]
-        fail = _open_failure(exc, target, plan, s)
+        fail = open_failure(exc, target, plan, s)
         if fail is None:
             raise
         raise fail from None
     finally:  # a rejected upgrade took time too: how long until the answer
-        s.handshake = time.perf_counter() - t1
+        s.t_open = time.perf_counter()
+        s.handshake = s.t_open - t1
+    if plan.offered and conn.protocol.subprotocol is None:
+        # Browsers fail this handshake (WHATWG WebSocket, "establish a WebSocket connection"),
+        # so a client of this server would never get a session: neither does the probe.
+        transport.abort()  # type: ignore[attr-defined]
+        detail = ("WebSocket upgrade accepted without any of the offered subprotocols "
+                  f"({plan.offered})")
+        raise Fail(Failure.WS_REJECTED, detail, status=101)
     return conn
 
 
+# A bare 403 is what ASGI servers (uvicorn, hypercorn, Starlette) answer to any upgrade they
+# do not accept, before the application sees a credential: the detail must not blame it.
+_BARE_403 = ("a 403 with no body can also mean an unknown path, an HTTP-only route or a "
+             "missing subprotocol")
+
+
 def _rejected(plan: Plan, exc: InvalidStatus) -> Fail:
-    status = exc.response.status_code
+    response = exc.response
+    status = response.status_code
     if status in (401, 403):
-        sent = (
-            f"credential {plan.credential} was sent"
-            if plan.credential
-            else "no credential was sent"
-        )
+        sent = (f"credential {plan.credential} was sent" if plan.credential
+                else "no credential was sent")
+        if status == 403 and not response.body:
+            sent += f"; {_BARE_403}"
         return Fail(
             Failure.WS_AUTH, f"WebSocket upgrade rejected: HTTP {status} ({sent})", status=status
         )
     detail = f"WebSocket upgrade rejected: HTTP {status}"
+    location = response.headers.get("Location")
     if status == 200:
         detail += " (not a WebSocket endpoint)"
-    elif exc.response.body:
-        detail += f": {clip(exc.response.body.decode('utf-8', 'replace'), 60)!r}"
+    elif 300 <= status < 400 and location is not None:
+        detail += f" redirect to {_bare(location)} (not followed for WebSocket targets)"
+    elif response.body:
+        detail += f": {clip(response.body.decode('utf-8', 'replace'), 60)!r}"
     return Fail(Failure.WS_REJECTED, detail, status=status)
 
 
-def _open_failure(exc: BaseException, target: Target, plan: Plan, s: Session) -> Fail | None:
+def _bare(location: str) -> str:
+    """A redirect's Location without userinfo, query or fragment (they may carry secrets)."""
+    try:
+        parts = urlsplit(clip(location, 200))
+        netloc = parts.netloc.rpartition("@")[2]
+        return clip(urlunsplit(parts._replace(netloc=netloc, query="", fragment="")), 80)
+    except ValueError:  # e.g. a bad port or bracket: say nothing of it rather than quote it
+        return "an unparsable Location"
+
+
+def open_failure(exc: BaseException, target: Target, plan: Plan, s: Session) -> Fail | None:
     """Name what went wrong between the TCP connection and an open session (None: not ours)."""
     if isinstance(exc, InvalidStatus):
         return _rejected(plan, exc)
@@ -259,119 +266,3 @@ def _open_failure(exc: BaseException, target: Target, plan: Plan, s: Session) ->
             Failure.DISCONNECTED, f"connection lost during the WebSocket upgrade ({reason})"
         )
     return None
-
-
-# --- the steps and the end of a session ------------------------------------------------------
-
-
-def _closed(
-    rcvd: Close | None, sent: Close | None, rcvd_first: bool | None, s: Session, target: Target
-) -> Fail:
-    """Name why a session ended: our own verdict on the server's frames, its close, or a drop."""
-    at = f" (step {s.step})" if s.step else ""
-    after = f"after {_plural(s.received, 'message')}"
-    if sent is not None and (rcvd is None or not rcvd_first):  # we failed the session first
-        if sent.code == 1009:
-            detail = f"a message larger than body_limit ({target.body_limit} bytes) arrived{at}"
-            return Fail(Failure.BODY_TOO_LARGE, detail, status=101)
-        if sent.code in (1002, 1007):
-            detail = f"server sent an invalid frame{at}: {clip(sent.reason)}"
-            return Fail(Failure.PROTOCOL, detail, status=101)
-    if rcvd is not None:
-        reason = f' "{clip(rcvd.reason)}"' if rcvd.reason else ""
-        note = " (server error)" if rcvd.code == 1011 else ""
-        detail = f"server closed the session: {rcvd.code}{reason}{note} {after}{at}"
-        return Fail(Failure.WS_CLOSED, detail, status=101, close=rcvd.code)
-    detail = f"connection lost without a close frame (1006) {after}{at}"
-    return Fail(Failure.WS_DROPPED, detail, status=101, close=1006)
-
-
-async def _exchange(
-    target: Target, plan: Plan, ws: ClientConnection, s: Session, budget: asyncio.Timeout,
-    deadline: float,
-) -> None:
-    loop = asyncio.get_running_loop()
-    s.stage = "step"
-    for i, step in enumerate(target.messages, 1):
-        now = loop.time()
-        left = deadline - now
-        s.step, s.skipped, s.own_timeout = i, 0, step.timeout <= left
-        if left <= 0:
-            raise TimeoutError
-        moved = step.timeout < left  # the step's own timeout ends first: bring the deadline in
-        if moved:
-            budget.reschedule(now + step.timeout)
-        wait = step.expect if step.expect is not None else step.until
-        started = time.perf_counter()
-        send = plan.payloads[i - 1]
-        if send is not None:
-            await ws.send(send)
-        while wait is not None:
-            message = await ws.recv()
-            s.received += 1
-            why = mismatch(wait, message)
-            if why is None:
-                break
-            if step.expect is not None:
-                raise Fail(Failure.ASSERTION, f"step {i}: {why}", status=101)
-            s.skipped += 1
-        elapsed = time.perf_counter() - started
-        s.steps_time += elapsed
-        if wait is not None:
-            s.rtts.append(elapsed)
-        if moved:
-            budget.reschedule(deadline)
-    s.step = 0
-
-
-def timed_out(target: Target, plan: Plan, s: Session) -> Fail | None:
-    """The failure a session's deadline running out names, by the stage it had reached (None:
-    it ran out during the closing handshake of a session that had succeeded)."""
-    limit = fmt(target.timeout)
-    if s.stage == "connect":
-        return Fail(Failure.CONNECT_TIMEOUT, f"no TCP connection to {plan.where} within {limit}")
-    if s.stage in ("tls", "upgrade"):
-        return _open_failure(TimeoutError(), target, plan, s)
-    if s.stage != "step":
-        return None
-    i = s.step
-    step = target.messages[i - 1]
-    within = fmt(step.timeout) if s.own_timeout else f"{limit} (the target's timeout)"
-    if step.expect is None and step.until is None:
-        return Fail(Failure.TIMEOUT, f"step {i}: could not send within {within}", status=101)
-    if step.until is not None:
-        extra = f"; {_plural(s.skipped, 'other message')} skipped" if s.skipped else ""
-        detail = f"no matching reply to step {i} within {within}{extra}"
-        return Fail(Failure.WS_NO_REPLY, detail, status=101)
-    return Fail(Failure.WS_NO_REPLY, f"no reply to step {i} within {within}", status=101)
-
-
-async def run_session(
-    target: Target, plan: Plan, infos: list[Any], s: Session, budget: asyncio.Timeout,
-    deadline: float,
-) -> None:
-    """The whole session inside `budget` (an entered asyncio.Timeout at `deadline`); a
-    failure raised here is passed to websocket._settle by the caller, which closes the
-    connection."""
-    ws = s.ws = await _open(target, plan, infos, s)
-    proto = ws.protocol
-    try:
-        await _exchange(target, plan, ws, s, budget, deadline)
-    except ConnectionClosed as exc:
-        raise _closed(exc.rcvd, exc.sent, exc.rcvd_then_sent, s, target) from None
-    if proto.state in (State.CLOSING, State.CLOSED):  # the server ended it before we did
-        rcvd = proto.close_rcvd
-        if rcvd is None or rcvd.code != 1000:
-            raise _closed(rcvd, proto.close_sent, proto.close_rcvd_then_sent, s, target)
-    s.stage = "close"  # the closing handshake, bounded; a peer that never answers it is cut off
-    now = asyncio.get_running_loop().time()
-    budget.reschedule(now + max(0.05, min(CLOSE_TIMEOUT, deadline - now)))
-    await ws.close()
-    finish(s)
-
-
-def finish(s: Session) -> None:
-    """The session is over: note how the server closed it."""
-    s.stage = "done"
-    if s.ws is not None and s.ws.protocol.close_rcvd is not None:
-        s.close_code = s.ws.protocol.close_rcvd.code

@@ -131,7 +131,7 @@ async def _exchange(
             s.rtts.append(elapsed)
         if moved:
             budget.reschedule(deadline)
-    s.step = 0
+    s.step, s.stage = 0, "steps done"
 
 
 async def _hold(target: Target, ws: BoundedConnection, s: Session) -> None:

@@ -46,15 +46,8 @@ from websockets.uri import parse_uri
 
 from probe.checks import CheckContext, Fail, PerObject, keep, recall, scrub, ssl_context
 from probe.checks._http_classify import os_text
-from probe.checks._ws_session import (
-    CLOSE_TIMEOUT,
-    Plan,
-    Session,
-    finish,
-    resolve,
-    run_session,
-    timed_out,
-)
+from probe.checks._ws_session import CLOSE_TIMEOUT, Plan, Session, resolve
+from probe.checks._ws_steps import finish, run_session, timed_out
 from probe.checks.messages import payload
 from probe.config import Target
 from probe.config_base import fmt
@@ -93,6 +86,8 @@ def _plan(target: Target, attached: Attached) -> Plan:
         secure=secure,
         headers=headers,
         subprotocols=[Subprotocol(p) for p in [*target.subprotocols, *attached.subprotocols]],
+        offered=", ".join([*target.subprotocols, *(
+            ["the credential subprotocol"] if attached.subprotocols else [])]),
         credential=target.credential,
         uri=uri,
         origin=Origin(target.origin) if target.origin else None,
