@@ -34,6 +34,7 @@ from probe.checks import CheckContext
 from probe.config import Config, ConfigError, Settings, Target, load_config, parse_config
 from probe.credentials import Credentials
 from probe.history import History
+from probe.listener import GuardedSite, ServerLimits
 from probe.logging import configure, log_transition
 from probe.loop import run_loop
 from probe.metrics import Metrics
@@ -66,8 +67,9 @@ class Daemon:
 
     def __init__(
         self, config: Config, *, config_path: Path | None = None, gate_token: str | None = None,
-        shard: Shard | None = None,
+        shard: Shard | None = None, limits: ServerLimits | None = None,
     ) -> None:
+        self.limits = limits or ServerLimits.from_environ()  # the server's, see probe.listener
         self.config_path = config_path
         self.shard = shard or Shard()
         config = owned(config, self.shard)  # this shard's targets only, here and in apply()
@@ -108,11 +110,13 @@ class Daemon:
     async def start(self, host: str, port: int) -> str:
         """Listen, then start probing; returns the base URL. OSError if the port is taken."""
         self._runner = web.AppRunner(
-            make_app(self.runtime), access_log=None, shutdown_timeout=SHUTDOWN_TIMEOUT
+            make_app(self.runtime), access_log=None, shutdown_timeout=SHUTDOWN_TIMEOUT,
+            keepalive_timeout=self.limits.keepalive_timeout,
         )
         await self._runner.setup()
         try:
-            await web.TCPSite(self._runner, host, port, reuse_address=True).start()
+            await GuardedSite(self._runner, host, port, self.limits.max_connections,
+                              reuse_address=True).start()
         except OSError:
             await self._runner.cleanup()
             raise
