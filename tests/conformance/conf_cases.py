@@ -12,6 +12,7 @@ from typing import Any
 
 from probe.outcome import Outcome
 
+TOKEN = "conformance-secret-token"  # the bearer credential of some cases: never in a detail
 HOLD = 3.0  # a held session lasts this long; the cuts it must outlast come at 1 s and 1.5 s
 KEEPALIVE = 0.4  # ping interval while held: well inside nginx's 1.5 s proxy_read_timeout
 
@@ -35,6 +36,7 @@ class Case:
     hold: float = 0.0
     keepalive: float = 0.0
     timeout: float = 5.0
+    credential_in: str | None = None  # send TOKEN as a bearer header or as a subprotocol
     # Verdicts a correct client may reach here (which one depends on the server): the reference
     # client must give one of them, or the case does not test what it says.
     expect: frozenset[str] = frozenset()
@@ -52,15 +54,27 @@ class Case:
         }
         if self.subprotocols:
             fields["subprotocols"] = list(self.subprotocols)
+        if self.credential_in:
+            fields |= {"credential": "token", "credential_in": self.credential_in}
         if self.hold:
             fields["hold"] = f"{self.hold:g}s"
         if self.keepalive:
             fields["keepalive"] = f"{round(self.keepalive * 1000)}ms"
         return fields
 
+    def credentials(self) -> dict[str, Any]:
+        """The config's credentials section for this case."""
+        return {"token": {"bearer": {"token": TOKEN}}} if self.credential_in else {}
+
     def reference(self, base: str) -> dict[str, Any]:
         """The same case for the reference client (node/client.js)."""
-        return {"id": self.id, "url": base + self.path, "protocols": list(self.subprotocols),
+        protocols = [*self.subprotocols]
+        headers = {}
+        if self.credential_in == "subprotocol":
+            protocols.append(TOKEN)
+        elif self.credential_in == "header":
+            headers["Authorization"] = f"Bearer {TOKEN}"
+        return {"id": self.id, "url": base + self.path, "protocols": protocols, "headers": headers,
                 "messages": [{"send": s.send, "expect": s.expect, "timeout": s.timeout}
                              for s in self.steps],
                 "hold": self.hold, "keepalive": self.keepalive, "timeout": self.timeout}
@@ -84,11 +98,14 @@ CASES: tuple[Case, ...] = (
          HELLO, expect=_v("ws_closed:1011", "ws_dropped", *REJECTED_ANY)),
     Case("subprotocol_none", "chat.v1 offered, none selected", "/echo", HELLO, ("chat.v1",),
          expect=_v("ws_rejected", *REJECTED_ANY), detail={"ws_rejected": r"chat\.v1"}),
+    Case("token_subprotocol", "the token offered as a subprotocol, none selected", "/echo",
+         HELLO, credential_in="subprotocol", expect=_v("ws_rejected", *REJECTED_ANY)),
     Case("subprotocol_ok", "chat.v1 offered and selected", "/subprotocol", HELLO, ("chat.v1",),
          expect=_v("success", *REJECTED_ANY)),
-    Case("reject_403", "upgrade answered 403 \"bad token\"", "/reject",
+    Case("reject_403", "upgrade answered 403 \"bad token\"", "/reject", credential_in="header",
          expect=_v("ws_auth:403", *REJECTED_ANY)),
-    Case("unknown_path", "no route for the path", "/nowhere",
+    Case("unknown_path", "no route for the path (a bearer token sent)", "/nowhere",
+         credential_in="header",
          expect=_v("ws_auth:403", "ws_rejected:404", "disconnected", *REJECTED_ANY),
          detail={"ws_auth:403": BARE_403}),
     Case("http_only", "an HTTP-only route", "/http",

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from conf_cases import BY_ID, KNOWN_DISAGREEMENTS, Case, verdict
+from conf_cases import BY_ID, KNOWN_DISAGREEMENTS, TOKEN, Case, verdict
 from pydantic import ValidationError
 
 from probe.checks import CheckContext
@@ -67,6 +67,7 @@ def reference_verdict(seen: dict[str, Any]) -> str:
 
 
 SECRET_QUERY = "redirect-secret"  # in every redirect's Location: never in a detail
+LASTED = re.compile(r"after (under )?\d+(\.\d+)? ?m?s\b")  # how long a session had lasted
 
 
 def problems(server: str, r: Result) -> list[str]:
@@ -79,6 +80,8 @@ def problems(server: str, r: Result) -> list[str]:
                      f"case does not test what it says ({r.seen})")
     if SECRET_QUERY in r.detail:
         found.append("a redirect's query is in the detail")
+    if TOKEN in r.detail:
+        found.append("the credential is in the detail")
     known = KNOWN_DISAGREEMENTS.get((server, r.case))
     if known is None and r.stageprobe != r.reference:
         found.append(f"stageprobe says {r.stageprobe}, a browser-like client {r.reference}")
@@ -87,7 +90,7 @@ def problems(server: str, r: Result) -> list[str]:
     name, _, code = r.stageprobe.partition(":")
     if name == "ws_closed" and code not in r.detail:
         found.append("the detail does not give the close code")
-    if name in ("ws_closed", "ws_dropped") and not re.search(r"after \d+(\.\d+)? ?s\b", r.detail):
+    if name in ("ws_closed", "ws_dropped") and not LASTED.search(r.detail):
         found.append("the detail does not say how long the session lasted")
     pattern = case.detail.get(r.stageprobe)
     if pattern is not None and not re.search(pattern, r.detail):
@@ -97,7 +100,8 @@ def problems(server: str, r: Result) -> list[str]:
 
 async def _stageprobe(case: Case, base: str) -> tuple[str, str]:
     try:
-        cfg = Config.model_validate({"targets": [case.target(base)]})
+        cfg = Config.model_validate({"targets": [case.target(base)],
+                                     "credentials": case.credentials()})
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"])

@@ -4,7 +4,7 @@
 // once, prints one JSON object {case id: observation} on stdout. Python maps an observation to
 // stageprobe's failure vocabulary (tests/conformance/reference.py).
 //
-// A case: {id, url, protocols: [...], messages: [{send, expect (a regex), timeout}],
+// A case: {id, url, protocols: [...], headers: {...}, messages: [{send, expect (a regex), timeout}],
 //          hold, keepalive, timeout} (seconds). Every wait is bounded by the case's timeout.
 'use strict';
 
@@ -32,7 +32,7 @@ function run(c) {
     try {
       ws = new WebSocket(c.url, c.protocols, {
         perMessageDeflate: false, followRedirects: false, handshakeTimeout: c.timeout * 1000,
-        closeTimeout: 5000,
+        closeTimeout: 5000, headers: c.headers || {},
       });
     } catch (err) {
       seen.error = err.message;
