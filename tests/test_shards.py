@@ -213,6 +213,19 @@ def not_ready(answer: dict[str, Any], critical: bool = True) -> set[str]:
     return {t["name"] for t in answer["targets"] if not t["ready"] and t["critical"] == critical}
 
 
+def shard_panels() -> dict[str, str]:
+    """The Shards row of deploy/grafana/dashboard.json: title -> its one query, with the
+    dashboard's $target variable at "All"."""
+    dash = json.loads((ROOT / "deploy/grafana/dashboard.json").read_text(encoding="utf-8"))
+    return {p["title"]: p["targets"][0]["expr"].replace("$target", ".*")
+            for p in dash["panels"] if p["id"] in (25, 26, 27)}
+
+
+def alert_expr(name: str) -> str:
+    groups = yaml.safe_load((ROOT / "deploy/prometheus/alerts.yaml").read_text())["groups"]
+    return next(r["expr"] for g in groups for r in g["rules"] if r.get("alert") == name)
+
+
 @pytest.mark.timeout(240)
 async def test_three_shards_split_the_work_and_the_gate_sees_one_go(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -229,6 +242,12 @@ async def test_three_shards_split_the_work_and_the_gate_sees_one_go(
         senders = counting.senders()
         assert sorted(senders) == NAMES, "a target nobody probed"
         assert senders == {n: {f"{owners(n, 3)[0]}/3"} for n in NAMES}, "probed by two shards"
+
+        panels = shard_panels()  # the dashboard's own queries, against this fleet
+        rows = await p.query(panels["Which shard probes each target"])
+        assert {(r["metric"]["target"], r["metric"]["shard"]) for r in rows} == {
+            (n, f"{owners(n, 3)[0]}/3") for n in NAMES}
+        assert await p.values(panels["Shards missing"]) == [0.0]
 
         runs[1].proc.kill()  # a crash: no drain, its series go stale at the next scrape
         lost = set(parts[1])
@@ -247,6 +266,8 @@ async def test_three_shards_split_the_work_and_the_gate_sees_one_go(
                 assert t["detail"].endswith(": its shard 1/3 is down or not scraped"), t
         code, answer = await gate(capsys, p)  # without -c: the missing shard itself
         assert code == 1 and not_ready(answer) == {"shard 1/3"}, answer
+        assert await p.values(panels["Shards missing"]) == [1.0]
+        assert await p.values(alert_expr("StageprobeShardMissing")) == [2.0]
 
         runs[1] = start_shard(cfg, tmp_path, "1/3", port=runs[1].port)
         await runs[1].live(30)
