@@ -26,6 +26,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from probe.config_base import Duration, Strict, parse_duration
 from probe.config_credentials import BearerSpec, CredentialSpec, JwtSpec, OAuth2Spec
+from probe.redact import redact_urls
 
 __all__ = [
     "BearerSpec", "Config", "ConfigError", "CredentialSpec", "Duration", "Expect", "History",
@@ -126,6 +127,7 @@ class TargetDefaults(Strict):
     critical: bool = True
     follow_redirects: bool = False
     max_redirects: int = Field(default=5, ge=0, le=50)
+    redirect_hosts: list[str] = Field(default_factory=list)  # other hosts a detail may quote
     tls_verify: bool = True
     ca_file: Path | None = None
     body_limit: int = Field(default=1 << 20, ge=1)  # bytes; also the WebSocket message cap
@@ -315,7 +317,8 @@ class ConfigError(Exception):
 
     def __init__(self, source: str, errors: list[str]) -> None:
         self.source = source
-        self.errors = errors
+        self.errors = [redact_urls(e) for e in errors]  # no URL password or query value shown
+        errors = self.errors
         super().__init__(f"{source}: " + "; ".join(errors))
 
 

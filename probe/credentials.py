@@ -12,28 +12,28 @@ import asyncio
 import contextlib
 import json
 import os
-import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote_plus, urlsplit
+from urllib.parse import urlsplit
 
 import aiohttp
 import jwt
 import structlog
 from cryptography.hazmat.primitives.serialization import load_pem_private_key
+from pydantic import BaseModel, SecretStr
 
 from probe.config import BearerSpec, CredentialSpec, JwtSpec, OAuth2Spec, Target
 from probe.config_base import fmt
+from probe.redact import KNOWN, Secrets, clip
 
 log = structlog.get_logger(__name__)
 
 Clock = Callable[[], float]
 _MAX_TOKEN_ANSWER = 64 * 1024  # bytes read from a token endpoint; a token answer is small
 _DEFAULT_OAUTH_LIFETIME = 60.0  # seconds to keep a token whose answer has no expires_in
-_ERROR_CODE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")  # an OAuth2 `error` code, safe to show
 
 
 class CredentialError(Exception):
@@ -241,9 +241,7 @@ class _OAuth2(_Provider):
         except ValueError:
             doc = None
         if not 200 <= status < 300:
-            code = doc.get("error") if isinstance(doc, dict) else None
-            extra = f" ({code})" if isinstance(code, str) and _ERROR_CODE.match(code) else ""
-            raise self.fail(f"token endpoint answered HTTP {status}{extra}")
+            raise self.fail(f"token endpoint answered HTTP {status}{self._error(doc)}")
         if not isinstance(doc, dict):
             raise self.fail("token endpoint answered with a body that is not a JSON object")
         token = doc.get("access_token")
@@ -258,6 +256,18 @@ class _OAuth2(_Provider):
         self._cached = (token.strip(), self._clock() + lifetime - _margin(lifetime))
         log.debug("credential token fetched", credential=self.name, expires_in=lifetime)
         return token.strip()
+
+    def _error(self, doc: Any) -> str:
+        """` (error: description)` of an OAuth2 error answer, clipped and with the client secret
+        (and anything else known secret) masked: a hostile endpoint may echo the form back."""
+        if not isinstance(doc, dict):
+            return ""
+        said = [clip(v, 60) for v in (doc.get("error"), doc.get("error_description"))
+                if isinstance(v, str) and v.strip()]
+        if not said:
+            return ""
+        mine = Secrets([self.spec.client_secret.get_secret_value()])
+        return f" ({KNOWN.mask(mine.mask(': '.join(said)))})"
 
     async def aclose(self) -> None:
         task, self._inflight = self._inflight, None
@@ -290,6 +300,13 @@ class Credentials:
         self._clock = clock
         self._monotonic = monotonic
         self._providers: dict[str, _Provider] = {}
+        KNOWN.add(self, Secrets(v for spec in self._specs.values() for v in _secret_values(spec)))
+
+    def secrets(self, name: str) -> list[str]:
+        """The static secret values of credential `name` (a bearer token, a JWT secret, a
+        client secret: every SecretStr of its spec), for the checks to mask."""
+        spec = self._specs.get(name)
+        return list(_secret_values(spec)) if spec is not None else []
 
     def __repr__(self) -> str:
         return f"Credentials({sorted(self._specs)})"
@@ -322,6 +339,17 @@ class Credentials:
             await provider.aclose()
 
 
+def _secret_values(model: BaseModel) -> Iterator[str]:
+    """Every SecretStr value in `model` and the models it holds (a new kind of credential is
+    covered as soon as its secrets are SecretStr)."""
+    for name in type(model).model_fields:
+        value = getattr(model, name)
+        if isinstance(value, SecretStr):
+            yield value.get_secret_value()
+        elif isinstance(value, BaseModel):
+            yield from _secret_values(value)
+
+
 @dataclass
 class Attached:
     """Where a target's credential goes in its request, and the token itself (what the checks
@@ -333,9 +361,9 @@ class Attached:
     subprotocols: list[str] = field(default_factory=list, repr=False)
 
     def secrets(self) -> list[str]:
-        """What a failure detail must never quote, in every form the request carries it: the
-        token, its header line's value, and its query value URL-encoded."""
-        return [self.token, *self.headers.values(), *map(quote_plus, self.query.values())]
+        """What a failure detail must never quote: the token and its header line's value (their
+        other forms, URL-encoded or base64, are probe.redact's)."""
+        return [self.token, *self.headers.values(), *self.query.values()]
 
 
 async def attach(target: Target, credentials: Credentials) -> Attached:

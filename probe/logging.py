@@ -4,7 +4,10 @@ Two rules that shape this module:
 - a target's state change is one log line with its reason (log_transition), never one line per
   probe: a prober that logs every probe buries the one line that matters;
 - nothing that looks like a credential reaches a log line: every event passes through `redact`,
-  which masks bearer tokens, JWTs and secret-looking query parameters, including in tracebacks.
+  which masks bearer tokens, JWTs and secret-looking query parameters, including in tracebacks,
+  and every secret this process knows (probe.redact.KNOWN: configured header, query and userinfo
+  values, credential secrets and tokens) in every form, in the event's values and again in the
+  rendered line (a value the renderer escaped or nested is masked there too).
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from typing import Any, TextIO
 import structlog
 
 from probe.readiness import Transition
+from probe.redact import KNOWN
 
 _SEVERITY = {
     "debug": "DEBUG", "info": "INFO", "warning": "WARNING", "warn": "WARNING",
@@ -37,19 +41,34 @@ _SECRETS = [
 
 
 def scrub(text: str) -> str:
-    """`text` with anything credential-shaped masked."""
+    """`text` with anything credential-shaped, and every known secret, masked."""
     for pattern, repl in _SECRETS:
         text = pattern.sub(repl, text)
-    return text
+    return KNOWN.mask(text)
+
+
+def _scrubbed(value: Any, depth: int = 0) -> Any:
+    if isinstance(value, str):
+        return scrub(value)
+    if depth < 4 and isinstance(value, list | tuple):
+        return [_scrubbed(v, depth + 1) for v in value]
+    if depth < 4 and isinstance(value, dict):
+        return {k: _scrubbed(v, depth + 1) for k, v in value.items()}
+    if isinstance(value, BaseException):  # an exception's message, not its live object
+        return scrub(f"{type(value).__name__}: {value}")
+    return value
 
 
 def redact(_: Any, __: str, event: dict[str, Any]) -> dict[str, Any]:
     for key, value in event.items():
-        if isinstance(value, str):
-            event[key] = scrub(value)
-        elif isinstance(value, list | tuple) and all(isinstance(v, str) for v in value):
-            event[key] = [scrub(v) for v in value]
+        if key != "exc_info":
+            event[key] = _scrubbed(value)
     return event
+
+
+def _mask_line(_: Any, __: str, line: str) -> str:
+    """The rendered line, masked once more: the last step before it is written."""
+    return KNOWN.mask(line)
 
 
 def _severity(_: Any, method: str, event: dict[str, Any]) -> dict[str, Any]:
@@ -89,6 +108,11 @@ def choose_format(explicit: str | None = None, stream: TextIO | None = None) -> 
     return "console" if hasattr(stream, "isatty") and stream.isatty() else "json"
 
 
+def _color(stream: TextIO) -> bool:
+    """Console colours on a terminal only, and never with NO_COLOR set (no-color.org)."""
+    return not os.environ.get("NO_COLOR") and hasattr(stream, "isatty") and stream.isatty()
+
+
 def configure(fmt: str | None = None, level: str = "info", stream: TextIO | None = None) -> None:
     """Configure structlog and route stdlib logging (aiohttp, asyncio) through the same renderer."""
     stream = stream or sys.stderr
@@ -105,11 +129,11 @@ def configure(fmt: str | None = None, level: str = "info", stream: TextIO | None
         tail: list[Any] = [
             structlog.processors.format_exc_info, redact, _severity,
             structlog.processors.EventRenamer("message"),
-            structlog.processors.JSONRenderer(),
+            structlog.processors.JSONRenderer(), _mask_line,
         ]
     else:
         tail = [structlog.processors.format_exc_info, redact,
-                structlog.dev.ConsoleRenderer(colors=stream.isatty())]
+                structlog.dev.ConsoleRenderer(colors=_color(stream)), _mask_line]
     structlog.configure(
         processors=[*shared, *tail],
         wrapper_class=structlog.make_filtering_bound_logger(numeric),
@@ -141,6 +165,9 @@ def log_transition(transition: Transition) -> None:
     if transition.detail:
         fields["detail"] = transition.detail
     if transition.new == "failing":
-        log.warning(f"target {transition.target} is failing", **fields)
+        # the reason is in `message` too: Cloud Logging's summary line shows only `message`
+        why = f"{transition.failure}: {transition.detail}" if transition.detail else (
+            str(transition.failure))
+        log.warning(f"target {transition.target} is failing: {why}", **fields)
     else:
         log.info(f"target {transition.target} is {transition.new}", **fields)

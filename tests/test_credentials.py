@@ -298,7 +298,7 @@ async def json_answer(status: int, body: Any) -> web.StreamResponse:
         (lambda n: json_answer(401, {"error": "invalid_client", "echo": CLIENT_SECRET}),
          "token endpoint answered HTTP 401 (invalid_client)"),
         (lambda n: json_answer(400, {"error": f"bad {CLIENT_SECRET}"}),
-         "token endpoint answered HTTP 400"),
+         "token endpoint answered HTTP 400 (bad ***)"),
         (lambda n: asyncio.sleep(0, web.Response(text="<html>not json</html>")),
          "token endpoint answered with a body that is not a JSON object"),
         (lambda n: json_answer(200, {"token_type": "Bearer"}),

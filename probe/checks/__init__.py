@@ -8,6 +8,7 @@ Failure from the closed vocabulary. Checks know nothing of metrics or readiness.
 
 from __future__ import annotations
 
+import base64
 import re
 import ssl
 import weakref
@@ -17,11 +18,15 @@ from functools import lru_cache
 from importlib import import_module
 from pathlib import Path
 from typing import Any, TypeVar
+from urllib.parse import parse_qsl, unquote, urlsplit
 
 from probe import __version__
 from probe.config import Target
-from probe.credentials import Credentials
+from probe.credentials import Attached, Credentials
 from probe.outcome import Failure, Outcome
+from probe.redact import KNOWN, Secrets, clip
+
+__all__ = ["clip"]  # re-exported: the checks import it from here
 
 USER_AGENT = f"stageprobe/{__version__}"
 
@@ -106,26 +111,57 @@ def host_port(host: str | None, port: int | None) -> str:
     return f"[{host}]:{port}" if host and ":" in host else f"{host}:{port}"
 
 
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
-
-
-def clip(text: str, limit: int = 80) -> str:
-    """`text` on one line (control characters dropped, whitespace collapsed), at most `limit`
-    characters: a detail is one line whatever the peer sent."""
-    text = " ".join(_CONTROL.sub(" ", text).split())
-    return text if len(text) <= limit else text[: limit - 1] + "…"
+def scrub(detail: str, *secrets: Secrets) -> str:
+    """No query strings, no secret in any form (see probe.redact), one line, short: applied to
+    every failure detail just before it leaves a check, whatever built it."""
+    detail = _URL_QUERY.sub(r"\1", detail)
+    for known in secrets:
+        detail = known.mask(detail)
+    return clip(detail, 200)
 
 
 _URL_QUERY = re.compile(r"((?:https?|wss?)://[^\s?#'\"]*)[?#][^\s'\"]*")
 
+_BASE: PerObject[Secrets] = {}
+_FULL: PerObject[Secrets] = {}
 
-def scrub(detail: str, secrets: list[str]) -> str:
-    """No query strings, no credential values, one line, short: applied to every failure detail
-    just before it leaves a check, whatever built it."""
-    detail = _URL_QUERY.sub(r"\1", detail)
-    for secret in sorted(secrets, key=len, reverse=True):
-        if len(secret) >= 8:  # also catches a secret cut short by clip()
-            detail = re.sub(re.escape(secret[:8]) + r"\S*", "***", detail)
-        elif secret:
-            detail = detail.replace(secret, "***")
-    return clip(detail, 200)
+
+def target_secrets(target: Target, credentials: Credentials, attached: Attached | None = None
+                   ) -> Secrets:
+    """Everything a detail about `target` must never quote, in any form (see probe.redact):
+    every configured header value (but Host: an address, not a secret) whole and without its
+    scheme word, every query value of the URL, its userinfo (user, password, `user:password`
+    and the Basic value built from it), the static secrets of the target's credential (a
+    bearer token, a JWT secret, a client secret) and, once `attached`, the token and the
+    header or query value that carries it.
+
+    One path for every check, computed once per target (and once per token), cached until the
+    Target is collected, and known meanwhile to the log processor (probe.redact.KNOWN)."""
+    stamp = id(credentials)
+    base = recall(_BASE, target, stamp)
+    if base is None:
+        base = keep(_BASE, target, Secrets(_configured(target, credentials)), stamp)
+        KNOWN.add(target, base)
+    if attached is None or not attached.token:
+        return base
+    stamp = (stamp, attached.token)
+    full = recall(_FULL, target, stamp)
+    if full is None:
+        full = keep(_FULL, target, Secrets.merge((base, Secrets(attached.secrets()))), stamp)
+        KNOWN.add(target, full)
+    return full
+
+
+def _configured(target: Target, credentials: Credentials) -> list[str]:
+    values = [v for k, v in target.headers.items() if k.lower() != "host"]
+    values += [v.partition(" ")[2] for v in values]
+    parts = urlsplit(target.url)
+    for part in (parts.query, parts.fragment):
+        values += [v for _, v in parse_qsl(part, keep_blank_values=True)]
+    if parts.username is not None or parts.password is not None:
+        user, password = unquote(parts.username or ""), unquote(parts.password or "")
+        basic = base64.b64encode(f"{user}:{password}".encode()).decode()
+        values += [user, password, f"{user}:{password}", basic, f"Basic {basic}"]
+    if target.credential is not None:
+        values += credentials.secrets(target.credential)
+    return values

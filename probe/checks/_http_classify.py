@@ -20,6 +20,7 @@ from probe.checks import clip
 from probe.config import Target
 from probe.config_base import fmt
 from probe.outcome import Failure
+from probe.redact import NONE, Secrets
 
 log = structlog.get_logger("probe.checks.http")
 
@@ -29,11 +30,11 @@ class Progress:
     callbacks and check() itself; `stage` is how far it got, for naming a failure."""
 
     __slots__ = (
-        "bytes_read", "cert_expiry", "mark", "phases", "stage", "status", "t_headers", "t_sent",
-        "where",
+        "bytes_read", "cert_expiry", "foreign", "mark", "phases", "secrets", "stage", "status",
+        "t_headers", "t_sent", "where",
     )
 
-    def __init__(self, t0: float, where: str) -> None:
+    def __init__(self, t0: float, where: str, secrets: Secrets = NONE) -> None:
         self.mark = t0  # start of the phase in progress
         self.stage = "start"  # credential, resolve, connect, tls, request, body
         self.where = where  # host:port of the hop in progress
@@ -43,6 +44,8 @@ class Progress:
         self.status: int | None = None
         self.cert_expiry: float | None = None
         self.bytes_read = 0
+        self.secrets = secrets  # what the detail must not quote (probe.checks.target_secrets)
+        self.foreign = False  # the hop in progress is one whose answer a detail must not quote
 
     def close_phase(self, phase: str, now: float) -> None:
         self.phases[phase] = self.phases.get(phase, 0.0) + (now - self.mark)

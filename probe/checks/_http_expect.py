@@ -28,7 +28,7 @@ from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
 from probe.checks import USER_AGENT, PerObject, clip, keep, recall
-from probe.checks._http_request import PRIVATE, Hop, build_hop
+from probe.checks._http_request import Hop, build_hop
 from probe.config import Target
 from probe.outcome import Failure
 from probe.version_match import version_matches
@@ -57,7 +57,18 @@ class Plan:
     version_path: str | None
     version_keys: tuple[str, ...] | None
     keep_body: bool  # False: the body is only counted, never kept
-    secrets: tuple[str, ...] = ()  # configured credentials (URL password, private headers)
+    redirect_hosts: frozenset[str] = frozenset()  # hosts whose answers a detail may quote
+
+    def quotable(self, hop: Hop) -> bool:
+        """Whether a detail may quote what `hop` answered: the target's own origin, or a host the
+        config allows (`redirect_hosts`, `*.example.com` for its subdomains). A redirect to
+        anywhere else (an internal address, say) must not be read back through a detail."""
+        if hop.origin == self.hop.origin:
+            return True
+        host = hop.host.lower().rstrip(".")
+        return host in self.redirect_hosts or any(
+            h.startswith("*.") and host.endswith(h[1:]) for h in self.redirect_hosts
+        )
 
     def status_ok(self, code: int) -> bool:
         return 200 <= code < 300 if self.statuses is None else code in self.statuses
@@ -113,19 +124,8 @@ def _build(t: Target) -> Plan:
         version_path=t.version_path,
         version_keys=tuple(t.version_path.split(".")) if t.version_path else None,
         keep_body=bool(json_checks or expect.body_regex is not None or t.version_path),
-        secrets=_configured_secrets(url, headers),
+        redirect_hosts=frozenset(h.lower().rstrip('.') for h in t.redirect_hosts),
     )
-
-
-def _configured_secrets(url: URL, headers: CIMultiDict[str]) -> tuple[str, ...]:
-    """What a failure detail must never quote even if the server echoes it: the URL's password
-    and the values of private headers (a static `Authorization: Bearer ...`, the Basic value
-    built from the URL, a Cookie), whole and without their scheme word."""
-    found = [url.password or ""]
-    for name, value in headers.items():
-        if name.lower() in PRIVATE:
-            found += [value, value.partition(" ")[2]]
-    return tuple(v for v in found if v)
 
 
 def as_json(value: Any) -> Any:

@@ -21,7 +21,7 @@ import asyncio
 import ssl
 import time
 
-from probe.checks import CheckContext, Fail, clip, scrub, ssl_context
+from probe.checks import CheckContext, Fail, clip, scrub, ssl_context, target_secrets
 from probe.checks._http_classify import Progress, classify, os_text, timed_out
 from probe.checks._http_expect import Plan, evaluate, plan_for
 from probe.checks._http_request import BadRedirect, redirect_hop
@@ -34,12 +34,13 @@ from probe.outcome import Failure, Outcome
 async def check(target: Target, ctx: CheckContext) -> Outcome:
     """Probe `target` once; never raises for anything the target does (only on cancellation)."""
     started = time.time()
+    secrets = target_secrets(target, ctx.credentials)
     # Cached per target/process, and outside the clock: loading a trust store takes ~45 ms the
     # first time, which is the prober's cost, not the target's latency.
     try:
         plan = plan_for(target)
     except Exception as exc:  # a request that cannot even be built (validated config: rare)
-        detail = scrub(f"cannot build the request: {type(exc).__name__}: {exc}", [])
+        detail = scrub(f"cannot build the request: {type(exc).__name__}: {exc}", secrets)
         return Outcome.failed(
             target.name, "http", Failure.PROTOCOL, detail, 0.0, started_at=started
         )
@@ -49,15 +50,14 @@ async def check(target: Target, ctx: CheckContext) -> Outcome:
         detail = f"cannot load ca_file {target.ca_file}: {os_text(exc)}"
         return Outcome.failed(target.name, "http", Failure.TLS, detail, 0.0, started_at=started)
     t0 = time.perf_counter()
-    probe = Progress(t0, plan.hop.where)
-    secrets = list(plan.secrets)
+    probe = Progress(t0, plan.hop.where, secrets)
     version: str | None = None
     failure: Failure | None = None
     detail = ""
     budget = asyncio.timeout(target.timeout)
     try:
         async with budget:
-            version, failure, detail = await _run(target, plan, tls, ctx, probe, secrets)
+            version, failure, detail = await _run(target, plan, tls, ctx, probe)
     except Fail as exc:
         failure, detail = exc.failure, exc.detail
     except Exception as exc:  # the contract: classify, never raise out of check()
@@ -66,6 +66,13 @@ async def check(target: Target, ctx: CheckContext) -> Outcome:
         else:
             failure, detail = classify(exc, probe, target)
     duration = time.perf_counter() - t0
+    if probe.foreign:  # nothing read from another host goes out, unless redirect_hosts allows it
+        version = None
+        if failure in _QUOTING:
+            detail = (f"the answer of {probe.where} (a redirect to another origin, not in"
+                      " redirect_hosts) does not pass; it is not quoted")
+    elif version is not None:
+        version = probe.secrets.mask(version)
     latency = {"total": duration}
     if probe.t_headers is not None:
         latency["ttfb"] = probe.t_headers - t0
@@ -75,7 +82,7 @@ async def check(target: Target, ctx: CheckContext) -> Outcome:
         success=failure is None,
         duration=duration,
         failure=failure,
-        detail=scrub(detail, secrets) if failure is not None else "",
+        detail=scrub(detail, probe.secrets) if failure is not None else "",
         status_code=probe.status,
         version=version,
         phases=probe.phases,
@@ -91,7 +98,6 @@ async def _run(
     tls: ssl.SSLContext,
     ctx: CheckContext,
     probe: Progress,
-    secrets: list[str],
 ) -> tuple[str | None, Failure | None, str]:
     cred_headers: dict[str, str] | None = None
     query: dict[str, str] | None = None
@@ -101,7 +107,7 @@ async def _run(
             placed = await attach(target, ctx.credentials)
         except CredentialError as exc:  # its message already starts "credential NAME:"
             raise Fail(Failure.CREDENTIAL, clip(str(exc), 120)) from None
-        secrets += placed.secrets()
+        probe.secrets = target_secrets(target, ctx.credentials, placed)
         cred_headers, query = placed.headers or None, placed.query or None
         probe.stage = "start"
     loop = asyncio.get_running_loop()
@@ -132,10 +138,11 @@ async def _run(
                 # The credential goes to the target's origin only (a query one: first hop only,
                 # as aiohttp did: the Location decides the query from then on).
                 same = hop.origin == plan.hop.origin
+                probe.foreign = not plan.quotable(hop)
                 request = hop.request(cred_headers if same else None, None)
                 continue
             if not plan.status_ok(status):
-                return None, Failure.HTTP_STATUS, _status_detail(plan, wire)
+                return None, Failure.HTTP_STATUS, _status_detail(plan, wire, probe.foreign)
             await wire.rest()
             probe.close_phase("transfer", wire.t_done)
             return evaluate(plan, wire.header_map(), wire.body_bytes(), wire.charset(),
@@ -144,9 +151,13 @@ async def _run(
             wire.close()
 
 
-def _status_detail(plan: Plan, wire: Wire) -> str:
+# Failures whose detail may quote the answer (a body excerpt, a header or JSON value, a build).
+_QUOTING = frozenset({Failure.ASSERTION, Failure.VERSION_MISMATCH, Failure.PROTOCOL})
+
+
+def _status_detail(plan: Plan, wire: Wire, foreign: bool) -> str:
     status = wire.status
-    location = wire.location.decode("latin-1") if 300 <= status < 400 else ""
+    location = wire.location.decode("latin-1") if 300 <= status < 400 and not foreign else ""
     if location:
         where = clip(location.split("?", 1)[0], 60)
         return (

@@ -44,7 +44,16 @@ from websockets.exceptions import InvalidURI
 from websockets.typing import Origin, Subprotocol
 from websockets.uri import parse_uri
 
-from probe.checks import CheckContext, Fail, PerObject, keep, recall, scrub, ssl_context
+from probe.checks import (
+    CheckContext,
+    Fail,
+    PerObject,
+    keep,
+    recall,
+    scrub,
+    ssl_context,
+    target_secrets,
+)
 from probe.checks._http_classify import os_text
 from probe.checks._ws_session import CLOSE_TIMEOUT, Plan, Session, resolve
 from probe.checks._ws_steps import finish, run_session, timed_out
@@ -53,6 +62,7 @@ from probe.config import Target
 from probe.config_base import fmt
 from probe.credentials import Attached, CredentialError, attach
 from probe.outcome import Failure, Outcome
+from probe.redact import Secrets
 
 
 def _plan(target: Target, attached: Attached) -> Plan:
@@ -179,7 +189,7 @@ async def _probe(
     ctx: CheckContext,
     sessions: list[Session],
     phases: dict[str, float],
-    secrets: list[str],
+    secrets: list[Secrets],
     deadline: float,
 ) -> None:
     """Everything a probe does, under one deadline; raises Fail."""
@@ -192,7 +202,7 @@ async def _probe(
                 attached = await attach(target, ctx.credentials)
             except CredentialError as exc:
                 raise Fail(Failure.CREDENTIAL, str(exc)) from None
-            secrets += attached.secrets()
+            secrets.append(target_secrets(target, ctx.credentials, attached))
             try:
                 plan = plan_for(target, attached)
             except (ValueError, InvalidURI) as exc:  # e.g. a port out of range
@@ -241,7 +251,7 @@ async def check(target: Target, ctx: CheckContext) -> Outcome:
     deadline = loop.time() + target.timeout
     sessions = [Session(i) for i in range(1, target.connections + 1)]
     phases: dict[str, float] = {}
-    secrets: list[str] = []
+    secrets = [target_secrets(target, ctx.credentials)]
     try:
         await _probe(target, ctx, sessions, phases, secrets, deadline)
     except Fail as fail:
@@ -250,7 +260,7 @@ async def check(target: Target, ctx: CheckContext) -> Outcome:
             target.name,
             "websocket",
             fail.failure,
-            scrub(fail.detail, secrets),
+            scrub(fail.detail, secrets[-1]),
             time.perf_counter() - start,
             status_code=fail.status,
             close_code=fail.close,
