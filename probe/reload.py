@@ -25,7 +25,7 @@ from pathlib import Path
 from probe.config import ConfigError
 
 READ_TIMEOUT = 5.0  # seconds one read of the file may take
-SETTLE = 0.3  # seconds between the two reads that must agree
+SETTLE = 0.5  # seconds between the two reads that must agree
 SETTLE_WITHIN = 10.0  # seconds a file may keep changing before the reload is given up
 MAX_BYTES = 16 << 20
 
@@ -43,11 +43,11 @@ class FileReader:
 
     def __init__(self, timeout: float = READ_TIMEOUT) -> None:
         self.timeout = timeout
-        self._thread: threading.Thread | None = None
+        self._reading = False  # a thread is inside open()/read() (set False as it leaves them)
 
     async def read(self, path: Path) -> bytes:
         """The file's bytes, or ConfigError saying why not (the reload's log line shows it)."""
-        if self._thread is not None and self._thread.is_alive():
+        if self._reading:
             raise ConfigError(str(path), [
                 "an earlier read of the file has still not returned (a FIFO, or a hung "
                 "mount?); not reloading"])
@@ -72,11 +72,12 @@ class FileReader:
                     f"cannot read the file: {exc.strerror or type(exc).__name__}"])
             except ValueError as exc:
                 error = ConfigError(str(path), [str(exc)])
+            self._reading = False
             with contextlib.suppress(RuntimeError):  # the loop closed while we were stuck
                 loop.call_soon_threadsafe(settle, data, error)
 
-        self._thread = threading.Thread(target=work, name="config-read", daemon=True)
-        self._thread.start()
+        self._reading = True
+        threading.Thread(target=work, name="config-read", daemon=True).start()
         try:
             async with asyncio.timeout(self.timeout):
                 return await done
