@@ -35,7 +35,7 @@ from probe.config import Config, ConfigError, Settings, Target, load_config, par
 from probe.credentials import Credentials
 from probe.history import History
 from probe.listener import GuardedSite, ServerLimits
-from probe.logging import configure, log_transition
+from probe.logging import configure
 from probe.loop import run_loop
 from probe.metrics import Metrics
 from probe.outcome import Outcome
@@ -44,6 +44,7 @@ from probe.reload import FileReader, read_settled
 from probe.scheduler import Scheduler
 from probe.server import Runtime, make_app
 from probe.shard import Shard, from_environ, owned
+from probe.statelog import StateLog
 
 log = structlog.get_logger("probe.daemon")
 SHUTDOWN_TIMEOUT = 1.0  # seconds the listener waits for open requests when closing
@@ -81,6 +82,7 @@ class Daemon:
             config=config, readiness=Readiness(config), metrics=self.metrics,
             history=self.history, gate_token=gate_token,
         )
+        self.states = StateLog()  # the log lines of state, cause and gate changes
         self.scheduler = Scheduler(config, self.ctx, self._on_outcome, self.metrics.observe_lag)
         self.runtime.scheduler = self.scheduler
         if config_path is not None:  # POST /-/reload (probe reload), like SIGHUP
@@ -102,10 +104,11 @@ class Daemon:
     def _on_outcome(self, outcome: Outcome, target: Target) -> None:
         self.metrics.record(outcome, target)
         self.history.record(outcome)
-        transition = self.runtime.readiness.observe(outcome, time.time())
+        readiness = self.runtime.readiness
+        transition = readiness.observe(outcome, time.time())
         if transition is not None:
             self.history.transition(transition)
-            log_transition(transition)
+        self.states.after(outcome, transition, readiness)
 
     async def start(self, host: str, port: int) -> str:
         """Listen, then start probing; returns the base URL. OSError if the port is taken."""
@@ -203,6 +206,7 @@ class Daemon:
         self.runtime.config = new
         changes = self.runtime.readiness.reconfigure(new)  # computed once, for everyone below
         self.scheduler.reconfigure(new, ctx, restart=changes.changed)
+        self.states.forget({*changes.removed, *changes.changed})
         for name in changes.removed:
             self.metrics.forget(name)
             self.history.forget(name)

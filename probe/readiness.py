@@ -296,6 +296,15 @@ class Readiness:
     def expect_version(self) -> str | None:
         return self._expect
 
+    @property
+    def gate_open(self) -> bool:
+        """No critical target is blocking (staleness aside): O(1), for a check per result."""
+        return not self._blocking
+
+    def blocking(self) -> list[str]:
+        """The critical targets that are not ready, sorted."""
+        return sorted(self._blocking)
+
     def observe(self, outcome: Outcome, now: float) -> Transition | None:
         """Fold one probe result in; returns the Transition if the target's state changed.
 

@@ -1,0 +1,64 @@
+"""The daemon's log of what changed, besides a target's state (logging.log_transition):
+
+- a failing target whose cause changes (timeout, then HTTP 503) gets a line: the first cause is
+  often not the one to act on, and without this line the log would keep showing the first;
+- the gate's own changes: "staging ready" when the last critical target becomes ready, and
+  "staging not ready" naming what blocks it, when the first does not stay ready.
+
+Each line carries its reason in `message` (what Cloud Logging's summary shows), and the same
+facts as fields. Per probe this is a dict lookup for failures and one boolean for the gate, so a
+healthy daemon logs nothing.
+"""
+
+from __future__ import annotations
+
+import structlog
+
+from probe.logging import log_transition
+from probe.outcome import Failure, Outcome
+from probe.readiness import Readiness, Transition
+
+log = structlog.get_logger("probe.readiness")
+SHOWN = 10  # blocking targets named in a gate line; the rest are counted
+
+
+class StateLog:
+    def __init__(self) -> None:
+        self._causes: dict[str, Failure | None] = {}  # failing target -> the cause last logged
+        self._gate = False  # the gate as last logged: it starts not ready, so that is not logged
+
+    def after(self, outcome: Outcome, transition: Transition | None,
+              readiness: Readiness) -> None:
+        """Log what `outcome` changed; called with readiness.observe()'s answer."""
+        name = outcome.target
+        if transition is not None:
+            log_transition(transition)
+            if transition.new == "failing":
+                self._causes[name] = transition.failure
+            else:
+                self._causes.pop(name, None)
+        elif outcome.failure is not None and name in self._causes and (
+                self._causes[name] != outcome.failure):
+            was = self._causes[name]
+            self._causes[name] = outcome.failure
+            why = f"{outcome.failure}: {outcome.detail}" if outcome.detail else str(
+                outcome.failure)
+            log.warning(f"target {name} is still failing, now {why}", target=name,
+                        state="failing", failure=str(outcome.failure), was=str(was),
+                        detail=outcome.detail)
+        gate = readiness.gate_open
+        if gate != self._gate:
+            self._gate = gate
+            if gate:
+                log.info("staging ready: every critical target is ready", gate="ready")
+            else:
+                blocking = readiness.blocking()
+                named = ", ".join(blocking[:SHOWN])
+                more = f" and {len(blocking) - SHOWN} more" if len(blocking) > SHOWN else ""
+                log.warning(f"staging not ready: waiting on {named}{more}", gate="not ready",
+                            blocking=blocking[:SHOWN], blocking_count=len(blocking))
+
+    def forget(self, names: set[str]) -> None:
+        """Targets removed by a reload: their causes are no longer tracked."""
+        for name in names:
+            self._causes.pop(name, None)
