@@ -150,3 +150,58 @@ async def test_bad_config_exits_2_naming_the_place(tmp_path: Path,
     cfg.write_text("targets:\n  - name: x\n    url: http://127.0.0.1:1/\n    timout: 1s\n")
     assert await run("check", "-c", str(cfg)) == 2
     assert "targets[0].timout" in capsys.readouterr().err
+
+
+SHA = "9aca97a0f3c1b2d4e5f60718293a4b5c6d7e8f90"
+
+
+async def test_expect_version_that_checks_nothing_is_a_usage_error(
+        twin: Twin, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """An unset $GIT_SHA (`--expect-version ""`) or no version_path anywhere used to pass as
+    ready: the version the CI job waits for was never compared with anything."""
+    plain = write_config(tmp_path, health(twin))
+    assert await run("check", "-c", str(plain), "--expect-version", "") == 2
+    err = capsys.readouterr().err
+    assert "--expect-version is empty" in err and "$GIT_SHA" in err
+    assert await run("check", "-c", str(plain), "--expect-version", "abc") == 2
+    assert "no target has a version_path" in capsys.readouterr().err
+    assert twin.requests("/health") == 0, "refused before probing anything"
+
+    in_file = tmp_path / "expect.yaml"
+    in_file.write_text(plain.read_text().replace("targets:\n", "expect_version: abc\ntargets:\n"))
+    assert await run("check", "-c", str(in_file)) == 2
+    assert "expect_version is 'abc' but no target has a version_path" in capsys.readouterr().err
+    assert await run("validate", "-c", str(in_file)) == 2
+    # an empty `${VAR:-}` in the file means "no expectation", which needs no version_path
+    in_file.write_text(plain.read_text().replace(
+        "targets:\n", "expect_version: ${STAGEPROBE_UNSET_VERSION:-}\ntargets:\n"))
+    assert await run("check", "-c", str(in_file)) == 0
+
+
+@pytest.mark.twin(version=SHA)
+async def test_a_git_sha_matches_its_short_form_both_ways(
+        twin: Twin, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    cfg = write_config(tmp_path, health(twin, "    version_path: version\n"))
+    assert await run("check", "-c", str(cfg), "--expect-version", SHA[:7]) == 0
+    twin.set_fault(version=SHA[:7])
+    assert await run("check", "-c", str(cfg), "--expect-version", SHA) == 0
+    capsys.readouterr()
+    assert await run("check", "-c", str(cfg), "--expect-version", "9aca97b") == 1
+    assert "version_mismatch" in capsys.readouterr().out
+
+
+async def test_one_round_keeps_decided_targets_fresh(
+        twin: Twin, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A fast target decided early keeps being probed while a slow one decides, so the verdict
+    at the end of the round rests on fresh results (older ones would be `stale`)."""
+    with refused_port() as port:
+        targets = health(twin, "    interval: 200ms\n    timeout: 200ms\n") + (
+            f"  - name: slow\n    url: http://127.0.0.1:{port}/\n    interval: 1s\n"
+            "    timeout: 1s\n    failure_threshold: 3\n    critical: false\n")
+        cfg = write_config(tmp_path, targets)
+        assert await run("check", "-c", str(cfg), "--format", "json") == 0
+    data = json.loads(capsys.readouterr().out)
+    fast, slow = data["targets"]
+    assert (fast["state"], slow["state"]) == ("ready", "failing")
+    assert slow["last_probe_at"] - fast["last_probe_at"] < 2 * 0.2 + 0.2
+    assert twin.requests("/health") > 2, "probed past its decision"

@@ -9,12 +9,16 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
+import signal
 import sys
 import time
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import StartDaemon, free_port, http_get, until
+from helpers import ProbeRun, StartDaemon, free_port, http_get, until
 
 from probe.config import parse_config
 from probe.daemon import Daemon
@@ -129,3 +133,66 @@ async def test_probe_gate_against_the_real_daemon(setup: tuple[Twin, Daemon]) ->
     twin.set_fault(health="ok")
     code, out = await gate(daemon.url, "--wait", "20s")
     assert code == 0, out
+
+
+async def raw_get(port: int, path: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """A GET sent on its own connection (the kernel takes it even while the daemon is stopped);
+    read the answer with `read_answer`."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n".encode())
+    await writer.drain()
+    return reader, writer
+
+
+async def read_answer(conn: tuple[asyncio.StreamReader, asyncio.StreamWriter]) -> tuple[int, str]:
+    reader, writer = conn
+    data = await asyncio.wait_for(reader.read(), 10)
+    writer.close()
+    head, _, body = data.decode().partition("\r\n\r\n")
+    return int(head.split()[1]), body
+
+
+async def test_a_daemon_that_was_stopped_says_stale_not_ready(
+    twin: Twin, probe_run: Callable[..., ProbeRun], tmp_path: Path,
+) -> None:
+    """No fresh evidence is no evidence. The daemon is frozen (SIGSTOP: a paused VM, a starved
+    container) for longer than 2 x interval + timeout, and the twin hangs meanwhile, so the first
+    probe after SIGCONT brings no result for a while: what /readyz, /api/v1/status and /metrics
+    answer first must be `stale`, never the `ready` of a result 3 s old."""
+    interval, timeout = 1.0, 0.8
+    stale_after = 2 * interval + timeout
+    cfg = tmp_path / "probe.yaml"
+    cfg.write_text(f"targets:\n  - {{name: h, url: '{twin.url}/health', interval: {interval}s,"
+                   f" timeout: {timeout}s, success_threshold: 1}}\n")
+    p = await probe_run(cfg).live()
+
+    async def successes() -> float:
+        got = await http_get(f"{p.url}/metrics")
+        m = re.search(r'^probe_results_total\{[^}]*result="success"[^}]*\} (\S+)$',
+                      got[1] if got else "", re.M)
+        return float(m.group(1)) if m else 0.0
+
+    await wait_for_status(p.url, 200, within=10)
+    seen = await successes()
+    await until(lambda: _more(successes(), seen), "a fresh result")  # the next probe is ~1s away
+    loop = asyncio.get_running_loop()
+    p.signal(signal.SIGSTOP)
+    try:
+        stopped = loop.time()
+        twin.set_fault(health="hang")
+        await until(lambda: loop.time() - stopped > stale_after + 0.3, "the evidence to age",
+                    within=stale_after + 5)
+        conns = [await raw_get(p.port, path) for path in ("/readyz", "/api/v1/status", "/metrics")]
+    finally:
+        p.signal(signal.SIGCONT)
+    (status, readyz), (_, api), (_, metrics) = [await read_answer(c) for c in conns]
+    assert status == 503, readyz
+    [target] = json.loads(readyz)["targets"]
+    assert (target["state"], target["ready"]) == ("stale", False), target
+    assert target["detail"].startswith("no result for ") and "stale after 2.8s" in target["detail"]
+    assert json.loads(api)["targets"][0]["state"] == "stale"
+    assert 'probe_target_ready{target="h"} 0' in metrics and "probe_gate_ready 0" in metrics
+
+
+async def _more(value: Any, than: float) -> bool:
+    return bool(await value > than)
