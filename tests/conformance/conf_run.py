@@ -32,6 +32,7 @@ class Result:
     detail: str
     reference: str
     seen: dict[str, Any]  # the reference client's observation
+    close_code: int | None = None  # the close code stageprobe's Outcome carries
 
 
 def reference_verdict(seen: dict[str, Any]) -> str:
@@ -87,6 +88,8 @@ def problems(server: str, r: Result) -> list[str]:
         found.append(f"stageprobe says {r.stageprobe}, a browser-like client {r.reference}")
     elif known is not None and r.stageprobe == r.reference:
         found.append(f"a listed disagreement no longer disagrees: {known}")
+    if r.stageprobe == "success" and r.close_code not in (None, 1000):
+        found.append(f"a success carrying the server's close code {r.close_code}")
     name, _, code = r.stageprobe.partition(":")
     if name == "ws_closed" and code not in r.detail:
         found.append("the detail does not give the close code")
@@ -98,20 +101,20 @@ def problems(server: str, r: Result) -> list[str]:
     return found
 
 
-async def _stageprobe(case: Case, base: str) -> tuple[str, str]:
+async def _stageprobe(case: Case, base: str) -> tuple[str, str, int | None]:
     try:
         cfg = Config.model_validate({"targets": [case.target(base)],
                                      "credentials": case.credentials()})
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"])
-        return f"config error: {where}: {first['msg']}", ""
+        return f"config error: {where}: {first['msg']}", "", None
     ctx = CheckContext(Credentials(cfg.credentials))
     try:
         outcome = await check(cfg.targets[0], ctx)
     finally:
         await ctx.credentials.aclose()
-    return verdict(outcome), outcome.detail
+    return verdict(outcome), outcome.detail, outcome.close_code
 
 
 async def _reference(cases: list[Case], base: str) -> dict[str, dict[str, Any]]:
@@ -137,6 +140,6 @@ async def play(cases: list[Case], base: str) -> dict[str, Result]:
     ours = await asyncio.gather(*(_stageprobe(c, base) for c in cases))
     seen = await reference
     return {
-        c.id: Result(c.id, v, detail, reference_verdict(seen[c.id]), seen[c.id])
-        for c, (v, detail) in zip(cases, ours, strict=True)
+        c.id: Result(c.id, v, detail, reference_verdict(seen[c.id]), seen[c.id], code)
+        for c, (v, detail, code) in zip(cases, ours, strict=True)
     }

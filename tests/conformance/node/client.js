@@ -10,6 +10,11 @@
 
 const WebSocket = require('ws');
 
+// A page keeps a session it opened for a while: after its steps the reference stays this long
+// (seconds) at least before it closes, so a server that closes a session right after accepting
+// it is seen doing so, not raced by the client's own close.
+const SETTLE = 0.25;
+
 function run(c) {
   return new Promise((resolve) => {
     const t0 = Date.now();
@@ -90,7 +95,7 @@ function run(c) {
       }
       if (!seen.outcome && open()) {
         seen.step = null;
-        const until = Date.now() + (c.hold || 0) * 1000;
+        const until = Date.now() + Math.max(c.hold || 0, SETTLE) * 1000;
         while (open() && Date.now() < until) {
           const wait = Math.min(until - Date.now(), (c.keepalive || c.hold || 0) * 1000);
           await waitFor(wait);
