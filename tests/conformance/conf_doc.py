@@ -27,6 +27,18 @@ gave a verdict the case allows, and stageprobe's detail says what it must: the c
 long a closed or dropped session lasted, a redirect's Location without its query, the offered
 subprotocols, what else a bare 403 can mean). `n/a`: the server cannot play that case.
 
+How the reference's observation maps to a verdict (`conf_run.reference_verdict`): an HTTP
+answer to the upgrade is `ws_auth:STATUS` for 401/403 and `ws_rejected:STATUS` otherwise
+(redirects are not followed: browsers fail them); a handshake failed over the subprotocol is
+`ws_rejected`; a connection closed before the handshake ended is `disconnected`; a step whose
+message does not come in time is `ws_no_reply`, one that does not match `assertion`; a server
+that ends the session first (its close frame seen, even with the TCP connection left open) is
+`ws_closed:CODE`, or `ws_dropped` without a close frame (1006); a server close code other
+than 1000 that crosses the client's own close is `ws_closed:CODE` too; anything else is
+`success`. The reference keeps
+a session at least 250 ms after its steps (a page uses what it opened), so a server that closes
+right after accepting is seen doing it.
+
 Verdicts: `success`, `ws_auth:STATUS`, `ws_rejected:STATUS` (`ws_rejected` alone: the upgrade
 got 101 but the handshake is invalid, e.g. no subprotocol selected), `ws_closed:CODE`,
 `ws_dropped`, `ws_no_reply`, `disconnected`, `protocol`.
