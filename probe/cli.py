@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from importlib import import_module
 from pathlib import Path
 
-from probe import __version__
+from probe import __version__, clihelp
 from probe.config import ConfigError, Settings, load_config, parse_duration
 
 EXIT_READY, EXIT_NOT_READY, EXIT_USAGE = 0, 1, 2
@@ -33,8 +33,12 @@ def _duration(text: str) -> float:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+_FORMAT = argparse.RawDescriptionHelpFormatter  # the epilogs are laid out by hand
+
+
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="probe", description="Probe a staging deployment.")
+    p = argparse.ArgumentParser(prog="probe", description="Probe a staging deployment.",
+                                epilog=clihelp.MAIN, formatter_class=_FORMAT)
     p.add_argument("--version", action="version", version=f"stageprobe {__version__}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -53,10 +57,12 @@ def _parser() -> argparse.ArgumentParser:
         talk.add_argument("-v", "--verbose", action="store_true",
                           help="on stderr, one line per probe (check) or per poll (gate)")
 
-    run = sub.add_parser("run", help="the daemon: probe continually, serve /metrics and /readyz")
+    run = sub.add_parser("run", help="the daemon: probe continually, serve /metrics and /readyz",
+                         epilog=clihelp.RUN, formatter_class=_FORMAT)
     config_arg(run)
 
-    check = sub.add_parser("check", help="probe without a daemon and report readiness")
+    check = sub.add_parser("check", help="probe without a daemon and report readiness",
+                           epilog=clihelp.CHECK, formatter_class=_FORMAT)
     config_arg(check)
     check.add_argument("--wait", "--timeout", dest="wait", type=_duration, default=None,
                        metavar="DURATION",
@@ -71,7 +77,8 @@ def _parser() -> argparse.ArgumentParser:
                        help="also write a JUnit XML report here (checked before probing)")
     judging_args(check)
 
-    gate = sub.add_parser("gate", help="ask a running daemon (or Prometheus) if staging is ready")
+    gate = sub.add_parser("gate", help="ask a running daemon (or Prometheus) if staging is ready",
+                          epilog=clihelp.GATE, formatter_class=_FORMAT)
     gate.add_argument("url", nargs="?", default=None, help="the daemon's base URL or /readyz URL")
     gate.add_argument("--prometheus", default=None, metavar="URL",
                       help="a Prometheus-compatible query API to evaluate readiness from")
@@ -93,8 +100,15 @@ def _parser() -> argparse.ArgumentParser:
                       help="with --prometheus: older samples do not count (default 1m, "
                            "~3 scrape intervals)")
 
-    validate = sub.add_parser("validate", help="check a config file; every error names its place")
+    validate = sub.add_parser("validate", help="check a config file; every error names its place",
+                              epilog=clihelp.VALIDATE, formatter_class=_FORMAT)
     config_arg(validate)
+
+    init = sub.add_parser("init", help="write a starter config file",
+                          epilog=clihelp.INIT, formatter_class=_FORMAT)
+    init.add_argument("path", nargs="?", type=Path, default=Path("stageprobe.yaml"),
+                      help="where to write it (default: stageprobe.yaml; -: print it)")
+    init.add_argument("--force", action="store_true", help="replace an existing file")
 
     demo = sub.add_parser("demo", help="start the twin and the daemon on loopback")
     demo.add_argument("--port", type=int, default=9464, help="the daemon's port (0: any free port)")
@@ -157,6 +171,7 @@ _COMMANDS = {
     "gate": "probe.gate",
     "gate --prometheus": "probe.gate_prometheus",
     "demo": "probe.demo",
+    "init": "probe.initcmd",
 }
 
 

@@ -1,5 +1,9 @@
 """`probe demo`: the twin and the daemon on loopback, so anyone can see stageprobe work in a minute.
 
+The daemon listens on --host (127.0.0.1 unless $PROBE_DEMO_HOST says otherwise; the image sets
+0.0.0.0 so `docker run -p 9464:9464 IMAGE demo` is reachable from the host) and --port ($PORT
+or 9464). The twin always stays on 127.0.0.1: only the daemon is meant to be reached.
+
 The config is generated here (not read from config/) because `probe demo` must work from a fresh
 `pip install`, where no repository files exist. The twin boots "starting" for a few seconds, so
 the first thing the demo shows is a target going from pending/failing to ready.
@@ -8,6 +12,7 @@ the first thing the demo shows is a target going from pending/failing to ready.
 from __future__ import annotations
 
 import argparse
+import os
 import secrets
 import sys
 
@@ -80,6 +85,17 @@ def _banner(daemon: Daemon, twin: Twin) -> str:
     ])
 
 
+def demo_port(arg: int | None) -> int:
+    """--port, else $PORT (as `probe run` honours it), else 9464. ValueError for a bad PORT."""
+    if arg is not None:
+        return arg
+    text = os.environ.get("PORT") or "9464"
+    try:
+        return int(text)
+    except ValueError:
+        raise ValueError(f"PORT must be a port number, got {text!r}") from None
+
+
 async def _run(args: argparse.Namespace) -> int:
     secret = secrets.token_urlsafe(32)
     twin = Twin(version=VERSION, jwt_secret=secret, starting=BOOT_SECONDS)
@@ -95,15 +111,20 @@ async def _run(args: argparse.Namespace) -> int:
         print(_banner(daemon, twin), flush=True)
 
     try:
-        code = await serve(config, host="127.0.0.1", port=args.port, on_started=started)
+        code = await serve(config, host=args.host, port=args.port, on_started=started)
     finally:
         await twin.stop()
     if code == 2:
-        print(f"probe demo: cannot listen on 127.0.0.1:{args.port} (try --port 0)",
+        print(f"probe demo: cannot listen on {args.host}:{args.port} (try --port 0)",
               file=sys.stderr)
     return code
 
 
 def main(args: argparse.Namespace) -> int:
     configure(level="info")
+    try:
+        args.port = demo_port(args.port)
+    except ValueError as exc:
+        print(f"probe demo: {exc}", file=sys.stderr)
+        return 2
     return run_loop(_run(args), daemon=True)
