@@ -7,8 +7,10 @@ subprocess where a signal is the point).
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -23,6 +25,8 @@ from probe.cli import main as cli
 from probe.twin import Twin
 
 pytestmark = [pytest.mark.timeout(60), pytest.mark.twin(version="abc")]
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def two_targets(twin: Twin, tmp_path: Path, dead: int) -> Path:
@@ -124,3 +128,56 @@ async def test_ctrl_c_exits_130(command: str, twin: Twin, tmp_path: Path) -> Non
     assert code == 130, err.read_text()
     text = err.read_text()
     assert f"probe {command}: interrupted" in text and "Traceback" not in text
+
+
+def test_init_writes_a_starter_that_validates_and_never_overwrites(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "conf" / "stageprobe.yaml"
+    assert cli(["init", str(path)]) == 0
+    assert f"wrote {path}" in capsys.readouterr().err
+    assert cli(["validate", "-c", str(path)]) == 0
+    starter = path.read_text()
+    path.write_text(starter + "# mine\n")
+    assert cli(["init", str(path)]) == 2
+    assert "exists; not overwriting it" in capsys.readouterr().err
+    assert path.read_text().endswith("# mine\n"), "the existing file is untouched"
+    assert cli(["init", str(path), "--force"]) == 0 and path.read_text() == starter
+    capsys.readouterr()
+    assert cli(["init", "-"]) == 0
+    assert "targets:" in capsys.readouterr().out
+
+
+def subcommands() -> dict[str, argparse.ArgumentParser]:
+    from probe.cli import _parser
+
+    (sub,) = [a for a in _parser()._actions if isinstance(a, argparse._SubParsersAction)]
+    return dict(sub.choices)
+
+
+def test_every_option_of_every_command_is_described() -> None:
+    for name, parser in subcommands().items():
+        for action in parser._actions:
+            assert action.help and action.help != argparse.SUPPRESS, (
+                f"probe {name} {'/'.join(action.option_strings) or action.dest} has no help")
+
+
+def test_help_names_every_variable_the_code_reads_and_the_readme_s_exit_codes() -> None:
+    from probe.cli import _parser
+    from probe.config import Settings
+
+    text = _parser().format_help()
+    read = set()
+    for source in (ROOT / "probe").glob("*.py"):
+        read |= set(re.findall(r"\bPROBE_[A-Z_]+[A-Z]\b", source.read_text(encoding="utf-8")))
+    read |= {f"PROBE_{name.upper()}" for name in Settings.model_fields if name != "port"}
+    read |= {"PORT", "NO_COLOR", "GITHUB_STEP_SUMMARY"}
+    missing = sorted(v for v in read if v not in text)
+    assert not missing, f"probe --help does not name {missing}"
+    for signame in ("SIGTERM", "SIGHUP", "SIGINT"):
+        assert signame in text
+    codes = re.findall(r"^  (\d+) ", text.split("exit codes:")[1], re.M)
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    said = readme[readme.index("\nExit codes:"):].split("\n\n")[0]
+    assert re.findall(r"`(\d+)`", said) == codes, (said, codes)
+    for name in ("check", "gate", "validate", "init"):
+        assert "exit codes" in subcommands()[name].format_help(), name
