@@ -47,6 +47,7 @@ from typing import Any, Literal
 from probe.config import Config, Target
 from probe.latency_window import LatencyWindows
 from probe.outcome import Failure, Outcome
+from probe.reload import Changes, diff_configs
 from probe.version_match import version_matches
 
 State = Literal["pending", "ready", "failing", "stale"]
@@ -57,30 +58,6 @@ def stale_after(target: Target) -> float:
     """Seconds after its last result at which a target's evidence is too old to count: two
     missed results plus the time a probe may take."""
     return 2 * target.interval + target.timeout
-
-
-@dataclass(frozen=True)
-class Changes:
-    """What a reload does to the targets, computed once (diff_configs) for every consumer."""
-
-    added: list[str]
-    removed: list[str]
-    changed: list[str]  # definition or credential changed: restarted from scratch
-
-
-def diff_configs(old: Config, new: Config) -> Changes:
-    """Targets added, removed, and changed: any field of the Target, or the spec of the
-    credential it uses (a rotated token or a new token URL is a new definition too)."""
-    before = {t.name: t for t in old.targets}
-    after = {t.name: t for t in new.targets}
-    changed = sorted(
-        name for name in before.keys() & after.keys()
-        if before[name] != after[name] or (
-            after[name].credential is not None
-            and old.credentials.get(after[name].credential)
-            != new.credentials.get(after[name].credential)))
-    return Changes(added=sorted(after.keys() - before.keys()),
-                   removed=sorted(before.keys() - after.keys()), changed=changed)
 
 
 @dataclass(frozen=True)

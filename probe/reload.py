@@ -13,6 +13,10 @@ Why each rule:
   target missing, which would open the gate. A file still changing after SETTLE_WITHIN seconds
   is not applied.
 - MAX_BYTES caps what a read holds in memory.
+
+What a reload changes (diff_configs) is decided here once, for readiness, the scheduler and the
+metrics alike: a target is changed when any field of it differs or the credential block it uses
+does, and a changed target is proven again from no results.
 """
 
 from __future__ import annotations
@@ -20,9 +24,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import threading
+from dataclasses import dataclass
 from pathlib import Path
 
-from probe.config import ConfigError
+from probe.config import Config, ConfigError
 
 READ_TIMEOUT = 5.0  # seconds one read of the file may take
 SETTLE = 0.5  # seconds between the two reads that must agree
@@ -106,3 +111,27 @@ async def read_settled(path: Path, reader: FileReader, settle: float = SETTLE,
         return first.decode("utf-8")
     except UnicodeDecodeError:
         raise ConfigError(str(path), ["the file is not UTF-8 text"]) from None
+
+
+@dataclass(frozen=True)
+class Changes:
+    """What a reload does to the targets, computed once (diff_configs) for every consumer."""
+
+    added: list[str]
+    removed: list[str]
+    changed: list[str]  # definition or credential changed: restarted from scratch
+
+
+def diff_configs(old: Config, new: Config) -> Changes:
+    """Targets added, removed, and changed: any field of the Target, or the spec of the
+    credential it uses (a rotated token or a new token URL is a new definition too)."""
+    before = {t.name: t for t in old.targets}
+    after = {t.name: t for t in new.targets}
+    changed = sorted(
+        name for name in before.keys() & after.keys()
+        if before[name] != after[name] or (
+            after[name].credential is not None
+            and old.credentials.get(after[name].credential)
+            != new.credentials.get(after[name].credential)))
+    return Changes(added=sorted(after.keys() - before.keys()),
+                   removed=sorted(before.keys() - after.keys()), changed=changed)

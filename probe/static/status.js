@@ -6,7 +6,7 @@
 "use strict";
 (() => {
   const TOKEN_KEY = "stageprobe.gateToken";
-  const STATES = new Set(["pending", "ready", "failing"]);
+  const STATES = new Set(["pending", "ready", "failing", "stale"]);
   const SVGNS = "http://www.w3.org/2000/svg";
   const REFRESH_MS = parseRefresh(new URLSearchParams(location.search).get("refresh"));
   const $ = (id) => document.getElementById(id);
@@ -338,7 +338,7 @@
     if (c.detail) li.append(el("span", "why", c.detail));
     return li;
   }
-  const pillFor = (s) => ({ ready: "ok", failing: "bad" })[s] || "pending";
+  const pillFor = (s) => ({ ready: "ok", failing: "bad", stale: "bad" })[s] || "pending";
 
   function changeDetails(name, changes, now) {
     const d = el("details", "t-changes");
