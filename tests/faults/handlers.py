@@ -14,6 +14,7 @@ import socket
 import struct
 
 from .conn import CHUNK, Conn, Handler
+from .echo import ECHO_FAULTS
 from .handlers_ws import WS_FAULTS, ws_ok_session
 from .wire import json_response, read_request, response
 
@@ -194,5 +195,5 @@ FAULTS: dict[str, Handler] = {
     "stall_body": stall_body, "drip": drip, "big_body": big_body, "garbage": garbage,
     "bad_chunk": bad_chunk, "header_flood": header_flood,
     "reset": reset, "redirect_loop": redirect_loop, "trailer_flood": trailer_flood,
-    "chunk_ext_flood": chunk_ext_flood, "slowloris": slowloris, **WS_FAULTS,
+    "chunk_ext_flood": chunk_ext_flood, "slowloris": slowloris, **WS_FAULTS, **ECHO_FAULTS,
 }
