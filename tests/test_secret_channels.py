@@ -142,7 +142,7 @@ async def daemon_channels(text: str, tmp: Path, fmt: str, bad_text: str) -> dict
     the log line of a reload that fails on `bad_text`."""
     env = {"PROBE_LOG_FORMAT": fmt, "PROBE_LOG_LEVEL": "debug"}
     got: dict[str, str] = {}
-    tmp.mkdir()
+    await asyncio.to_thread(tmp.mkdir)
     async with run_daemon(text, tmp, env=env) as daemon:
         async def all_failed() -> bool:
             answer = await http_get(f"{daemon.url}/api/v1/status")
