@@ -173,6 +173,12 @@ def main(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"probe gate: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    return conclude(fetch, args)
+
+
+def conclude(fetch: Fetch, args: argparse.Namespace) -> int:
+    """Poll `fetch` as the flags say (--wait, --target/--exclude, -q/-v), print the verdict in
+    --format (and --junit), and return the exit code: the same for the daemon and Prometheus."""
     if args.verbose:  # every poll's answer, also without --wait
         progress: Progress | None = Progress(args.wait or 0.0, heartbeat=0.0)
     else:

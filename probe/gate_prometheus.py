@@ -47,12 +47,11 @@ from typing import Any
 
 import aiohttp
 
-from probe.cli import EXIT_NOT_READY, EXIT_READY, EXIT_USAGE
+from probe.cli import EXIT_USAGE
 from probe.config import Config, ConfigError, load_config
-from probe.gate import Fetch, classify, get, query_url, run_gate, synthetic
-from probe.loop import run_loop
+from probe.gate import Fetch, classify, conclude, get, query_url, synthetic
 from probe.readiness import TargetVerdict, Verdict
-from probe.report import Progress, emit, public_url
+from probe.report import public_url
 from probe.shard import owners
 
 PROMETHEUS_TOKEN_ENV = "PROBE_PROMETHEUS_TOKEN"
@@ -327,7 +326,4 @@ def main(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"probe gate: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    progress = Progress(args.wait) if args.wait is not None else None
-    verdict_ = run_loop(run_gate(fetch, args.wait, progress))
-    emit(verdict_, args.format, args.junit, out=sys.stdout)
-    return EXIT_READY if verdict_.ready else EXIT_NOT_READY
+    return conclude(fetch, args)
