@@ -1,11 +1,12 @@
 """An open WebSocket session: its steps, its hold, its close — and how it ended, named.
 
 A session succeeds only if the server kept it open until the probe closed it: a close frame
-the server sends first, right after the upgrade, between steps or while held, fails it as
-`ws_closed` with its code and reason (a server-first 1000 once the steps are done, without a
-hold, is the server's own normal end and passes). The probe closes with 1000; an answer with
-another code (a server whose own close crossed the probe's, as when an application accepts the
-upgrade and at once closes it with 4001 for a bad token) fails it too. Before closing, the
+the server sends first, right after the upgrade (with no steps, whatever its code), between
+steps or while held, fails it as `ws_closed` with its code and reason (a server-first 1000 once
+the steps are done, without a hold, is the server's own normal end and passes). The probe
+closes with 1000; an answer with another code (a server whose own close crossed the probe's, as
+when an application accepts the upgrade and at once closes it with 4001 for a bad token) fails
+it too. Before closing, the
 connection gets two loop turns to deliver what already arrived, so a close that came with the
 101 is seen as the server's, not as an answer.
 
@@ -208,7 +209,8 @@ async def run_session(
         raise ended(s, target) from None
     if proto.state is not State.OPEN:  # the server ended it before we did
         rcvd = proto.close_rcvd
-        if target.hold or proto.parser_exc is not None or rcvd is None or rcvd.code != 1000:
+        done = bool(target.messages) and not target.hold  # its end after the steps is normal
+        if not done or proto.parser_exc is not None or rcvd is None or rcvd.code != 1000:
             raise ended(s, target)
     s.stage = "close"  # the closing handshake, bounded; a peer that never answers it is cut off
     now = asyncio.get_running_loop().time()
