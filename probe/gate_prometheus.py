@@ -59,7 +59,7 @@ FAILURE_WINDOW = "5m"
 LAST_SEEN_WINDOW = 3600  # seconds back the gate looks for a vanished target's newest sample
 DEFAULT_MAX_AGE = 60.0
 SHARD_LABELS = frozenset({"__name__", "shard", "index", "count", "replicas"})
-_SELECTOR = re.compile(r"\{.*\}", re.S)
+_SELECTOR = re.compile(r"\{[^{}]*\}")
 _UNSET_VAR = re.compile(r"environment variable (\w+) is not set$")
 STAND_IN = "gate-stand-in"
 NO_C_NOTE = ("without -c FILE, targets with no series in Prometheus (a replica down or not "
@@ -245,6 +245,8 @@ def prometheus_fetcher(url: str, token: str | None, selector: str = "",
     api = query_url(url)
     shown = public_url(api)
     headers = {"Authorization": f"Bearer {token}"} if token else {}
+    if not max_age > 0:
+        raise ValueError(f"--max-age must be above 0, got {max_age:g}")
     promql = queries(check_selector(selector), max_age)
 
     async def observe(session: aiohttp.ClientSession, budget: float) -> Observed:

@@ -100,8 +100,9 @@ def test_queries_scope_every_metric_and_keep_only_fresh_samples() -> None:
         assert names and all(f'{n}{{job="stageprobe"}}' in promql for n in names), promql
     assert q["ready"] == ('probe_target_ready{job="stageprobe"} and (time() - '
                           'timestamp(probe_target_ready{job="stageprobe"})) < 30')
-    with pytest.raises(ValueError, match="label selector"):
-        check_selector('job="stageprobe"')
+    for bad in ('job="stageprobe"', '{job="a"} or vector(1) or up{}'):
+        with pytest.raises(ValueError, match="label selector"):
+            check_selector(bad)
     assert [ago(s) for s in (4.4, 119, 125, 3600, 3725)] == ["4s", "119s", "2m", "1h", "1h2m"]
 
 
