@@ -9,6 +9,8 @@ daemon's HTTP answers, or a report.
 
 from __future__ import annotations
 
+import asyncio
+import base64
 import io
 import json
 import logging
@@ -16,6 +18,7 @@ import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import quote, quote_plus
 
 import aiohttp
 import jwt
@@ -24,14 +27,17 @@ import structlog
 from aiohttp import WSMsgType, web
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
+from faults.fixtures import make_target
 from helpers import refused_port, serving, until
+from http_servers import raw_server, read_request
 
 from probe.checks import CheckContext, checker_for
-from probe.config import Config
+from probe.config import Config, ConfigError, parse_config
 from probe.credentials import CredentialError, Credentials
 from probe.metrics import Metrics
 from probe.outcome import Outcome
 from probe.readiness import Readiness
+from probe.redact import MIN_SECRET, Secrets
 
 JWT_SECRET = "jwt-secret-Zq81xVb0-long-enough-for-hs256!"
 CLIENT_SECRET = "client-secret-Kp20wQ7y"
@@ -301,3 +307,67 @@ async def test_daemon_answers_and_logs_hold_no_secret(
     assert_clean("daemon log", stream.getvalue(), secrets)
     assert BEARER_TOKEN in hostile.seen and jwt.get_unverified_header(
         next(s for s in hostile.seen if s.startswith("eyJ")))["alg"] in ("HS256", "RS256")
+
+
+# --- the masking itself, and what it leaves alone ----------------------------------------------
+
+
+def test_every_form_and_any_8_characters_of_a_secret_are_masked() -> None:
+    secret = "s3cret/Value+With=Signs"
+    known = Secrets([secret, "tiny", "1"])
+    b64 = base64.b64encode(secret.encode()).decode()
+    for form in (secret, quote(secret, safe=""), quote_plus(secret), b64,
+                 base64.urlsafe_b64encode(secret.encode()).decode(), b64.rstrip("="),
+                 secret[:8], secret[5:13], f"Basic {b64}"):
+        masked = known.mask(f"server said [{form}] twice: {form}.")
+        assert masked.count("***") == 2 and form not in masked, (form, masked)
+        assert secret[:8] not in masked
+    # values shorter than MIN_SECRET are no secrets: `?page=1` must not mask every 1
+    assert MIN_SECRET > len("tiny")
+    assert known.mask("page 1 of tiny results") == "page 1 of tiny results"
+    assert known.mask("s3cret/ is 7 characters, no more") == "s3cret/ is 7 characters, no more"
+
+
+def test_config_errors_show_urls_without_password_or_query_values() -> None:
+    text = ("targets:\n  - name: a\n    url: 'ftp://ops:hunter2-pw@db.internal:8080/x"
+            "?api_key=k3y-value&page=2#frag-token'\n")
+    with pytest.raises(ConfigError) as info:
+        parse_config(text, "cfg.yaml")
+    shown = f"{info.value} {info.value.errors}"
+    for secret in ("hunter2-pw", "k3y-value", "frag-token", "=2"):
+        assert secret not in shown, shown
+    assert "ftp://ops:***@db.internal:8080/x?api_key=***&page=***#***" in shown
+
+
+async def test_a_cross_origin_redirect_answer_is_never_quoted() -> None:
+    """A staging server that redirects the prober to an internal service must not read that
+    service's answer back through a detail or the served version; `redirect_hosts` opts in."""
+
+    internal = b'{"version": "internal-build-77", "admin": "INTERNAL-DATA-Q9"}'
+
+    async def internal_service(reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+                               ) -> None:
+        await read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: "
+                     + str(len(internal)).encode() + b"\r\n\r\n" + internal)
+        await writer.drain()
+
+    async with raw_server(internal_service) as port:
+        async def staging(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            await read_request(reader)
+            writer.write(f"HTTP/1.1 302 Found\r\nLocation: http://127.0.0.1:{port}/admin\r\n"
+                         "Content-Length: 0\r\n\r\n".encode())
+            await writer.drain()
+
+        async with raw_server(staging) as staging_port:
+            url = f"http://127.0.0.1:{staging_port}/health"
+            fields = {"follow_redirects": True, "version_path": "version",
+                      "expect": {"body_regex": "^healthy$"}}
+            hidden = await checker_for(t := make_target(url, **fields))(t, CheckContext())
+            assert hidden.failure == "assertion" and hidden.version is None, hidden
+            assert "internal-build" not in hidden.detail, hidden
+            assert "not quoted" in hidden.detail and f"127.0.0.1:{port}" in hidden.detail
+            allowed = make_target(url, redirect_hosts=["127.0.0.1"], **fields)
+            shown = await checker_for(allowed)(allowed, CheckContext())
+    assert shown.failure == "assertion" and "internal-build-77" in shown.detail, shown
+    assert shown.version == "internal-build-77"
