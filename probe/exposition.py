@@ -90,6 +90,12 @@ WS_STATUS = Family("probe_websocket_status_code", "gauge",
                    "HTTP status of the WebSocket upgrade (101: accepted)")
 WS_CLOSE = Family("probe_websocket_close_code", "gauge",
                   "close code the session ended with (0: none)")
+# blackbox_exporter's WebSocket prober (main branch) names, so its dashboards read ours too.
+WS_UPGRADED = Family("probe_websocket_connection_upgraded", "gauge",
+                     "1 if the WebSocket upgrade was accepted (101) on the last probe")
+WS_REGEX = Family("probe_websocket_failed_due_to_regex", "gauge",
+                  "1 if the last probe failed after the upgrade, in its messages (targets with "
+                  "messages only)")
 WS_PHASE = Family("probe_websocket_duration_seconds", "gauge",
                   "duration of each WebSocket phase of the last probe")
 LATENCY = Family("probe_latency_seconds", "histogram",
@@ -173,5 +179,7 @@ _GAUGES = tuple(
         (SSL_EXPIRY, "cert_expiry", num),
         (WS_STATUS, "ws_status", count),
         (WS_CLOSE, "ws_close", count),
+        (WS_UPGRADED, "ws_upgraded", num),
+        (WS_REGEX, "ws_regex", num),
     )
 )

@@ -11,7 +11,7 @@ demo can run several daemons in one process) and are appended to the same exposi
 Label values are bounded: `target` is the target's name, the others come from closed sets
 (Failure, phase names, measures), never from an error message.
 
-Which series, and why (a probed HTTP target: 44 lines, was 70; WebSocket with messages: 47,
+Which series, and why (a probed HTTP target: 44 lines, was 70; WebSocket with messages: 49,
 was 90):
 - probe_failures_total is pre-initialised to 0 for each failure the target's KIND can report,
   so `rate()` and `increase()` see a 0 -> 1 step instead of a series appearing out of nowhere.
@@ -32,6 +32,9 @@ was 90):
   target's first result: before it, "absent" is honest where a 0 would claim a failure.
 - Phases a probe did not reach are set to 0 (as blackbox_exporter does for an http:// URL's tls),
   so a failed probe never shows the previous probe's timings.
+- WebSocket targets also carry blackbox_exporter's WebSocket prober gauges,
+  probe_websocket_connection_upgraded and (with messages) probe_websocket_failed_due_to_regex,
+  so its dashboards work on ours; its prober has no phase durations, ours stay as they are.
 - `_created` series are disabled: they double the series count and no dashboard reads them.
 """
 
@@ -58,7 +61,9 @@ from probe.exposition import (
     TARGET_READY,
     WS_CLOSE,
     WS_PHASE,
+    WS_REGEX,
     WS_STATUS,
+    WS_UPGRADED,
     escape,
     num,
     prefix,
@@ -129,8 +134,9 @@ class TargetSeries:
     __slots__ = (
         "bound_lines", "cert_expiry", "critical_line", "duration", "failures", "hists",
         "http_status", "kind", "labels", "measures", "name", "p_cert_expiry", "p_duration",
-        "p_http_status", "p_phases", "p_ready", "p_success", "p_ws_close", "p_ws_status",
-        "phase_names", "phases", "ready", "results", "success", "ws_close", "ws_status",
+        "p_http_status", "p_phases", "p_ready", "p_success", "p_ws_close", "p_ws_regex",
+        "p_ws_status", "p_ws_upgraded", "phase_names", "phases", "ready", "results", "success",
+        "with_messages", "ws_close", "ws_regex", "ws_status", "ws_upgraded",
     )
 
     def __init__(self, target: Target) -> None:
@@ -143,6 +149,9 @@ class TargetSeries:
         self.http_status: int | None = None
         self.ws_status: int | None = None
         self.ws_close: int | None = None
+        self.ws_upgraded: float | None = None  # blackbox_exporter's two WebSocket gauges
+        self.ws_regex: float | None = None  # None on targets without messages: no series
+        self.with_messages = False
         self.cert_expiry: float | None = None
         self.ready: float | None = None
         self.phase_names = WS_PHASES if ws else HTTP_PHASES
@@ -152,6 +161,8 @@ class TargetSeries:
         self.p_http_status = "" if ws else prefix(HTTP_STATUS.name, lbl)
         self.p_ws_status = prefix(WS_STATUS.name, lbl) if ws else ""
         self.p_ws_close = prefix(WS_CLOSE.name, lbl) if ws else ""
+        self.p_ws_upgraded = prefix(WS_UPGRADED.name, lbl) if ws else ""
+        self.p_ws_regex = prefix(WS_REGEX.name, lbl) if ws else ""
         self.p_cert_expiry = prefix(SSL_EXPIRY.name, lbl)
         self.p_ready = prefix(TARGET_READY.name, lbl)
         phase_family = (WS_PHASE if ws else HTTP_PHASE).name
@@ -180,6 +191,9 @@ class TargetSeries:
                     labels = f'measure="{lat.measure}",quantile="{quantile}",{lbl}'
                     lines.append(prefix(LATENCY_TARGET.name, labels) + num(bound))
         self.bound_lines = "".join(lines)
+        self.with_messages = bool(target.messages)
+        if not self.with_messages:
+            self.ws_regex = None
         self.measures = tuple(dict.fromkeys(("total", target.measure)))
         if not self.hists.keys() <= set(self.measures):
             self.hists = {m: h for m, h in self.hists.items() if m in self.measures}
@@ -191,6 +205,12 @@ class TargetSeries:
         else:
             self.ws_status = outcome.status_code or 0
             self.ws_close = outcome.close_code or 0
+            # As blackbox_exporter: upgraded once the server said 101; failed_due_to_regex when
+            # the session then failed, which with messages configured is in their exchange.
+            upgraded = self.ws_status == 101
+            self.ws_upgraded = 1.0 if upgraded else 0.0
+            if self.with_messages:
+                self.ws_regex = 1.0 if upgraded and not outcome.success else 0.0
         got = outcome.phases
         self.phases = [got.get(p, 0.0) for p in self.phase_names]
         if outcome.latency:

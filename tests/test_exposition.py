@@ -102,6 +102,10 @@ def test_both_formats_carry_the_same_samples() -> None:
     assert text[("probe_failures_total",
                  frozenset({("target", "chat"), ("failure", "ws_closed")}))] == 1
     assert text[("probe_websocket_close_code", frozenset({("target", "chat")}))] == 1011
+    # blackbox_exporter's WebSocket gauges: upgraded (101), then the message session failed
+    chat = frozenset({("target", "chat")})
+    assert text[("probe_websocket_connection_upgraded", chat)] == 1
+    assert text[("probe_websocket_failed_due_to_regex", chat)] == 1
     assert not [k for k in text if ("target", "never-probed") in k[1]
                 and k[0] in ("probe_success", "probe_http_status_code")]
 

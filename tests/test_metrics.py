@@ -365,3 +365,40 @@ async def test_served_series_follow_a_reload(twin: Twin, start_daemon: StartDaem
         return value(s, "probe_results_total", target="keep", result="success") > before  # type: ignore[operator]
 
     await until(counted_on, "keep probed after the reload")
+
+
+@pytest.mark.parametrize(("fault", "upgraded", "regex"), [
+    ("ok", 1, 0),  # upgraded, the ping got its pong
+    ("silent", 1, 1),  # upgraded, then no reply: the message expectation failed
+    ("reject", 0, 0),  # the upgrade itself was refused
+])
+async def test_blackbox_websocket_gauges(fault: str, upgraded: int, regex: int, twin: Twin
+                                         ) -> None:
+    """blackbox_exporter's WebSocket prober names beside ours, from real probes of the twin:
+    probe_websocket_connection_upgraded and, for targets with messages (its query_response),
+    probe_websocket_failed_due_to_regex; a target without messages has no such series."""
+    config = config_of([
+        {"name": "chat", "url": f"ws://{twin.url.removeprefix('http://')}/ws", "timeout": "1s",
+         "messages": [{"send": {"type": "ping"}, "expect": {"json": {"type": "pong"}},
+                       "timeout": "300ms"}]},
+        {"name": "bare", "url": f"ws://{twin.url.removeprefix('http://')}/ws", "timeout": "1s"},
+    ])
+    chat, bare = config.targets
+    m = Metrics()
+    for target in config.targets:
+        m.add_target(target)
+    s = samples(m)
+    assert value(s, "probe_websocket_connection_upgraded", target="chat") is None  # not probed
+    twin.set_fault(ws=fault)
+    outcome = await probe_once(m, chat)
+    assert outcome.success == (fault == "ok"), outcome
+    await probe_once(m, bare)
+    s = samples(m)
+    assert value(s, "probe_websocket_connection_upgraded", target="chat") == upgraded
+    assert value(s, "probe_websocket_failed_due_to_regex", target="chat") == regex
+    assert value(s, "probe_websocket_connection_upgraded", target="bare") == upgraded
+    assert value(s, "probe_websocket_failed_due_to_regex", target="bare") is None
+    # ours stay
+    assert value(s, "probe_websocket_status_code", target="chat") == (101 if upgraded else 403)
+    for phase in ("resolve", "connect", "handshake", "rtt"):
+        assert value(s, "probe_websocket_duration_seconds", target="chat", phase=phase) is not None
