@@ -1,4 +1,4 @@
-"""`probe run | check | gate | validate | demo`.
+"""`probe run | check | gate | validate | demo | reload`.
 
 Exit codes: 0 ready / valid, 1 not ready, 2 usage or configuration error. Each subcommand lives
 in its own module and is imported only when used, so `probe validate` stays fast.
@@ -100,6 +100,14 @@ def _parser() -> argparse.ArgumentParser:
                       help="with --prometheus: older samples do not count (default 1m, "
                            "~3 scrape intervals)")
 
+    reload = sub.add_parser("reload", help="make a running daemon re-read its config file")
+    reload.add_argument("url", nargs="?", default=None,
+                        help="the daemon's base URL (default: this container's, on 127.0.0.1)")
+    reload.add_argument("--pid", type=int, default=None,
+                        help="send SIGHUP to this local process instead of POST /-/reload")
+    reload.add_argument("--token-env", default="PROBE_GATE_TOKEN", metavar="VAR",
+                        help="environment variable holding the daemon's gate token")
+
     validate = sub.add_parser("validate", help="check a config file; every error names its place",
                               epilog=clihelp.VALIDATE, formatter_class=_FORMAT)
     config_arg(validate)
@@ -111,7 +119,11 @@ def _parser() -> argparse.ArgumentParser:
     init.add_argument("--force", action="store_true", help="replace an existing file")
 
     demo = sub.add_parser("demo", help="start the twin and the daemon on loopback")
-    demo.add_argument("--port", type=int, default=9464, help="the daemon's port (0: any free port)")
+    demo.add_argument("--host", default=os.environ.get("PROBE_DEMO_HOST") or "127.0.0.1",
+                      help="the daemon's address (default: $PROBE_DEMO_HOST or 127.0.0.1; "
+                           "0.0.0.0 in a container, so a published port reaches it)")
+    demo.add_argument("--port", type=int, default=None, help="the daemon's port "
+                      "(default: $PORT or 9464; 0: any free port)")
     demo.add_argument("--twin-port", type=int, default=0, help="the twin's port (0: any free port)")
     return p
 
@@ -172,6 +184,7 @@ _COMMANDS = {
     "gate --prometheus": "probe.gate_prometheus",
     "demo": "probe.demo",
     "init": "probe.initcmd",
+    "reload": "probe.reloadcmd",
 }
 
 

@@ -1,4 +1,4 @@
-"""The daemon's HTTP face: /metrics, /livez, /readyz, /api/v1/status and the /status page.
+"""The daemon's HTTP face: /metrics, /livez, /readyz, /api/v1/status, /status and /-/reload.
 
 /readyz is what CI gates on, so its status code alone is the answer (200 ready, 503 not); the
 JSON body names the cause per target. It answers GET, HEAD and POST alike: Flagger's webhooks
@@ -16,8 +16,9 @@ from __future__ import annotations
 import asyncio
 import gzip
 import hmac
+import inspect
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -50,6 +51,9 @@ class Runtime:
     draining: bool = False
     clock: Callable[[], float] = field(default=time.time)
     renders: dict[str, asyncio.Future[bytes]] = field(default_factory=dict)  # in-flight /metrics
+    # POST /-/reload calls it (Daemon.reload; True if a new config was applied); None: no route.
+    reload: Callable[[], Awaitable[bool] | bool] | None = None
+    reloading: asyncio.Future[bool] | None = None  # the one reload in flight, shared by callers
 
 
 def _runtime(request: web.Request) -> Runtime:
@@ -168,6 +172,48 @@ async def status_api(request: web.Request) -> web.StreamResponse:
     })
 
 
+LOOPBACK = ("127.0.0.1", "::1", "::ffff:127.0.0.1")
+
+
+async def reload_handler(request: web.Request) -> web.StreamResponse:
+    """POST /-/reload: re-read the config file, as SIGHUP does, for images without a shell.
+
+    With PROBE_GATE_TOKEN set it needs `Authorization: Bearer` with it, from anywhere. Without a
+    token only callers at 127.0.0.1 or ::1 may reload, i.e. the same pod or container
+    (`kubectl exec ... probe reload`): like Prometheus' lifecycle API it is not open to the
+    network by default, but it needs no flag, because a reload can only apply a valid file or
+    keep the running one. Concurrent calls share one reload.
+    """
+    rt = _runtime(request)
+    if rt.gate_token:
+        if not authorized(request, rt.gate_token):
+            return _json({"error": "a bearer token is required"}, status=401,
+                         **{"WWW-Authenticate": 'Bearer realm="stageprobe"'})
+    elif request.remote not in LOOPBACK:
+        return _json({"error": "reload is allowed from 127.0.0.1 only (no PROBE_GATE_TOKEN set)"},
+                     status=403)
+    if rt.draining or rt.reload is None:
+        return _json({"reloaded": False, "error": "not reloading: the daemon is stopping"}
+                     if rt.draining else {"reloaded": False, "error": "no config file to reload"},
+                     status=503)
+    if rt.reloading is None:
+        rt.reloading = asyncio.ensure_future(_reload_once(rt, rt.reload))
+    applied = await asyncio.shield(rt.reloading)
+    if not applied:
+        return _json({"reloaded": False,
+                      "error": "the new config is invalid; the running one stays (see the log)"},
+                     status=500)
+    return _json({"reloaded": True, "targets": len(rt.config.targets)})
+
+
+async def _reload_once(rt: Runtime, reload: Callable[[], Awaitable[bool] | bool]) -> bool:
+    try:
+        result = reload()
+        return bool(await result) if inspect.isawaitable(result) else bool(result)
+    finally:
+        rt.reloading = None
+
+
 async def index(request: web.Request) -> web.StreamResponse:
     raise web.HTTPFound("/status")
 
@@ -181,5 +227,6 @@ def make_app(runtime: Runtime) -> web.Application:
     app.router.add_get("/readyz", readyz)  # and HEAD
     app.router.add_post("/readyz", readyz)  # Flagger's webhooks POST their payload
     app.router.add_get("/api/v1/status", status_api)
+    app.router.add_post("/-/reload", reload_handler)
     add_status_routes(app)
     return app
