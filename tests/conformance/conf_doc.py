@@ -49,15 +49,20 @@ def _cell(text: str) -> str:
     return text.replace("|", "\\|").replace("\n", " ")
 
 
+# What the WebSocket check's verdicts depend on, under probe/
+_CHECK_FILES = ("checks", "config.py", "config_base.py", "config_credentials.py",
+                "credentials.py", "outcome.py", "redact.py")
+
+
 def _stageprobe_version() -> str:
-    """The commit the probe package came from, and whether it had uncommitted changes."""
+    """The commit the probe package came from, and whether the check had uncommitted changes."""
     probe = Path(__import__("probe").__file__).parent
     git = ["git", "-C", str(probe)]
     head = subprocess.run([*git, "rev-parse", "--short", "HEAD"], capture_output=True,
                           text=True).stdout.strip() or "?"
-    dirty = subprocess.run([*git, "status", "--porcelain", "."], capture_output=True,
-                           text=True).stdout.strip()
-    return f"`{head}`" + (" with uncommitted changes in probe/" if dirty else "")
+    dirty = subprocess.run([*git, "status", "--porcelain", "--", *_CHECK_FILES],
+                           capture_output=True, text=True).stdout.strip()
+    return f"`{head}`" + (" with uncommitted changes to the WebSocket check" if dirty else "")
 
 
 def render(results: dict[str, dict[str, Result]], versions: dict[str, str]) -> str:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -111,10 +112,19 @@ async def _stageprobe(case: Case, base: str) -> tuple[str, str, int | None]:
         return f"config error: {where}: {first['msg']}", "", None
     ctx = CheckContext(Credentials(cfg.credentials))
     try:
-        outcome = await check(cfg.targets[0], ctx)
+        outcomes = await asyncio.gather(
+            *(check(cfg.targets[0], ctx) for _ in range(case.repeat)))
     finally:
         await ctx.credentials.aclose()
-    return verdict(outcome), outcome.detail, outcome.close_code
+    counts = Counter(verdict(o) for o in outcomes)
+    if len(counts) == 1:  # the same every time: the verdict, with the first probe's detail
+        outcome = outcomes[0]
+        return verdict(outcome), outcome.detail, outcome.close_code
+    # A race: name every verdict with how often it came, and show a failed probe's detail.
+    mixed = " / ".join(f"{v} ({n} of {case.repeat})" for v, n in sorted(counts.items()))
+    failed = next(o for o in outcomes if not o.success)
+    success = next((o for o in outcomes if o.success), failed)
+    return mixed, failed.detail, success.close_code
 
 
 async def _reference(cases: list[Case], base: str) -> dict[str, dict[str, Any]]:
