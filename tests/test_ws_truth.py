@@ -136,6 +136,30 @@ async def test_close_in_the_same_segment_as_the_101(code: int) -> None:
     assert outcome.detail.endswith("(with no steps)")
 
 
+async def test_a_close_between_steps_names_the_step() -> None:
+    async def one_reply(ws: web.WebSocketResponse) -> None:
+        await ws.receive()
+        await ws.send_json({"type": "pong"})
+        await ws.close(code=4001, message=b"token expired")
+
+    async with aiohttp_server(one_reply) as url:
+        outcome = await probe({"url": url, "messages": [PING, PING]})
+    assert outcome.failure is Failure.WS_CLOSED and outcome.close_code == 4001, outcome.detail
+    assert outcome.detail.endswith("(step 2, 1 message received)")
+
+
+async def test_a_close_behind_a_burst_of_frames_is_still_named() -> None:
+    """32k pongs, then a close frame, then EOF: parsed 256 frames a turn, the close frame at
+    the end of the backlog still names the failure (not a drop)."""
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await upgrade(reader, writer, then=frame(0xA) * 32768 + close_frame(4002, "bye"))
+        writer.close()
+
+    async with raw(handler) as url:
+        outcome = await probe({"url": url, "messages": [PING]})
+    assert outcome.failure is Failure.WS_CLOSED and outcome.close_code == 4002, outcome.detail
+
+
 async def test_a_close_crossing_the_probes_close_is_not_a_success() -> None:
     """The server's 4001 answers the probe's own close (as when both close at once): what a
     client sees is 4001, so the session failed — a success carries 1000 only."""

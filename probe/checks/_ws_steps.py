@@ -6,9 +6,8 @@ steps or while held, fails it as `ws_closed` with its code and reason (a server-
 the steps are done, without a hold, is the server's own normal end and passes). The probe
 closes with 1000; an answer with another code (a server whose own close crossed the probe's, as
 when an application accepts the upgrade and at once closes it with 4001 for a bad token) fails
-it too. Before closing, the
-connection gets two loop turns to deliver what already arrived, so a close that came with the
-101 is seen as the server's, not as an answer.
+it too. Before closing, the connection gets two loop turns to deliver what already arrived, so a
+close that came with the 101 is seen as the server's, not as an answer.
 
 Every close or drop detail says how long the session had lasted, counted from the upgrade, and
 where it was (which step, or how far into the hold).
