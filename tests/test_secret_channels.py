@@ -24,11 +24,11 @@ import signal
 import sys
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote, quote_plus
+from urllib.parse import quote
 
 import pytest
 import yaml
-from faults.echo import ACCESS_TOKEN
+from faults.echo import ACCESS_TOKEN, FORMS
 from faults.fixtures import StartFaultServer
 from helpers import http_get, run_daemon, until
 
@@ -46,15 +46,7 @@ SECRETS = {
     "Basic value": BASIC, "bearer": BEARER, "JWT secret": JWT_SECRET, "JWT": JWT_HEADER,
     "client_secret": CLIENT_SECRET, "access token": ACCESS_TOKEN,
 }
-FORMS = {
-    "raw": lambda v: v,
-    "quote": lambda v: quote(v, safe=""),
-    "quote_plus": quote_plus,
-    "base64": lambda v: base64.b64encode(v.encode()).decode(),
-    "base64url": lambda v: base64.urlsafe_b64encode(v.encode()).decode(),
-    "prefix8": lambda v: v[:8],
-}
-ECHOED = ("raw", "quote", "plus", "b64", "b64url", "p8")  # the echo server's names for them
+ECHOED = tuple(FORMS)  # raw, quote, plus (quote_plus), b64, b64url, p8 (the first 8 characters)
 WS_ECHOED = ("raw", "quote", "b64", "p8")
 
 
