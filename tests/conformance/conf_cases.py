@@ -120,6 +120,8 @@ CASES: tuple[Case, ...] = (
          detail={"ws_rejected:302": r"/echo(?!\?)"}),
     Case("no_reply", "accepts, never sends", "/silent", (Step("hello", "^hello$", 1.0),),
          expect=_v("ws_no_reply", *REJECTED_ANY)),
+    Case("mismatch", "echo, a reply other than the one expected", "/echo",
+         (Step("hello", "^goodbye$"),), expect=_v("assertion", *REJECTED_ANY)),
     Case("app_cut", f"the app ends every session after 1 s (1001); held {HOLD:g} s",
          "/cut-1s", hold=HOLD, timeout=HOLD + 3, expect=_v("ws_closed:1001", *REJECTED_ANY)),
     Case("hold", f"echo, held {HOLD:g} s without pings", "/echo", HELLO, hold=HOLD,
