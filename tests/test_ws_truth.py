@@ -395,11 +395,21 @@ async def test_a_redirect_names_its_location_without_the_query() -> None:
         return Response(302, "Found", Headers([("Location", location),
                                                ("Content-Length", "0")]), b"")
 
+    async def login(request: web.Request) -> web.Response:
+        raise web.HTTPMovedPermanently("/login?next=%2Fws&session=s3cr3t-value")
+
     async with websockets_server(process_request=moved) as url:
         outcome = await probe({"url": url})
     assert outcome.failure is Failure.WS_REJECTED and outcome.status_code == 302
     assert outcome.detail == ("WebSocket upgrade rejected: HTTP 302 redirect to "
                               "https://login.example/sso (not followed for WebSocket targets)")
+    app = web.Application()
+    app.router.add_get("/ws", login)
+    async with serving(app) as base:
+        aio = await probe({"url": base.replace("http", "ws") + "/ws"})
+    assert aio.failure is Failure.WS_REJECTED and aio.status_code == 301
+    assert aio.detail == ("WebSocket upgrade rejected: HTTP 301 redirect to /login "
+                          "(not followed for WebSocket targets)")
 
 
 # --- 8. a wss TLS failure logs nothing ----------------------------------------------------------
