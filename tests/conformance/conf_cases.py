@@ -28,6 +28,9 @@ class Step:
 
 @dataclass(frozen=True)
 class Case:
+    """One way a server can answer or end a session, played on the path `path` of every server
+    (each server's code for that path is in asgi_app, py_servers or node/server.js)."""
+
     id: str
     title: str  # what the server does, for docs/conformance.md
     path: str
@@ -38,7 +41,7 @@ class Case:
     timeout: float = 5.0
     credential_in: str | None = None  # send TOKEN as a bearer header or as a subprotocol
     # stageprobe probes this many times at once and must give one verdict every time: a race
-    # between the server's close and the probe's own then fails every run, not one in three
+    # between the server's close and the probe's own then fails most runs, not an odd one
     repeat: int = 1
     # Verdicts a correct client may reach here (which one depends on the server): the reference
     # client must give one of them, or the case does not test what it says.
