@@ -93,8 +93,9 @@ class Daemon:
         self._stopping = asyncio.Event()
         self._closing: set[asyncio.Task[None]] = set()
         self._reader = FileReader()
-        self._reloading: asyncio.Task[None] | None = None
+        self._reloading: asyncio.Task[None] | None = None  # SIGHUP's, re-run while signalled
         self._reload_again = False
+        self._current: asyncio.Future[bool] | None = None  # the one read-and-apply in flight
         self.url = ""
 
     @property
@@ -144,8 +145,9 @@ class Daemon:
 
     async def stop(self) -> None:
         self.runtime.draining = True
-        if self._reloading is not None:
-            self._reloading.cancel()
+        for pending in (self._reloading, self._current):
+            if pending is not None:
+                pending.cancel()
         await self.scheduler.stop()
         if self._runner is not None:
             await self._runner.cleanup()
@@ -176,7 +178,15 @@ class Daemon:
                 return
 
     async def reload(self) -> bool:
-        """Re-read the config file; on any error keep the running config. True if applied."""
+        """Re-read the config file; on any error keep the running config. True if applied.
+
+        Callers at the same time (SIGHUP, POST /-/reload) share one read-and-apply: two would
+        contend for the one reader thread and apply twice."""
+        if self._current is None or self._current.done():
+            self._current = asyncio.ensure_future(self._reload_once())
+        return await asyncio.shield(self._current)
+
+    async def _reload_once(self) -> bool:
         if self.config_path is None:
             log.warning("reload requested but there is no config file to re-read")
             return False
