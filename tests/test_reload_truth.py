@@ -242,3 +242,17 @@ async def test_sighup_reloads_but_not_while_draining(
         os.kill(os.getpid(), signal.SIGUSR1)
         await asyncio.wait_for(handled.wait(), 10)  # the SIGHUP's handler has run
         assert names() == ["a", "b"], "reloaded while draining"
+
+
+async def test_concurrent_reloads_share_one_read_and_apply(
+    twin: Twin, start_daemon: StartDaemon, tmp_path: Path
+) -> None:
+    """SIGHUP and POST /-/reload at once: both get the one reload's answer, rather than the
+    second finding the reader busy and reporting a failure."""
+    cfg = tmp_path / "probe.yaml"
+    cfg.write_text(yaml.safe_dump({"targets": [{"name": "a", "url": f"{twin.url}/health"}]}))
+    daemon = await start_daemon(parse_config(cfg.read_text(), env={}))
+    daemon.config_path = cfg
+    cfg.write_text(yaml.safe_dump({"targets": [{"name": "b", "url": f"{twin.url}/health"}]}))
+    assert await asyncio.gather(daemon.reload(), daemon.reload()) == [True, True]
+    assert [t.name for t in daemon.config.targets] == ["b"]
