@@ -1,8 +1,9 @@
 """`probe check`: probe a config's targets without a daemon and answer "ready, or why not".
 
 Without --wait, one round that honours the thresholds: each target is probed at its interval
-until its state is decided (ready or failing; a ready target with a latency target also until
-`min_samples` samples give a latency verdict), and at most
+(an undecided one sooner: scheduler.next_probe) until its state is decided (ready or failing;
+a ready target with a latency target also until `min_samples` samples give a latency verdict),
+and at most
 `success_threshold + failure_threshold - 1 (+ min_samples)` times, so a flapping target that never
 decides ends the round as pending with its last failure instead of holding CI forever. A target
 that is done keeps being probed at its interval until every target is: the verdict is given at
@@ -34,7 +35,7 @@ from probe.loop import run_loop
 from probe.outcome import Outcome
 from probe.readiness import Readiness, Verdict
 from probe.report import Progress, emit
-from probe.scheduler import load_check, probe_once
+from probe.scheduler import fast_budget, load_check, next_probe, probe_once
 from probe.selection import select_config
 
 log = structlog.get_logger("probe.check")
@@ -54,9 +55,7 @@ async def _drive(target: Target, readiness: Readiness, ctx: CheckContext, stop: 
     once its state is decided or its probe limit is reached, and keep its evidence fresh."""
     loop = asyncio.get_running_loop()
     check = load_check(target)
-    limit = target.success_threshold + target.failure_threshold - 1
-    if target.latency is not None:
-        limit += target.latency.min_samples
+    limit = fast_left = fast_budget(target)
     probes = 0
     while not stop.is_set():
         started = loop.time()
@@ -68,7 +67,10 @@ async def _drive(target: Target, readiness: Readiness, ctx: CheckContext, stop: 
                 probes >= limit or _decided(readiness, target.name)):
             done.add(target.name)
         changed.set()
-        delay = target.interval - (loop.time() - started)
+        # the daemon's rule: the cadence, or soon while undecided (FAST_INTERVAL, a few times)
+        next_at, fast_left = next_probe(target, started, loop.time(),
+                                        readiness.undecided(target.name), fast_left)
+        delay = next_at - loop.time()
         if delay > 0:
             try:
                 async with asyncio.timeout(delay):

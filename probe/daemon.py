@@ -83,7 +83,8 @@ class Daemon:
             history=self.history, gate_token=gate_token,
         )
         self.states = StateLog()  # the log lines of state, cause and gate changes
-        self.scheduler = Scheduler(config, self.ctx, self._on_outcome, self.metrics.observe_lag)
+        self.scheduler = Scheduler(config, self.ctx, self._on_outcome, self.metrics.observe_lag,
+                                   undecided=self.runtime.readiness.undecided)
         self.runtime.scheduler = self.scheduler
         if config_path is not None:  # POST /-/reload (probe reload), like SIGHUP
             self.runtime.reload = self.reload

@@ -282,6 +282,13 @@ class Readiness:
         """The critical targets that are not ready, sorted."""
         return sorted(self._blocking)
 
+    def undecided(self, name: str) -> bool:
+        """Pending, or ready while its latency window lacks min_samples: the scheduler probes
+        such a target fast (scheduler.FAST_INTERVAL) until it is decided."""
+        track = self._tracks.get(name)
+        return track is not None and (track.state == "pending" or (
+            track.state == "ready" and track.latency.awaiting()))
+
     def observe(self, outcome: Outcome, now: float) -> Transition | None:
         """Fold one probe result in; returns the Transition if the target's state changed.
 

@@ -5,6 +5,10 @@ Why each rule:
 - an overrun skips the missed slots instead of bursting to catch up (a burst after a stall would
   hammer a struggling staging backend exactly when it is weakest);
 - a target never has two probes at once (its loop awaits each probe before scheduling the next);
+- an undecided target (pending, or ready without its latency samples) is probed again
+  FAST_INTERVAL after its probe ended, when that is sooner than its cadence: a healthy target
+  is called ready in seconds, not `success_threshold x interval`. At most fast_budget() such
+  probes in a row, so a target that never decides (flapping) is back at its interval soon;
 - asyncio.timeout(target.timeout + 0.5) around every check is a backstop: a check that ignores its
   own budget still cannot hold its loop;
 - one global semaphore caps probes in flight, and the time a probe waits for it counts as lag;
@@ -31,9 +35,18 @@ log = structlog.get_logger("probe.scheduler")
 BACKSTOP = 0.5  # seconds past target.timeout before the scheduler cancels a check itself
 HEARTBEAT = 1.0  # seconds between heartbeat ticks (the /livez signal)
 STOP_GRACE = 2.0  # seconds stop() waits for cancelled probes to unwind
+FAST_INTERVAL = 1.0  # seconds from an undecided target's probe ending to its next one
 
 OnOutcome = Callable[[Outcome, Target], None]
 OnLag = Callable[[float], None]
+Undecided = Callable[[str], bool]
+
+
+def fast_budget(target: Target) -> int:
+    """Probes that decide a target whatever it answers: enough to reach either threshold (and to
+    fill the latency window); past that, it is flapping and more haste would not settle it."""
+    n = target.success_threshold + target.failure_threshold - 1
+    return n + (target.latency.min_samples if target.latency is not None else 0)
 
 
 def load_check(target: Target, checker: Callable[[Target], Check] = checker_for) -> Check:
@@ -86,14 +99,32 @@ async def probe_once(
         )
 
 
+def next_probe(target: Target, scheduled: float, now: float, undecided: bool,
+               fast_left: int) -> tuple[float, int]:
+    """(when the next probe starts, fast probes left) after the probe scheduled at `scheduled`
+    ended at `now`: the next slot of the cadence (an overrun skips the missed slots instead of
+    bursting), or FAST_INTERVAL from now for an undecided target with fast probes left."""
+    period = target.interval
+    next_at = scheduled + period
+    if next_at <= now:
+        next_at += period * (int((now - next_at) // period) + 1)
+    if not undecided:
+        return next_at, fast_budget(target)
+    if fast_left > 0:
+        return min(next_at, now + FAST_INTERVAL), fast_left - 1
+    return next_at, 0
+
+
 class Scheduler:
     """Runs every target of a config on its own loop until stop()."""
 
     def __init__(
         self, config: Config, ctx: CheckContext, on_outcome: OnOutcome, on_lag: OnLag,
-        *, checker: Callable[[Target], Check] = checker_for,
+        *, checker: Callable[[Target], Check] = checker_for, undecided: Undecided | None = None,
     ) -> None:
-        """`checker` picks a target's check; tests pass their own to make checks raise or stall."""
+        """`checker` picks a target's check; tests pass their own to make checks raise or stall.
+        `undecided(name)` says a target wants its next probe soon (Readiness.undecided)."""
+        self._undecided = undecided
         self._config = config
         self._checker = checker
         self._ctx = ctx
@@ -209,6 +240,7 @@ class Scheduler:
         period = target.interval
         check = load_check(target, self._checker)
         next_at = loop.time() + random.uniform(0, min(period, 1.0))
+        fast_left = fast_budget(target)
         while True:
             await asyncio.sleep(max(0.0, next_at - loop.time()))
             async with self._sem:
@@ -219,10 +251,8 @@ class Scheduler:
             if self._tasks.get(target.name) is not asyncio.current_task():
                 return  # removed or replaced while probing: its result no longer counts
             self._deliver(outcome, target)
-            next_at += period
-            now = loop.time()
-            if next_at <= now:  # overran: skip the missed slots, keep the cadence
-                next_at += period * (int((now - next_at) // period) + 1)
+            undecided = self._undecided is not None and self._undecided(target.name)
+            next_at, fast_left = next_probe(target, next_at, loop.time(), undecided, fast_left)
 
     def _deliver(self, outcome: Outcome, target: Target) -> None:
         try:
