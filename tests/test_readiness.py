@@ -262,6 +262,19 @@ def test_a_result_older_than_two_intervals_plus_timeout_is_stale() -> None:
     assert v.ready and v.since == 140.0 and v.targets[0].since == 140.0
 
 
+def test_reports_name_a_stale_target_and_its_age() -> None:
+    from probe.report import render_github, render_junit, render_text
+
+    r = Readiness(make_config({"success_threshold": 1}))
+    r.observe(ok(), 0.0)
+    v = r.verdict(10.0)
+    text = render_text(v)
+    assert text.startswith("FAIL t0  stale: no result for 10.0s (stale after 3s"), text
+    assert "waiting on t0 (stale)" in text
+    assert 'type="stale"' in render_junit(v) and "no result for 10.0s" in render_junit(v)
+    assert render_github(v).startswith("::error title=t0%3A stale::stale: no result for 10.0s")
+
+
 def test_stale_failing_target_keeps_its_cause_in_the_detail() -> None:
     r = Readiness(make_config({"failure_threshold": 1}))
     r.observe(bad(), 0.0)
