@@ -34,10 +34,11 @@ from http_servers import raw_server, read_request
 from probe.checks import CheckContext, checker_for
 from probe.config import Config, ConfigError, parse_config
 from probe.credentials import CredentialError, Credentials
+from probe.logging import configure
 from probe.metrics import Metrics
 from probe.outcome import Outcome
 from probe.readiness import Readiness
-from probe.redact import MIN_SECRET, Secrets
+from probe.redact import KNOWN, MIN_SECRET, Secrets
 
 JWT_SECRET = "jwt-secret-Zq81xVb0-long-enough-for-hs256!"
 CLIENT_SECRET = "client-secret-Kp20wQ7y"
@@ -279,7 +280,6 @@ async def test_daemon_answers_and_logs_hold_no_secret(
     restore_logging: None,
 ) -> None:
     from probe import daemon as daemon_mod
-    from probe.logging import configure
 
     stream = io.StringIO()
     configure("json", "debug", stream)
@@ -371,3 +371,26 @@ async def test_a_cross_origin_redirect_answer_is_never_quoted() -> None:
             shown = await checker_for(allowed)(allowed, CheckContext())
     assert shown.failure == "assertion" and "internal-build-77" in shown.detail, shown
     assert shown.version == "internal-build-77"
+
+
+@pytest.mark.parametrize("fmt", ["json", "console"])
+def test_the_log_processor_masks_every_known_secret(fmt: str, restore_logging: None) -> None:
+    """The last line of defence: a secret the process knows is masked in any log line, whatever
+    carries it (a nested value, an exception's traceback, a library's stdlib record)."""
+    secret = "log-secret/Zx81+Qw="
+    owner = Config.model_validate({"targets": [{"name": "t", "url": "http://127.0.0.1/"}]})
+    KNOWN.add(owner, Secrets([secret]))
+    stream = io.StringIO()
+    configure(fmt, "debug", stream)
+    log = structlog.get_logger("test")
+    log.debug("nested", extra={"deep": [f"token {secret}"]}, prefix=secret[:8])
+    try:
+        raise RuntimeError(f"upstream said {quote(secret, safe='')}")
+    except RuntimeError:
+        log.exception("crashed")
+    logging.getLogger("some.library").warning("sent %s", base64.b64encode(secret.encode()))
+    text = stream.getvalue()
+    assert "crashed" in text and "sent" in text, text
+    for form in (secret, quote(secret, safe=""), base64.b64encode(secret.encode()).decode(),
+                 secret[:8]):
+        assert form not in text, (form, text)
