@@ -395,3 +395,22 @@ async def test_a_reload_that_changes_a_targets_kind_swaps_its_series(
 async def _has(text: Any, needle: str) -> str | None:
     got = await text
     return got if needle in got else None
+
+
+async def test_an_expected_version_nothing_checks_is_refused_at_start_and_on_reload(
+    twin: Twin, start_daemon: StartDaemon, tmp_path: Path
+) -> None:
+    """`expect_version` with no `version_path` anywhere would gate on nothing: `probe run` exits
+    2 saying so, and a reload to such a file keeps the running config."""
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(f"expect_version: abc\ntargets:\n  - {{name: a, url: '{twin.url}/health'}}\n")
+    run = ProbeRun(bad, tmp_path)
+    assert await run.wait(30) == 2
+    assert "no target has a version_path" in run.log_text()
+
+    good = tmp_path / "good.yaml"
+    good.write_text(f"targets:\n  - {{name: a, url: '{twin.url}/health'}}\n")
+    daemon = await start_daemon(parse_config(good.read_text(), env={}))
+    daemon.config_path = bad
+    assert await daemon.reload() is False
+    assert daemon.config.expect_version is None
