@@ -1,7 +1,7 @@
 """Gate truth for WebSocket targets (issue 12): never a success where a real client's session
 fails, and the cause named right — against servers no one here wrote (websockets' and aiohttp's)
-and, for what no real server does on purpose, a byte-level one (ws_raw). Plus the loop bound of
-issue 13: a server flooding its session with control frames must not delay another target.
+and, for what no real server does on purpose, a byte-level one (ws_raw). Hold and keepalive are
+in test_ws_hold.py, the loop bounds against flooding servers in test_ws_bounds.py.
 """
 
 from __future__ import annotations
@@ -9,89 +9,28 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 import pytest
-from aiohttp import WSMsgType, web
+from aiohttp import web
 from helpers import serving
-from http_servers import raw_server
 from websockets.asyncio.server import ServerConnection, serve
 from websockets.datastructures import Headers
 from websockets.http11 import Request, Response
-from ws_raw import close_frame, drain_input, frame, read_frame, upgrade
+from ws_raw import close_frame, drain_input, read_frame, upgrade
+from ws_servers import (
+    PING,
+    TOKEN,
+    aiohttp_pong,
+    aiohttp_server,
+    pong,
+    probe,
+    raw,
+    websockets_server,
+)
 
-from probe.checks import CheckContext
-from probe.checks.websocket import check
-from probe.config import Config, ConfigError, Target, parse_config
-from probe.credentials import Credentials
-from probe.outcome import Failure, Outcome
-
-PING = {"send": {"type": "ping"}, "expect": {"json": {"type": "pong"}}, "timeout": "2s"}
-TOKEN = "tok-secret-0123456789abcdef"
-Handler = Callable[[ServerConnection], Awaitable[None]]
-Raw = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
-
-
-def setup(fields: dict[str, Any], credentials: dict[str, Any] | None = None
-          ) -> tuple[Target, CheckContext]:
-    fields = {"name": "ws", "timeout": "5s", "interval": "10s", **fields}
-    cfg = Config.model_validate({"targets": [fields], "credentials": credentials or {}})
-    return cfg.targets[0], CheckContext(Credentials(cfg.credentials))
-
-
-async def probe(fields: dict[str, Any], credentials: dict[str, Any] | None = None) -> Outcome:
-    target, ctx = setup(fields, credentials)
-    try:
-        return await check(target, ctx)
-    finally:
-        await ctx.credentials.aclose()
-
-
-async def pong(ws: ServerConnection) -> None:
-    async for raw in ws:
-        if json.loads(raw).get("type") == "ping":
-            await ws.send(json.dumps({"type": "pong"}))
-
-
-@asynccontextmanager
-async def websockets_server(handler: Handler = pong, **kwargs: Any) -> AsyncIterator[str]:
-    """websockets' own server on 127.0.0.1: its ws:// URL."""
-    async with serve(handler, "127.0.0.1", 0, ping_interval=None, **kwargs) as server:
-        yield f"ws://127.0.0.1:{server.sockets[0].getsockname()[1]}/ws"
-
-
-AiohttpHandler = Callable[[web.WebSocketResponse], Awaitable[None]]
-
-
-@asynccontextmanager
-async def aiohttp_server(session: AiohttpHandler, **ws_kwargs: Any) -> AsyncIterator[str]:
-    """aiohttp's server with one WebSocket route at /ws running `session` once prepared."""
-    async def handle(request: web.Request) -> web.StreamResponse:
-        ws = web.WebSocketResponse(**ws_kwargs)
-        await ws.prepare(request)
-        await session(ws)
-        return ws
-
-    app = web.Application()
-    app.router.add_get("/ws", handle)
-    async with serving(app) as base:
-        yield base.replace("http://", "ws://") + "/ws"
-
-
-@asynccontextmanager
-async def raw(handler: Raw) -> AsyncIterator[str]:
-    async with raw_server(handler) as port:
-        yield f"ws://127.0.0.1:{port}/ws"
-
-
-async def aiohttp_pong(ws: web.WebSocketResponse) -> None:
-    async for msg in ws:
-        if msg.type is WSMsgType.TEXT and json.loads(msg.data).get("type") == "ping":
-            await ws.send_json({"type": "pong"})
-
+from probe.outcome import Failure
 
 # --- 1. a server that accepts the upgrade, then closes ----------------------------------------
 
@@ -148,18 +87,6 @@ async def test_a_close_between_steps_names_the_step() -> None:
     assert outcome.detail.endswith("(step 2, 1 message received)")
 
 
-async def test_a_close_behind_a_burst_of_frames_is_still_named() -> None:
-    """32k pongs, then a close frame, then EOF: parsed 256 frames a turn, the close frame at
-    the end of the backlog still names the failure (not a drop)."""
-    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await upgrade(reader, writer, then=frame(0xA) * 32768 + close_frame(4002, "bye"))
-        writer.close()
-
-    async with raw(handler) as url:
-        outcome = await probe({"url": url, "messages": [PING]})
-    assert outcome.failure is Failure.WS_CLOSED and outcome.close_code == 4002, outcome.detail
-
-
 async def test_a_close_crossing_the_probes_close_is_not_a_success() -> None:
     """The server's 4001 answers the probe's own close (as when both close at once): what a
     client sees is 4001, so the session failed — a success carries 1000 only."""
@@ -214,118 +141,6 @@ async def test_credential_subprotocol_not_selected_is_ws_rejected_without_the_to
     assert outcome.failure is Failure.WS_REJECTED, outcome.detail
     assert "(chat, the credential subprotocol)" in outcome.detail
     assert TOKEN[:8] not in outcome.detail
-
-
-# --- 3. hold and keepalive ---------------------------------------------------------------------
-
-
-HOLD = {"hold": "1500ms", "timeout": "5s"}
-
-
-async def test_hold_sees_a_server_that_closes_the_session_later() -> None:
-    """A session cut 300 ms in (an LB's backend timeout): without hold the probe has closed
-    before and passes; held, it is `ws_closed`, with how long the session had lasted."""
-    async def cut_later(ws: ServerConnection) -> None:
-        try:
-            async with asyncio.timeout(0.3):
-                await pong(ws)
-        except TimeoutError:
-            await ws.close(1001, "backend timeout")
-
-    async with websockets_server(cut_later) as url:
-        quick = await probe({"url": url, "messages": [PING]})
-        held = await probe({"url": url, "messages": [PING], **HOLD})
-    assert quick.success, quick.detail
-    assert held.failure is Failure.WS_CLOSED and held.close_code == 1001, held.detail
-    assert '1001 "backend timeout" after ' in held.detail
-    assert "(while held, " in held.detail and " of 1.5s, 1 message received)" in held.detail
-
-
-async def test_hold_sees_a_dropped_connection() -> None:
-    async def drop(ws: web.WebSocketResponse) -> None:
-        await ws.receive()
-        await ws.send_json({"type": "pong"})
-        try:
-            async with asyncio.timeout(0.3):
-                await ws.receive()
-        except TimeoutError:
-            assert ws._req is not None and ws._req.transport is not None
-            ws._req.transport.abort()
-
-    async with aiohttp_server(drop) as url:
-        outcome = await probe({"url": url, "messages": [PING], **HOLD})
-    assert outcome.failure is Failure.WS_DROPPED and outcome.close_code == 1006, outcome.detail
-    assert "without a close frame (1006) after " in outcome.detail
-    assert "(while held, " in outcome.detail
-
-
-async def test_keepalive_pings_while_held_and_expects_pongs() -> None:
-    """aiohttp without autoping shows each ping: answered, the held session passes; ignored,
-    it is `ws_no_reply` for the pong."""
-    pings: list[bytes] = []
-
-    def session(answer: bool) -> AiohttpHandler:
-        async def run(ws: web.WebSocketResponse) -> None:
-            async for msg in ws:
-                if msg.type is WSMsgType.PING:
-                    pings.append(msg.data)
-                    if answer:
-                        await ws.pong(msg.data)
-        return run
-
-    fields = {"hold": "1s", "keepalive": "250ms", "timeout": "3s"}
-    async with aiohttp_server(session(True), autoping=False) as url:
-        answered = await probe({"url": url, **fields})
-    assert answered.success, answered.detail
-    assert len(pings) >= 2
-    async with aiohttp_server(session(False), autoping=False) as url:
-        ignored = await probe({"url": url, **fields})
-    assert ignored.failure is Failure.WS_NO_REPLY, ignored.detail
-    assert ignored.detail.startswith("no pong to the keepalive ping within 250ms after ")
-
-
-async def test_hold_drops_what_the_server_pushes_meanwhile() -> None:
-    async def chatty(ws: ServerConnection) -> None:
-        for i in range(50):
-            await ws.send(json.dumps({"type": "tick", "n": i}))
-        await ws.wait_closed()
-
-    async with websockets_server(chatty) as url:
-        outcome = await probe({"url": url, "hold": "300ms", "timeout": "3s"})
-    assert outcome.success, outcome.detail
-
-
-@pytest.mark.parametrize(("fields", "words"), [
-    ({"hold": "45s", "timeout": "30s", "interval": "60s"},
-     "target chat: timeout (30s) must cover hold (45s) + 1s to connect and close: at least 46s"),
-    ({"hold": "45s", "timeout": "47s", "interval": "60s", "messages": [PING]},
-     "hold (45s) + the longest step's timeout (2s) + 1s"),
-    ({"hold": "10s"}, "must cover hold (10s)"),
-    ({"keepalive": "5s", "timeout": "5s"}, "keepalive pings while held"),
-    ({"hold": "5s", "keepalive": "10s", "timeout": "7s"}, "keepalive pings while held"),
-    ({"follow_redirects": True}, "follow_redirects are for http(s) targets only"),
-    ({"max_redirects": 2}, "max_redirects are for http(s) targets only"),
-])
-def test_config_rejects(fields: dict[str, Any], words: str) -> None:
-    target = {"name": "chat", "url": "wss://chat.example/ws", **fields}
-    with pytest.raises(ConfigError) as err:
-        parse_config(json.dumps({"targets": [target]}))
-    assert any(words in e for e in err.value.errors), err.value.errors
-
-
-def test_config_accepts_hold_and_inherited_http_defaults() -> None:
-    cfg = parse_config(json.dumps({
-        "defaults": {"follow_redirects": True, "max_redirects": 3},
-        "targets": [
-            {"name": "chat", "url": "wss://chat.example/ws", "hold": "45s", "keepalive": "15s",
-             "timeout": "55s", "interval": "60s", "messages": [PING]},
-            {"name": "web", "url": "https://chat.example/"},
-        ]}))
-    chat, web_ = cfg.targets
-    assert (chat.hold, chat.keepalive, chat.follow_redirects) == (45.0, 15.0, False)
-    assert (web_.follow_redirects, web_.max_redirects) == (True, 3)
-    with pytest.raises(ConfigError, match="hold and keepalive are for WebSocket targets only"):
-        parse_config(json.dumps({"targets": [{"name": "w", "url": "http://h/", "hold": "1s"}]}))
 
 
 # --- 4. a close frame with TCP left open, 5. HTTP after the 101 --------------------------------
@@ -429,45 +244,3 @@ async def test_a_wss_tls_failure_logs_no_asyncio_error(
             await asyncio.sleep(0)
     assert outcome.failure is Failure.TLS, outcome.detail
     assert [r for r in caplog.records if r.name == "asyncio"] == []
-
-
-# --- 9. a flood from one server does not steal the loop from another target ---------------------
-
-
-def flooding(chunk: bytes) -> Raw:
-    """Upgrades, then writes `chunk` for as long as the client reads (its frames dropped)."""
-    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await upgrade(reader, writer)
-        reading = asyncio.create_task(drain_input(reader))
-        try:
-            while not reading.done():
-                writer.write(chunk)
-                await writer.drain()
-        finally:
-            reading.cancel()
-    return handler
-
-
-@pytest.mark.parametrize(("flood", "failure", "words"), [
-    (frame(0x9) * 32768, Failure.PROTOCOL, "more than 100 pings within 1 s (ping flood)"),
-    (frame(0xA) * 32768, Failure.WS_NO_REPLY, "no reply to step 1 within 2s"),
-    (frame(0x1, b"x" * (10 << 20)), Failure.WS_NO_REPLY, "no matching reply to step 1"),
-], ids=["pings", "pongs", "10MiB-messages"])
-async def test_a_flooding_server_does_not_delay_a_neighbour(
-    flood: bytes, failure: Failure, words: str
-) -> None:
-    """Pings (answered, then cut off as a flood), unsolicited pongs (never an error, only
-    bounded per loop turn), 10 MiB messages (under a 16 MiB body_limit): the neighbour, with
-    a step timeout of 1 s, is probed five times meanwhile and passes every time."""
-    never = {"send": "hello", "until": {"regex": "^never$"}, "timeout": "2s"}
-    step = {**PING, "timeout": "2s"} if flood[0] != 0x81 else never
-    async with raw(flooding(flood)) as flood_url, websockets_server() as calm_url:
-        async def neighbour() -> list[Outcome]:
-            return [await probe({"url": calm_url, "messages": [{**PING, "timeout": "1s"}]})
-                    for _ in range(5)]
-
-        hostile, calm = await asyncio.gather(
-            probe({"url": flood_url, "messages": [step], "body_limit": 16 << 20}), neighbour())
-    assert hostile.failure is failure, hostile.detail
-    assert words in hostile.detail, hostile.detail
-    assert [o.failure for o in calm] == [None] * 5, [o.detail for o in calm]
