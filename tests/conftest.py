@@ -26,6 +26,8 @@ from probe.twin import Twin
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers", "twin(**kwargs): keyword arguments for the Twin the `twin` fixture starts")
+    config.addinivalue_line(
+        "markers", "image: builds and runs the container image (minutes); only with -m image")
 
 
 @pytest.fixture
