@@ -195,9 +195,9 @@ class Target(TargetDefaults):
             raise ValueError(f"target {self.name}: {' and '.join(sorted(redirects))} are for "
                              "http(s) targets only (a WebSocket upgrade is never redirected)")
         if self.keepalive is not None:
-            if self.keepalive <= 0 or not self.hold or self.keepalive > self.hold:
-                raise ValueError(f"target {self.name}: keepalive pings while held: it needs a "
-                                 "hold at least as long and must be more than 0")
+            if self.keepalive <= 0 or self.keepalive >= self.hold:
+                raise ValueError(f"target {self.name}: keepalive pings while held: it must be "
+                                 "more than 0 and shorter than hold")
         if self.hold:
             longest = max((m.timeout for m in self.messages), default=0.0)
             need = self.hold + longest + WS_CLOSE_ALLOWANCE

@@ -101,6 +101,7 @@ async def test_hold_drops_what_the_server_pushes_meanwhile() -> None:
     ({"hold": "10s"}, "must cover hold (10s)"),
     ({"keepalive": "5s", "timeout": "5s"}, "keepalive pings while held"),
     ({"hold": "5s", "keepalive": "10s", "timeout": "7s"}, "keepalive pings while held"),
+    ({"hold": "5s", "keepalive": "5s", "timeout": "7s"}, "shorter than hold"),
     ({"follow_redirects": True}, "follow_redirects are for http(s) targets only"),
     ({"max_redirects": 2}, "max_redirects are for http(s) targets only"),
 ])
