@@ -60,12 +60,15 @@ class Plan:
     redirect_hosts: frozenset[str] = frozenset()  # hosts whose answers a detail may quote
 
     def quotable(self, hop: Hop) -> bool:
-        """Whether a detail may quote what `hop` answered: the target's own origin, or a host the
+        """Whether a detail may quote what `hop` answered: the target's own host (on its port,
+        or the default port of the hop's scheme: an http -> https redirect), or a host the
         config allows (`redirect_hosts`, `*.example.com` for its subdomains). A redirect to
-        anywhere else (an internal address, say) must not be read back through a detail."""
-        if hop.origin == self.hop.origin:
-            return True
+        anywhere else (an internal address or port, say) must not be read back in a detail."""
         host = hop.host.lower().rstrip(".")
+        if host == self.hop.host.lower().rstrip(".") and hop.port in (
+            self.hop.port, 443 if hop.tls else 80
+        ):
+            return True
         return host in self.redirect_hosts or any(
             h.startswith("*.") and host.endswith(h[1:]) for h in self.redirect_hosts
         )
