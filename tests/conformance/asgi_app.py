@@ -54,8 +54,9 @@ async def _websocket(scope: Scope, receive: Receive, send: Send) -> None:
     if path == "/reject":
         await _deny(scope, send, 403, [(b"content-type", b"text/plain")], b"bad token")
         return
-    if path == "/redirect":
-        await _deny(scope, send, 302, [(b"location", b"/echo?token=redirect-secret")], b"")
+    if path in ("/redirect", "/moved"):
+        status = 302 if path == "/redirect" else 301
+        await _deny(scope, send, status, [(b"location", b"/echo?token=redirect-secret")], b"")
         return
     if path not in ("/echo", "/subprotocol", "/close-4001", "/close-1008-after-msg",
                     "/crash-after-msg", "/silent", "/cut-1s"):

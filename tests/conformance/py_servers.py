@@ -60,6 +60,8 @@ async def _aiohttp_reject(request: web.Request) -> web.Response:
 
 
 async def _aiohttp_redirect(request: web.Request) -> web.Response:
+    if request.path == "/moved":
+        raise web.HTTPMovedPermanently(REDIRECT)
     raise web.HTTPFound(REDIRECT)
 
 
@@ -74,6 +76,7 @@ def aiohttp_app() -> web.Application:
         app.router.add_get(path, _aiohttp_ws)
     app.router.add_get("/reject", _aiohttp_reject)
     app.router.add_get("/redirect", _aiohttp_redirect)
+    app.router.add_get("/moved", _aiohttp_redirect)
     app.router.add_get("/http", _aiohttp_http)
     return app
 
@@ -108,6 +111,8 @@ async def _ws_route(conn: ServerConnection, request: Request) -> Response | None
         return _respond(HTTPStatus.FORBIDDEN, [("Content-Type", "text/plain")], b"bad token")
     if path == "/redirect":
         return _respond(HTTPStatus.FOUND, [("Location", REDIRECT)], b"")
+    if path == "/moved":
+        return _respond(HTTPStatus.MOVED_PERMANENTLY, [("Location", REDIRECT)], b"")
     if path == "/http":
         return _respond(HTTPStatus.OK, [("Content-Type", "text/plain")], b"plain http\n")
     if path not in WS_PATHS:
@@ -202,7 +207,7 @@ class _TornadoReject(tornado.web.RequestHandler):
 
 class _TornadoRedirect(tornado.web.RequestHandler):
     def get(self) -> None:
-        self.redirect(REDIRECT)
+        self.redirect(REDIRECT, permanent=self.request.path == "/moved")
 
 
 class _TornadoHttp(tornado.web.RequestHandler):
@@ -214,7 +219,7 @@ async def run_tornado(port: int, stop: asyncio.Event) -> None:
     ws_paths = "|".join(p.lstrip("/") for p in WS_PATHS if p != "/close-open")
     app = tornado.web.Application([
         (rf"/(?:{ws_paths})", _TornadoWS), (r"/reject", _TornadoReject),
-        (r"/redirect", _TornadoRedirect), (r"/http", _TornadoHttp),
+        (r"/(?:redirect|moved)", _TornadoRedirect), (r"/http", _TornadoHttp),
     ])
     server = app.listen(port, "127.0.0.1")
     print(f"listening {port}", flush=True)

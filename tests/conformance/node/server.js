@@ -50,8 +50,8 @@ server.on('upgrade', (req, socket, head) => {
   const path = new URL(req.url, 'http://x').pathname;
   if (path === '/reject') {
     answer(socket, 403, ['Content-Type: text/plain'], 'bad token');
-  } else if (path === '/redirect') {
-    answer(socket, 302, ['Location: /echo?token=redirect-secret'], '');
+  } else if (path === '/redirect' || path === '/moved') {
+    answer(socket, path === '/moved' ? 301 : 302, ['Location: /echo?token=redirect-secret'], '');
   } else if (sessions[path]) {
     const wss = path === '/subprotocol' ? chat : plain;
     wss.handleUpgrade(req, socket, head, (ws) => sessions[path](ws));
