@@ -40,6 +40,7 @@ from probe.selection import select_config
 
 log = structlog.get_logger("probe.check")
 TICK = 1.0  # how often the progress line is refreshed while nothing changes
+SHOW = 0.25  # in one round, the progress line is refreshed at most this often
 
 
 def _decided(readiness: Readiness, name: str) -> bool:
@@ -89,6 +90,11 @@ def _log_probe(outcome: Outcome) -> None:
                   target=outcome.target, ok=False, failure=str(outcome.failure))
 
 
+def _awaiting(readiness: Readiness, config: Config) -> list[str]:
+    """Critical targets still short of the latency samples a verdict needs."""
+    return [t.name for t in config.targets if t.critical and readiness.awaiting_latency(t.name)]
+
+
 def _settled(readiness: Readiness, config: Config, v: Verdict) -> bool:
     return v.ready and not any(readiness.awaiting_latency(t.name)
                                for t in config.targets if t.critical)
@@ -108,21 +114,27 @@ async def run_check(config: Config, expect_version: str | None = None,
              for t in config.targets]
     start = loop.time()
     deadline = start + (wait if wait is not None else float("inf"))
+    shown = -SHOW
     try:
         while True:
             changed.clear()
             for task in tasks:  # a loop only ends when stopped: one that ended is a bug
                 if task.done():
                     task.result()
-            if done is not None:
-                if len(done) == len(tasks):
-                    break
-            else:
-                v = readiness.verdict(time.time())
-                if progress is not None:
-                    progress.update(v, loop.time() - start)
-                if _settled(readiness, config, v) or deadline - loop.time() <= 0:
-                    break
+            # a verdict costs O(targets): in one round it is only for the progress line, so
+            # at most every SHOW seconds
+            finished = done is not None and len(done) == len(tasks)
+            show = progress is not None and (done is None or finished
+                                             or loop.time() - shown >= SHOW)
+            v = readiness.verdict(time.time()) if show or done is None else None
+            if v is not None and progress is not None and show:
+                shown = loop.time()
+                progress.update(v, shown - start, _awaiting(readiness, config))
+            if finished:
+                break
+            if done is None and v is not None and (
+                    _settled(readiness, config, v) or deadline - loop.time() <= 0):
+                break
             try:
                 async with asyncio.timeout(min(deadline - loop.time(), TICK)):
                     await changed.wait()
@@ -161,7 +173,9 @@ def main(args: argparse.Namespace) -> int:
     # warnings only (a check bug's traceback goes to stderr; stdout is the report); -v adds a
     # line per probe
     configure(level="debug" if args.verbose else "warning")
-    progress = Progress(args.wait) if args.wait is not None and not args.quiet else None
+    # what it waits for, also in one round (no --wait): a live line on a terminal, a line per
+    # change in a CI log
+    progress = None if args.quiet else Progress(args.wait)
     # Readiness falls back to the config's expect_version when --expect-version is not given
     verdict = run_loop(run_check(config, args.expect_version, args.wait, progress))
     emit(verdict, args.format, args.junit, out=sys.stdout, quiet=args.quiet)

@@ -180,7 +180,7 @@ def conclude(fetch: Fetch, args: argparse.Namespace) -> int:
     """Poll `fetch` as the flags say (--wait, --target/--exclude, -q/-v), print the verdict in
     --format (and --junit), and return the exit code: the same for the daemon and Prometheus."""
     if args.verbose:  # every poll's answer, also without --wait
-        progress: Progress | None = Progress(args.wait or 0.0, heartbeat=0.0)
+        progress: Progress | None = Progress(args.wait, heartbeat=0.0)
     else:
         progress = Progress(args.wait) if args.wait is not None and not args.quiet else None
     verdict = run_loop(run_gate(narrowed(fetch, args.target, args.exclude), args.wait, progress))

@@ -22,7 +22,7 @@ import shutil
 import sys
 import time
 import xml.etree.ElementTree as ET
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TextIO
 from urllib.parse import urlsplit, urlunsplit
@@ -267,11 +267,17 @@ def _dur(seconds: float) -> str:
 
 
 class Progress:
-    """Progress of a `--wait` on stderr: one live line on a terminal; in CI, plain lines only
-    when something changed, plus a heartbeat so a quiet log still shows the wait is alive."""
+    """Progress of a `--wait` (or of one round, `deadline` None) on stderr: one live line on a
+    terminal; in CI, plain lines only when something changed, plus a heartbeat so a quiet log
+    still shows the wait is alive.
 
-    def __init__(self, deadline: float, stream: TextIO | None = None, tty: bool | None = None,
-                 heartbeat: float = 30.0) -> None:
+    "Changed" means a target became ready or not, or its failure class changed: a detail that
+    moves with every probe (a p95, a count of samples) does not print a new line. READY is said
+    only once the verdict is final: a ready gate still short of latency samples says so.
+    """
+
+    def __init__(self, deadline: float | None, stream: TextIO | None = None,
+                 tty: bool | None = None, heartbeat: float = 30.0) -> None:
         self.stream = stream if stream is not None else sys.stderr
         self.tty = self.stream.isatty() if tty is None else tty
         self.deadline, self.heartbeat = deadline, heartbeat
@@ -280,18 +286,26 @@ class Progress:
         self._live = False
 
     @staticmethod
-    def status(v: Verdict) -> str:
-        if v.ready:
+    def status(v: Verdict, awaiting: Sequence[str] = ()) -> str:
+        if v.ready and not awaiting:
             return summary(v)
         blocking = [t for t in v.targets if t.critical and not t.ready]
         ok = sum(t.ready for t in v.targets if t.critical)
         reasons = "; ".join(f"{t.name}: {cause(t)}" for t in blocking[:3])
         more = f" (+{len(blocking) - 3} more)" if len(blocking) > 3 else ""
+        if awaiting:
+            names = ", ".join(awaiting[:3]) + (f" (+{len(awaiting) - 3} more)"
+                                               if len(awaiting) > 3 else "")
+            reasons += ("; " if reasons else "") + f"waiting for latency samples: {names}"
         return f"{ok}/{ok + len(blocking)} critical ready; {reasons}{more}"
 
-    def update(self, v: Verdict, elapsed: float) -> None:
-        key = self.status(v)
-        text = f"[{_dur(elapsed)}/{_dur(self.deadline)}] {key}"
+    def update(self, v: Verdict, elapsed: float, awaiting: Sequence[str] = ()) -> None:
+        """Show `v`; `awaiting`: critical targets still short of latency samples."""
+        status = self.status(v, awaiting)
+        key = (v.ready, tuple(awaiting), tuple((t.name, t.ready, t.failure or t.state)
+                                              for t in v.targets if t.critical))
+        of = f"/{_dur(self.deadline)}" if self.deadline is not None else ""
+        text = f"[{_dur(elapsed)}{of}] {status}"
         if self.tty:
             width = shutil.get_terminal_size((100, 20)).columns - 1
             self.stream.write("\r\x1b[K" + text[:width])

@@ -181,3 +181,13 @@ def test_help_names_every_variable_the_code_reads_and_the_readme_s_exit_codes() 
     assert re.findall(r"`(\d+)`", said) == codes, (said, codes)
     for name in ("check", "gate", "validate", "init"):
         assert "exit codes" in subcommands()[name].format_help(), name
+
+
+async def test_one_round_shows_what_it_waits_for(
+        twin: Twin, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    twin.set_fault(health="503")
+    cfg = str(write_config(tmp_path, health(twin)))
+    assert await run("check", "-c", cfg) == 1  # no --wait: one round
+    err = capsys.readouterr().err
+    assert "] 0/1 critical ready; backend-health: http_status: HTTP 503" in err, err
+    assert "READY:" not in err

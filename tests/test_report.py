@@ -195,3 +195,27 @@ def test_unwritable_names_the_reason_and_leaves_nothing_behind(tmp_path: Path) -
     assert unwritable(tmp_path) == "is a directory"
     fresh = tmp_path / "reports" / "r.xml"
     assert unwritable(fresh) is None and not fresh.exists()
+
+
+def test_progress_says_ready_only_once_the_latency_verdict_is_in() -> None:
+    stream = io.StringIO()
+    p = Progress(None, stream=stream, tty=False)
+    p.update(READY, 1.0, awaiting=["backend-health"])
+    p.update(READY, 2.0)
+    lines = stream.getvalue().splitlines()
+    assert lines[0] == ("[1s] 1/1 critical ready; waiting for latency samples: backend-health")
+    assert lines[1] == "[2s] READY: 1/1 critical targets ready"
+
+
+def test_progress_prints_no_line_per_changing_detail() -> None:
+    """A latency breach's detail moves with every sample; the CI log gets a line per change of
+    state or cause, not per sample."""
+    stream = io.StringIO()
+    p = Progress(600.0, stream=stream, tty=False)
+    for i in range(10):
+        v = Verdict(False, [tv("api", False, "latency", f"p95 {300 + i}ms over {i + 5} samples")])
+        p.update(v, float(i))
+    p.update(Verdict(False, [tv("api", False, "http_status", "HTTP 503")]), 11.0)
+    lines = stream.getvalue().splitlines()
+    assert len(lines) == 2, lines
+    assert "latency: p95 300ms" in lines[0] and "http_status" in lines[1]
