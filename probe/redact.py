@@ -21,7 +21,7 @@ from __future__ import annotations
 import base64
 import re
 import weakref
-from collections.abc import Iterable
+from collections.abc import Container, Iterable
 from typing import Any
 from urllib.parse import quote, quote_plus
 
@@ -83,28 +83,38 @@ class Secrets:
 
     def mask(self, text: str) -> str:
         """`text` with every form of every secret, and every WINDOW-long piece of one, masked."""
-        if self._grams and len(text) >= WINDOW:
-            grams, end, spans = self._grams, -1, []
-            for i in range(len(text) - WINDOW + 1):
-                if text[i : i + WINDOW] in grams:
-                    if i <= end:  # overlaps (or touches) the run being masked: extend it
-                        spans[-1][1] = i + WINDOW
-                    else:
-                        spans.append([i, i + WINDOW])
-                    end = i + WINDOW
-            if spans:
-                out, at = [], 0
-                for start, stop in spans:
-                    out += [text[at:start], MASK]
-                    at = stop
-                out.append(text[at:])
-                text = "".join(out)
-        if self._shorts:
-            if self._short is None:
-                ordered = sorted(self._shorts, key=len, reverse=True)
-                self._short = re.compile("|".join(map(re.escape, ordered)))
-            text = self._short.sub(MASK, text)
-        return text
+        if self._shorts and self._short is None:
+            self._short = _alternation(self._shorts)
+        return _mask(text, self._grams, self._short)
+
+
+def _alternation(shorts: Iterable[str]) -> re.Pattern[str] | None:
+    ordered = sorted(shorts, key=len, reverse=True)  # the longest form first
+    return re.compile("|".join(map(re.escape, ordered))) if ordered else None
+
+
+def _mask(text: str, grams: Container[str], short: re.Pattern[str] | None) -> str:
+    """`text` with every run of WINDOW-long slices found in `grams`, and every match of `short`,
+    replaced by MASK."""
+    if grams and len(text) >= WINDOW:
+        end, spans = -1, []
+        for i in range(len(text) - WINDOW + 1):
+            if text[i : i + WINDOW] in grams:
+                if i <= end:  # overlaps (or touches) the run being masked: extend it
+                    spans[-1][1] = i + WINDOW
+                else:
+                    spans.append([i, i + WINDOW])
+                end = i + WINDOW
+        if spans:
+            out, at = [], 0
+            for start, stop in spans:
+                out += [text[at:start], MASK]
+                at = stop
+            out.append(text[at:])
+            text = "".join(out)
+    if short is not None:
+        text = short.sub(MASK, text)
+    return text
 
 
 NONE = Secrets()
@@ -113,36 +123,51 @@ NONE = Secrets()
 class Known:
     """Every secret set in use in this process, each for as long as its owner (a Target, a
     Credentials) lives: what the log processor masks in every line, as a last line of defence
-    behind the checks' own scrubbing."""
+    behind the checks' own scrubbing.
+
+    The slices of all sets are counted, so a set coming or going costs its own size (a token
+    rotating on 3000 targets must not rebuild a union of every target's secrets)."""
 
     def __init__(self) -> None:
         self._sets: dict[int, tuple[weakref.ref[Any], Secrets]] = {}
-        self._union: Secrets | None = NONE
+        self._grams: dict[str, int] = {}
+        self._shorts: dict[str, int] = {}
+        self._short: re.Pattern[str] | None = None
+        self._short_stale = False
 
     def add(self, owner: object, secrets: Secrets) -> None:
         """Know `secrets` for `owner` (replacing what it had) until `owner` is collected."""
         key = id(owner)
         held = self._sets.get(key)
-        if held is not None and held[0]() is owner and held[1] is secrets:
-            return
+        if held is not None:
+            if held[0]() is owner and held[1] is secrets:
+                return
+            self._count(held[1], -1)
 
         def forget(ref: weakref.ref[Any], key: int = key) -> None:
             held = self._sets.get(key)
             if held is not None and held[0] is ref:
                 del self._sets[key]
-                self._union = None
+                self._count(held[1], -1)
 
         self._sets[key] = (weakref.ref(owner, forget), secrets)
-        self._union = None
+        self._count(secrets, 1)
 
-    def current(self) -> Secrets:
-        union = self._union
-        if union is None:  # a set union of precomputed slices: no form is recomputed
-            union = self._union = Secrets.merge(s for _, s in list(self._sets.values()))
-        return union
+    def _count(self, secrets: Secrets, step: int) -> None:
+        for counts, pieces in ((self._grams, secrets._grams), (self._shorts, secrets._shorts)):
+            for piece in pieces:
+                left = counts.get(piece, 0) + step
+                if left > 0:
+                    counts[piece] = left
+                else:
+                    counts.pop(piece, None)
+        if secrets._shorts:
+            self._short_stale = True
 
     def mask(self, text: str) -> str:
-        return self.current().mask(text)
+        if self._short_stale:
+            self._short, self._short_stale = _alternation(self._shorts), False
+        return _mask(text, self._grams, self._short)
 
 
 KNOWN = Known()
