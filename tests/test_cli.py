@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import pty
 import re
 import signal
 import subprocess
@@ -191,3 +192,39 @@ async def test_one_round_shows_what_it_waits_for(
     err = capsys.readouterr().err
     assert "] 0/1 critical ready; backend-health: http_status: HTTP 503" in err, err
     assert "READY:" not in err
+
+
+def tty_output(argv: list[str], env: dict[str, str]) -> tuple[int, str]:
+    """`probe ARGV` with its stdout on a pseudo-terminal: (exit code, what it printed)."""
+    master, slave = pty.openpty()
+    try:
+        proc = subprocess.Popen([sys.executable, "-m", "probe", *argv], stdout=slave,
+                                stderr=subprocess.DEVNULL, env=env)
+    finally:
+        os.close(slave)
+    chunks = []
+    try:
+        while True:
+            try:
+                data = os.read(master, 4096)
+            except OSError:  # EIO: the child closed the terminal
+                break
+            if not data:
+                break
+            chunks.append(data)
+        code = proc.wait(20)
+    finally:
+        os.close(master)
+        stop_process(proc)
+    return code, b"".join(chunks).decode()
+
+
+@pytest.mark.parametrize("no_color", ["", "1"])
+async def test_check_is_coloured_on_a_terminal_unless_no_color(
+        no_color: str, twin: Twin, tmp_path: Path) -> None:
+    cfg = str(write_config(tmp_path, health(twin)))
+    code, out = await asyncio.to_thread(tty_output, ["check", "-c", cfg],
+                                        {**os.environ, "NO_COLOR": no_color})
+    assert code == 0 and "backend-health" in out, out
+    assert ("\x1b[32mOK" in out) is (not no_color), repr(out)
+    assert ("\x1b[" in out) is (not no_color)
