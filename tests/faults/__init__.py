@@ -51,6 +51,7 @@ WS_EXPECTED: dict[str, str | None] = {
     "header_flood:long": "protocol",
     "ws_big": "body_too_large",
     "ws_huge": "body_too_large",
+    "ws_ping_flood": "protocol",  # pings past the session's bound are named a flood
     "ws_close:1000": "ws_closed",
     "ws_close:1001": "ws_closed",
     "ws_close:1008": "ws_closed",
@@ -61,11 +62,6 @@ WS_EXPECTED: dict[str, str | None] = {
     "ws_silent": "ws_no_reply",
 }
 
-# Faults whose outcome is not one fixed class: `ws_ping_flood` answers the probe's messages
-# under a flood of pings (success if the session keeps up; a bounded session may name the flood
-# instead). The hostile soak (bench/hostile_soak.py) probes them beside the tables above.
-WS_UNCLASSIFIED: tuple[str, ...] = ("ws_ping_flood",)
-
 # The TestCerts leaves that fail verification: each is a `tls` failure (http and ws alike) whose
 # detail names one of these words.
 CERT_EXPECTED: dict[str, tuple[str, ...]] = {
@@ -74,5 +70,5 @@ CERT_EXPECTED: dict[str, tuple[str, ...]] = {
     "wrong_host": ("hostname", "match"),
 }
 
-__all__ = ["CERT_EXPECTED", "HOST", "HTTP_EXPECTED", "WS_EXPECTED", "WS_UNCLASSIFIED", "CertPair",
-           "FaultServer", "TestCerts", "make_certs"]
+__all__ = ["CERT_EXPECTED", "HOST", "HTTP_EXPECTED", "WS_EXPECTED", "CertPair", "FaultServer",
+           "TestCerts", "make_certs"]

@@ -20,7 +20,7 @@ import threading
 import time
 from typing import Self
 
-from .conn import Conn
+from .conn import Conn, Handler
 from .handlers import FAULTS
 
 HOST = "127.0.0.1"
@@ -32,6 +32,7 @@ class FaultServer:
         if kind not in FAULTS and kind not in ("refuse", "blackhole"):
             raise ValueError(f"unknown fault {fault!r}; known: {', '.join(sorted(FAULTS))}")
         self.fault, self.kind, self.arg = fault, kind, arg or None
+        self.handler: Handler | None = FAULTS.get(kind)  # a subclass may serve its own
         self.tls, self.host = tls, host
         self.port = 0
         self.accepted = 0
@@ -81,7 +82,8 @@ class FaultServer:
         self._tasks.add(task)
         self.accepted += 1
         try:
-            await FAULTS[self.kind](Conn(reader, writer, self.arg))
+            assert self.handler is not None
+            await self.handler(Conn(reader, writer, self.arg))
         except (ConnectionError, asyncio.IncompleteReadError, ssl.SSLError, OSError):
             pass
         finally:
