@@ -120,25 +120,27 @@ health=$("${B[@]}" image inspect --format '{{json .Config.Healthcheck}}' "$TAG" 
 case "$health" in *livez*) ok "HEALTHCHECK kept in the image config";;
   *) fail "HEALTHCHECK missing from the image config ($health)";; esac
 
-# --- `probe demo` with PORT: reachable, /readyz turns 200 ----------------------------------------
 # Start times are from `run -d` returning (the container exists; with vfs storage creating it
 # copies the image, which is the builder's time, not ours) to the first answer.
+start() {  # start PORT RUN-ARGS...: run a container with PORT set; sets CID and T0
+  local t
+  t=$(now)
+  CID=$("${RUN[@]}" -d -e "PORT=$1" "${@:2}" 2>>"$WORK/run.log")
+  CONTAINERS+=("$CID")
+  echo "      (run -d took $(since "$t") s)"
+  T0=$(now)
+}
+answers() {  # answers WHAT URL SECONDS: ok when URL turns 200 within SECONDS of T0
+  if until_ok "$3" status_is 200 "$2"; then ok "$1: 200 after $(since "$T0") s"
+  else fail "$1: never 200 ($(http_status "$2"))"; "${B[@]}" logs "$CID" 2>&1 | tail -20; fi
+}
+
+# --- `probe demo` with PORT: reachable, /readyz turns 200 ----------------------------------------
 DEMO_PORT=$(free_port)
-t0=$(now)
-demo=$("${RUN[@]}" -d -e "PORT=$DEMO_PORT" "$TAG" demo 2>>"$WORK/run.log")
-CONTAINERS+=("$demo")
-echo "      (run -d took $(since "$t0") s)"
-t0=$(now)
-if until_ok 30 status_is 200 "http://127.0.0.1:$DEMO_PORT/livez"; then
-  ok "demo listens on PORT=$DEMO_PORT (0.0.0.0 via PROBE_DEMO_HOST): /livez after $(since "$t0") s"
-else
-  fail "demo: nothing on PORT=$DEMO_PORT"; "${B[@]}" logs "$demo" | tail -20
-fi
-if until_ok 60 status_is 200 "http://127.0.0.1:$DEMO_PORT/readyz"; then
-  ok "demo /readyz 200 after $(since "$t0") s (the twin boots 'starting' for 4 s)"
-else
-  fail "demo /readyz never 200 ($(http_status "http://127.0.0.1:$DEMO_PORT/readyz"))"
-fi
+start "$DEMO_PORT" "$TAG" demo
+answers "demo on PORT=$DEMO_PORT (0.0.0.0 via PROBE_DEMO_HOST), /livez" \
+  "http://127.0.0.1:$DEMO_PORT/livez" 30
+answers "demo /readyz (the twin boots 'starting' for 4 s)" "http://127.0.0.1:$DEMO_PORT/readyz" 60
 
 # --- `probe run` with a mounted config ---------------------------------------------------------
 RUN_PORT=$(free_port)
@@ -148,22 +150,10 @@ targets:
   - {name: demo-livez, url: "http://127.0.0.1:$DEMO_PORT/livez", interval: 1s, timeout: 1s}
 EOF
 chmod -R a+rX "$WORK"
-t0=$(now)
-daemon=$("${RUN[@]}" -d -e "PORT=$RUN_PORT" -e PROBE_GATE_TOKEN=image-test-token \
-  -v "$WORK/config:/etc/stageprobe:ro" "$TAG" 2>>"$WORK/run.log")
-CONTAINERS+=("$daemon")
-echo "      (run -d took $(since "$t0") s)"
-t0=$(now)
-if until_ok 30 status_is 200 "http://127.0.0.1:$RUN_PORT/livez"; then
-  ok "probe run listens on PORT=$RUN_PORT: /livez 200 after $(since "$t0") s"
-else
-  fail "probe run: nothing on PORT=$RUN_PORT"; "${B[@]}" logs "$daemon" | tail -20
-fi
-if until_ok 30 status_is 200 "http://127.0.0.1:$RUN_PORT/readyz"; then
-  ok "probe run /readyz 200 after $(since "$t0") s"
-else
-  fail "probe run /readyz never 200"
-fi
+start "$RUN_PORT" -e PROBE_GATE_TOKEN=image-test-token -v "$WORK/config:/etc/stageprobe:ro" "$TAG"
+daemon=$CID
+answers "probe run on PORT=$RUN_PORT, /livez" "http://127.0.0.1:$RUN_PORT/livez" 30
+answers "probe run /readyz" "http://127.0.0.1:$RUN_PORT/readyz" 30
 
 ids=$("${B[@]}" exec "$daemon" python -c 'import os; print(os.getuid(), os.getgid())')
 if [ "$ids" = "10001 10001" ]; then ok "runs as uid/gid $ids"; else fail "runs as '$ids'"; fi
@@ -176,10 +166,8 @@ else fail "packaging tools left in the image: $tools"; fi
 if [ "${B[0]}" = "docker" ]; then
   # Docker runs the HEALTHCHECK on its own schedule (30 s): ask for its verdict via a shorter
   # interval on a twin container instead of waiting.
-  hc=$("${RUN[@]}" -d -e "PORT=$(free_port)" --health-interval 1s \
-    -v "$WORK/config:/etc/stageprobe:ro" "$TAG" 2>>"$WORK/run.log")
-  CONTAINERS+=("$hc")
-  if until_ok 40 sh -c "[ \"\$(docker inspect --format '{{.State.Health.Status}}' $hc)\" = healthy ]"
+  start "$(free_port)" --health-interval 1s -v "$WORK/config:/etc/stageprobe:ro" "$TAG"
+  if until_ok 40 sh -c "[ \"\$(docker inspect --format '{{.State.Health.Status}}' $CID)\" = healthy ]"
   then ok "HEALTHCHECK: healthy"; else fail "HEALTHCHECK never healthy"; fi
 else
   if until_ok 20 "${B[@]}" healthcheck run "$daemon"; then ok "HEALTHCHECK: healthy"
