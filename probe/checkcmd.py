@@ -24,21 +24,18 @@ import asyncio
 import sys
 import time
 
-import structlog
-
 from probe.checks import CheckContext
 from probe.cli import EXIT_NOT_READY, EXIT_READY, EXIT_USAGE, config_path
 from probe.config import Config, Target, load_config, no_version_path
 from probe.credentials import Credentials
 from probe.logging import configure
 from probe.loop import run_loop
-from probe.outcome import Outcome
 from probe.readiness import Readiness, Verdict
 from probe.report import Progress, emit
 from probe.scheduler import fast_budget, load_check, next_probe, probe_once
 from probe.selection import select_config
+from probe.statelog import log_probe
 
-log = structlog.get_logger("probe.check")
 TICK = 1.0  # how often the progress line is refreshed while nothing changes
 SHOW = 0.25  # in one round, the progress line is refreshed at most this often
 
@@ -62,7 +59,7 @@ async def _drive(target: Target, readiness: Readiness, ctx: CheckContext, stop: 
         started = loop.time()
         outcome = await probe_once(target, check, ctx, crashed=crashed)
         readiness.observe(outcome, time.time())
-        _log_probe(outcome)
+        log_probe(outcome)  # DEBUG: shown with -v
         probes += 1
         if done is not None and target.name not in done and (
                 probes >= limit or _decided(readiness, target.name)):
@@ -78,16 +75,6 @@ async def _drive(target: Target, readiness: Readiness, ctx: CheckContext, stop: 
                     await stop.wait()
             except TimeoutError:
                 pass
-
-
-def _log_probe(outcome: Outcome) -> None:
-    """`-v`: one DEBUG line per probe, the result in `message` (what a log viewer shows)."""
-    took = f"{outcome.duration * 1000:.0f}ms"
-    if outcome.success:
-        log.debug(f"probe {outcome.target}: ok in {took}", target=outcome.target, ok=True)
-    else:
-        log.debug(f"probe {outcome.target}: {outcome.failure}: {outcome.detail} ({took})",
-                  target=outcome.target, ok=False, failure=str(outcome.failure))
 
 
 def _awaiting(readiness: Readiness, config: Config) -> list[str]:

@@ -7,10 +7,13 @@
 
 Each line carries its reason in `message` (what Cloud Logging's summary shows), and the same
 facts as fields. Per probe this is a dict lookup for failures and one boolean for the gate, so a
-healthy daemon logs nothing.
+healthy daemon logs nothing. At DEBUG (PROBE_LOG_LEVEL=debug, `probe check -v`) every probe is a
+line too (log_probe).
 """
 
 from __future__ import annotations
+
+import logging
 
 import structlog
 
@@ -22,15 +25,29 @@ log = structlog.get_logger("probe.readiness")
 SHOWN = 10  # blocking targets named in a gate line; the rest are counted
 
 
+def log_probe(outcome: Outcome) -> None:
+    """One DEBUG line for one probe, its result in `message`."""
+    took = f"{outcome.duration * 1000:.0f}ms"
+    if outcome.success:
+        log.debug(f"probe {outcome.target}: ok in {took}", target=outcome.target, ok=True)
+    else:
+        log.debug(f"probe {outcome.target}: {outcome.failure}: {outcome.detail} ({took})",
+                  target=outcome.target, ok=False, failure=str(outcome.failure))
+
+
 class StateLog:
     def __init__(self) -> None:
         self._causes: dict[str, Failure | None] = {}  # failing target -> the cause last logged
         self._gate = False  # the gate as last logged: it starts not ready, so that is not logged
+        # decided once: the logging level is configured before the daemon is built
+        self._debug = log.bind().is_enabled_for(logging.DEBUG)
 
     def after(self, outcome: Outcome, transition: Transition | None,
               readiness: Readiness) -> None:
         """Log what `outcome` changed; called with readiness.observe()'s answer."""
         name = outcome.target
+        if self._debug:
+            log_probe(outcome)
         if transition is not None:
             log_transition(transition)
             if transition.new == "failing":

@@ -76,3 +76,21 @@ def test_console_logs_are_coloured_on_a_terminal_unless_no_color(
     text = stream.getvalue()
     assert "target x is failing: timeout" in text
     assert ("\x1b[" in text) is (not no_color), text
+
+
+@pytest.mark.parametrize("level", ["debug", "info"])
+async def test_debug_adds_a_line_per_probe(level: str, twin: Twin, tmp_path: Path) -> None:
+    config = f"""
+defaults: {{interval: 200ms, timeout: 150ms, success_threshold: 1, failure_threshold: 1}}
+targets:
+  - {{name: backend-health, url: "{twin.url}/health"}}
+"""
+    async with run_daemon(config, tmp_path, env={"PROBE_LOG_LEVEL": level}) as daemon:
+        await logged(daemon, "staging ready")
+        await until(lambda: twin.requests("/health") >= 3, "three probes")
+    probes = [line for line in daemon.logs()
+              if line["message"].startswith("probe backend-health: ok in")]
+    if level == "debug":
+        assert len(probes) >= 3 and probes[0]["severity"] == "DEBUG", daemon.log_text()
+    else:
+        assert probes == []
