@@ -25,18 +25,21 @@ clock only, so it is decided when asked (verdict(now), ready_flags(now)), never 
 result that ends it is a transition from `stale`.
 
 A reload restarts every target whose definition changed (any field, or the credential block it
-uses) at `pending` with no results: what was proven of the old definition says nothing of the
-new one. Only unchanged targets keep their record.
+uses; probe.reload.diff_configs) at `pending` with no results: what was proven of the old
+definition says nothing of the new one. Only unchanged targets keep their record.
+
 The gate is ready when every critical target is ready. With no critical target at all the gate is
 vacuously ready: `critical: false` means "do not gate on me", and the report still lists them.
 
 Latency windows and percentiles live in probe.latency_window.
 
-The gate is kept current on every probe result, so that path must be cheap: `_ready` asks only
-`LatencyWindows.breached()` (no strings, no sorting). `_judge` builds the full TargetVerdict
-(all quantiles, detail strings) only when someone asks (verdict(), target()), and takes its
-`ready` from `_ready`, so the two can never disagree. /metrics, scraped on the event loop, needs
-only the yes/no answers: `ready_flags()` gives them without building verdicts.
+The gate is kept current on every probe result, so that path must be cheap: `_proven` asks only
+`LatencyWindows.breached()` (no strings, no sorting), and the set of blocking critical targets is
+kept from it; freshness (`_stale`, one subtraction) is added by `_ready` when someone asks.
+`_judge` builds the full TargetVerdict (all quantiles, detail strings) only when asked
+(verdict(), target()), and takes its `ready` from `_ready`, so the two can never disagree.
+/metrics, scraped on the event loop, needs only the yes/no answers: `ready_flags(now)` gives
+them without building verdicts.
 """
 
 from __future__ import annotations
