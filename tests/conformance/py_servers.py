@@ -153,7 +153,7 @@ async def _ws_handler(ws: ServerConnection) -> None:
         for data in ws.protocol.data_to_send():
             if data:
                 ws.transport.write(data)
-        await asyncio.sleep(KEEP_OPEN)
+        await asyncio.sleep(KEEP_OPEN)  # the behaviour under test (a server that lingers)
         ws.transport.abort()
     else:  # /echo, /subprotocol, /silent
         async for message in ws:
