@@ -6,12 +6,29 @@ probed meanwhile passes. The loop lag itself is measured in bench/ws_hostile.py.
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 
 import pytest
+from websockets.asyncio.server import ServerConnection, serve
 from ws_raw import close_frame, drain_input, frame, upgrade
 from ws_servers import PING, Raw, probe, raw, websockets_server
 
 from probe.outcome import Failure, Outcome
+
+
+async def test_a_close_behind_a_burst_over_tls_is_still_named(tmp_path: Path) -> None:
+    """The same burst from websockets' server over TLS, written on its transport at once."""
+    from certs import make_self_signed  # tests/certs.py
+
+    async def burst(ws: ServerConnection) -> None:
+        ws.transport.write(frame(0xA) * 32768 + close_frame(4002, "bye"))
+        ws.transport.close()
+
+    cert = make_self_signed(tmp_path)
+    async with serve(burst, "127.0.0.1", 0, ssl=cert.server_context()) as server:
+        url = f"wss://localhost:{server.sockets[0].getsockname()[1]}/ws"
+        outcome = await probe({"url": url, "messages": [PING], "ca_file": str(cert.cert_file)})
+    assert outcome.failure is Failure.WS_CLOSED and outcome.close_code == 4002, outcome.detail
 
 
 async def test_a_close_behind_a_burst_of_frames_is_still_named() -> None:

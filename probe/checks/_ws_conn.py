@@ -124,7 +124,8 @@ class BoundedConnection(ClientConnection):
     t_connected: float | None = None
     _made = False
     _refill: asyncio.Handle | None = None
-    _eof_held = False
+    _eof_held = False  # an end of stream behind the backlog, handed on after it
+    _lost_held = False  # a clean connection_lost behind the backlog (TLS), the same
     _grace: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -143,6 +144,7 @@ class BoundedConnection(ClientConnection):
             self._cancel_refill()
             if not self.transport.is_closing():
                 self.transport.abort()
+            self._hand_on()
             return
         if proto.reader.budget <= 0:  # a backlog: no more reading until it is parsed
             self.transport.pause_reading()
@@ -153,41 +155,64 @@ class BoundedConnection(ClientConnection):
             self._grace = self.loop.call_later(CLOSE_GRACE, self.transport.close)
 
     def _parse_backlog(self) -> None:
-        """The next turn's share of what was read but not parsed; reading resumes (and a held
-        end of stream is handed on) once none is left."""
+        """The next turn's share of what was read but not parsed; reading resumes (or a held
+        end is handed on) once none is left."""
         self._refill = None
-        reader = self.protocol.reader
-        reader.budget = FRAMES_PER_TURN
-        if reader.eof:
-            return
+        self.protocol.reader.budget = FRAMES_PER_TURN
         self.data_received(b"")
         if self._refill is not None or self.protocol.parser_exc is not None:
-            return  # more next turn, or cut off
+            return  # more next turn, or cut off (and handed on)
+        if self._eof_held or self._lost_held:
+            self._hand_on()
+        elif not self.recv_messages.paused:  # else the message queue resumes reading itself
+            self.transport.resume_reading()
+
+    def _hand_on(self) -> None:
+        """Give websockets the end of stream and the lost connection held back meanwhile."""
         if self._eof_held:
             self._eof_held = False
             super().eof_received()
-            self.transport.close()
-        elif not self.recv_messages.paused:  # else the message queue resumes reading itself
-            self.transport.resume_reading()
+            if not self._lost_held:
+                self.transport.close()
+        if self._lost_held:
+            self._lost_held = False
+            self._drop_backlog()
+            super().connection_lost(None)
 
     def _cancel_refill(self) -> None:
         if self._refill is not None:
             self._refill.cancel()
             self._refill = None
 
+    def _drop_backlog(self) -> None:
+        """Forget what is left unparsed, so the parser can see the end of the stream (it waits
+        on the budget while a refill is due)."""
+        self._cancel_refill()
+        self.protocol.reader.budget = FRAMES_PER_TURN
+        self.protocol.reader.buffer.clear()
+
+    def send_data(self) -> None:
+        if self._lost_held:  # no transport left to write the pongs of the backlog to
+            self.protocol.data_to_send()
+            return
+        super().send_data()
+
     def eof_received(self) -> bool | None:
-        if self._refill is not None and self.transport.get_extra_info("sslcontext") is None:
-            self._eof_held = True  # handed on after the backlog; the transport stays open
-            return True
-        return super().eof_received()
+        if self._refill is None:
+            return super().eof_received()
+        self._eof_held = True
+        # Plain TCP stays open meanwhile; TLS closes the transport whatever the answer, and
+        # its connection_lost is held back too.
+        return self.transport.get_extra_info("sslcontext") is None
 
     def connection_lost(self, exc: Exception | None) -> None:
         if not self._made:  # start_tls failed: never connected, the caller names the failure
             return
-        self._cancel_refill()
         if self._grace is not None:
             self._grace.cancel()
-        # A backlog still unparsed is dropped (the connection is gone): bounded, like the rest.
-        self.protocol.reader.budget = FRAMES_PER_TURN
-        self.protocol.reader.buffer.clear()
+        if self._refill is not None and exc is None:  # a clean end behind a backlog
+            self._lost_held = True
+            return
+        self._eof_held = False
+        self._drop_backlog()  # a reset, or our own abort: what is left is not read
         super().connection_lost(exc)
