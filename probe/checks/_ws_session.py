@@ -5,17 +5,18 @@ Each session raises `Fail` (a failure from the closed vocabulary, a one-line det
 status / close code seen) or returns with its timings in its `Session`.
 
 One deadline per session: a session runs inside a single asyncio.Timeout at the probe's
-deadline, entered by its caller (each asyncio.timeout is a timer and a context manager, and a
-session used to make six). A step whose own timeout ends sooner moves it earlier for that step
-and back afterwards; a successful session moves it to the close's bound. When it runs out, the
-stage the session had reached names the failure (`timed_out`), as the HTTP check does.
+deadline, entered by its caller (each asyncio.timeout is a timer and a context manager: one per
+stage would cost six per session). A step whose own timeout ends sooner moves it earlier for
+that step and back afterwards; a successful session moves it to the close's bound. When it runs
+out, the stage the session had reached names the failure (`timed_out`), as the HTTP check does.
 
 Why not websockets.connect(): the TCP connection is made with loop.create_connection(host, port)
-(uvloop's sock_connect + create_connection(sock=...), used before, cost ~100 us more per session
-on loopback), TLS is started on it with loop.start_tls (so `connect` and `handshake` are timed
-apart), and websockets' own ClientConnection then does the upgrade. connect() would also parse
-the URL and arm a timeout per session, and offer permessage-deflate: a probe has no use for
-compression, and a server accepting it would cost a zlib context per connection on both sides.
+(uvloop's sock_connect + create_connection(sock=...) costs ~100 us more per session on
+loopback), TLS is started on it with loop.start_tls (so `connect` and `handshake` are timed
+apart), and websockets' ClientConnection (the bounded one of _ws_conn) does the upgrade.
+connect() would also parse the URL and arm a timeout per session, and offer permessage-deflate:
+a probe has no use for compression, and a server accepting it would cost a zlib context per
+connection on both sides.
 """
 
 from __future__ import annotations

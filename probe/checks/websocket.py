@@ -19,6 +19,8 @@ Timings (time.perf_counter, never the loop clock, which moves in 1 ms steps unde
 
 Every wait has a deadline: the target's timeout bounds the whole probe and each step's timeout
 bounds that step, so a server that upgrades and then stays silent is `ws_no_reply`, on time.
+After the steps a session is held open `hold` (pinged every `keepalive`); a close the server
+sends before the probe's own, and how every session ended, is judged in _ws_steps.
 One asyncio.Timeout carries that deadline for the credential, the resolver and (with one
 connection) the session; the stage reached when it runs out names the failure.
 
