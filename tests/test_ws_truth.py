@@ -61,6 +61,24 @@ async def test_accept_then_close_aiohttp(steps: list[Any]) -> None:
     assert outcome.close_code == 4001 and "invalid token" in outcome.detail
 
 
+async def test_accept_then_close_1000_with_no_steps() -> None:
+    """`await websocket.close()` right after accept() sends 1000 (Starlette's and aiohttp's
+    default): no client gets a session out of it, so neither does the probe."""
+    async def bye(ws: ServerConnection) -> None:
+        await ws.close(1000)
+
+    async def aio_bye(ws: web.WebSocketResponse) -> None:
+        await ws.close()
+
+    async with websockets_server(bye) as url:
+        plain = await probe({"url": url})
+    async with aiohttp_server(aio_bye) as url:
+        aio = await probe({"url": url})
+    for outcome in (plain, aio):
+        assert outcome.failure is Failure.WS_CLOSED and outcome.close_code == 1000, outcome.detail
+        assert outcome.detail.endswith("(with no steps)")
+
+
 @pytest.mark.parametrize("code", [4403, 1000])
 async def test_close_in_the_same_segment_as_the_101(code: int) -> None:
     """Right after the handshake even a 1000 (Starlette's default close code) ends a session
