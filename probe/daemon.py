@@ -195,7 +195,9 @@ class Daemon:
             text = await read_settled(self.config_path, self._reader)
             new = parse_config(text, str(self.config_path))
         except ConfigError as err:
-            log.error("config reload failed; the running config stays",
+            first = err.errors[0] if err.errors else "invalid"
+            more = f" (+{len(err.errors) - 1} more)" if len(err.errors) > 1 else ""
+            log.error(f"config reload failed: {first}{more}; the running config stays",
                       source=err.source, errors=err.errors)
             return False
         if self._stopping.is_set():
@@ -261,7 +263,8 @@ async def serve(
     try:
         await daemon.start(host, port)
     except OSError as exc:
-        log.error("cannot listen", listen=f"{host}:{port}", error=exc.strerror or str(exc))
+        why = exc.strerror or str(exc)
+        log.error(f"cannot listen on {host}:{port}: {why}", listen=f"{host}:{port}", error=why)
         await daemon.scheduler.stop()
         return 2
     try:

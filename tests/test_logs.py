@@ -5,6 +5,7 @@ target's change of cause is logged, and so are the gate's own ready / not-ready 
 from __future__ import annotations
 
 import io
+import signal
 from pathlib import Path
 from typing import Any
 
@@ -94,3 +95,12 @@ targets:
         assert len(probes) >= 3 and probes[0]["severity"] == "DEBUG", daemon.log_text()
     else:
         assert probes == []
+
+
+async def test_a_failed_reload_says_why_in_message(twin: Twin, tmp_path: Path) -> None:
+    config = f"targets:\n  - {{name: backend-health, url: \"{twin.url}/health\"}}\n"
+    async with run_daemon(config, tmp_path) as daemon:
+        (tmp_path / "probe.yaml").write_text(config.replace("url:", "timout: 1s, url:"))
+        daemon.signal(signal.SIGHUP)
+        line = await logged(daemon, "config reload failed: targets[0]")
+    assert "timout" in line["message"] and line["message"].endswith("the running config stays")
