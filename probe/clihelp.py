@@ -61,7 +61,9 @@ Serves /metrics, /livez, /readyz, /api/v1/status and /status on $PROBE_LISTEN.
 
 {ENVIRONMENT}
 
-{SIGNALS}"""
+{SIGNALS}
+
+exit codes: 0 stopped (SIGTERM, SIGINT), 2 configuration error or cannot listen"""
 
 VALIDATE = """\
 exit codes: 0 valid, 2 invalid (every error is printed with its place, e.g. targets[2].timeout)"""

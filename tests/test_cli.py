@@ -180,7 +180,7 @@ def test_help_names_every_variable_the_code_reads_and_the_readme_s_exit_codes() 
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
     said = readme[readme.index("\nExit codes:"):].split("\n\n")[0]
     assert re.findall(r"`(\d+)`", said) == codes, (said, codes)
-    for name in ("check", "gate", "validate", "init"):
+    for name in ("run", "check", "gate", "validate", "init"):
         assert "exit codes" in subcommands()[name].format_help(), name
 
 
