@@ -184,9 +184,10 @@ async def test_a_file_that_keeps_changing_is_not_applied(tmp_path: Path) -> None
     path.write_text("v0\n")
     reader = FileReader()
 
-    async def keep_writing() -> None:
+    async def keep_writing() -> None:  # whole versions (os.replace): never an empty file
         for i in range(1, 1000):
-            path.write_text(f"v{i}\n")
+            (tmp_path / "next").write_text(f"v{i}\n")
+            os.replace(tmp_path / "next", path)
             await asyncio.sleep(0.01)
 
     writer = asyncio.create_task(keep_writing())
