@@ -192,7 +192,8 @@ class Target(TargetDefaults):
         does not give them to ws targets); `timeout` must cover the hold."""
         redirects = {"follow_redirects", "max_redirects"} & self.model_fields_set
         if redirects:
-            raise ValueError(f"target {self.name}: {' and '.join(sorted(redirects))} are for "
+            verb = "are" if len(redirects) > 1 else "is"
+            raise ValueError(f"target {self.name}: {' and '.join(sorted(redirects))} {verb} for "
                              "http(s) targets only (a WebSocket upgrade is never redirected)")
         if self.keepalive is not None:
             if self.keepalive <= 0 or self.keepalive >= self.hold:

@@ -102,8 +102,8 @@ async def test_hold_drops_what_the_server_pushes_meanwhile() -> None:
     ({"keepalive": "5s", "timeout": "5s"}, "keepalive pings while held"),
     ({"hold": "5s", "keepalive": "10s", "timeout": "7s"}, "keepalive pings while held"),
     ({"hold": "5s", "keepalive": "5s", "timeout": "7s"}, "shorter than hold"),
-    ({"follow_redirects": True}, "follow_redirects are for http(s) targets only"),
-    ({"max_redirects": 2}, "max_redirects are for http(s) targets only"),
+    ({"follow_redirects": True}, "follow_redirects is for http(s) targets only"),
+    ({"max_redirects": 2}, "max_redirects is for http(s) targets only"),
 ])
 def test_config_rejects(fields: dict[str, Any], words: str) -> None:
     target = {"name": "chat", "url": "wss://chat.example/ws", **fields}
