@@ -206,16 +206,19 @@ def main() -> int:
     p.add_argument("--interval", default="2s", help="of each faulty target")
     p.add_argument("--timeout", default="1s", help="of each faulty target")
     p.add_argument("--sample-every", type=float, default=10.0, help="seconds")
+    p.add_argument("--history", type=int, default=10,
+                   help="results kept per target (small: full after warm-up, so growth is a leak)")
     args = p.parse_args()
     faults = ["ok", "ws_ok", *(f for f in sorted({*HTTP_EXPECTED, *WS_EXPECTED})
                                if f not in ("ok", "ws_ok"))]
-    configure(level="warning")
+    configure(level="error")  # not every faulty target's transition
     proc, ports = start_servers(faults)
     try:
         doc, expected = targets(ports, args.healthy, args.interval, args.timeout)
         with tempfile.TemporaryDirectory() as tmp:
             config = Path(tmp) / "hostile.yaml"
-            config.write_text(json.dumps({"targets": doc, "concurrency": len(doc) + 8}))
+            config.write_text(json.dumps({"targets": doc, "concurrency": len(doc) + 8,
+                                          "history": {"results": args.history}}))
             print(f"{len(doc)} targets ({2 * args.healthy} healthy), {args.minutes:g} min, "
                   f"started {time.strftime('%H:%M:%S')}")
             print(HEADER)

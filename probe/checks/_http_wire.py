@@ -27,7 +27,6 @@ import asyncio
 import socket
 import ssl
 import time
-import zlib
 from functools import lru_cache
 from typing import Any
 
@@ -37,6 +36,7 @@ from multidict import CIMultiDict, CIMultiDictProxy
 
 from probe.checks import Fail
 from probe.checks._http_classify import Progress, disconnected
+from probe.checks._http_decode import ENCODINGS, Decoder
 from probe.checks._http_expect import Plan, quote, size
 from probe.checks._http_request import REDIRECTS, Hop
 from probe.outcome import Failure
@@ -45,8 +45,6 @@ MAX_HEAD = 64 * 1024
 MAX_HEADERS = 128
 CHUNK_FRAMING = 32  # bytes per chunk for its size line (16 hex digits at most) and CRLFs
 _NO_HEADERS: CIMultiDictProxy[str] = CIMultiDictProxy(CIMultiDict())
-_GZIP, _DEFLATE = zlib.MAX_WBITS | 16, zlib.MAX_WBITS
-_ENCODINGS = {b"gzip": _GZIP, b"x-gzip": _GZIP, b"deflate": _DEFLATE}
 _BODYLESS = frozenset({204, 304})
 _WATCHED = frozenset({b"content-length", b"content-encoding", b"content-type", b"location"})
 
@@ -295,8 +293,8 @@ class Wire(asyncio.Protocol):
         elif self.length is not None and self.length > self.limit:
             raise Fail(Failure.BODY_TOO_LARGE, f"body of {self.length} bytes (Content-Length)"
                                                f" exceeds the {size(self.limit)} limit")
-        elif self.encoding in _ENCODINGS:
-            self.decoder = _Decoder(self.encoding, self.limit)
+        elif self.encoding in ENCODINGS:
+            self.decoder = Decoder(self.encoding, self.limit)
         self._wake()
 
     def on_body(self, data: bytes) -> None:
@@ -367,45 +365,3 @@ class Wire(asyncio.Protocol):
 
 
 _CLOSED = ConnectionAbortedError("the probe hung up")
-
-
-class _Decoder:
-    """gzip / deflate Content-Encoding, its output capped (a small body can inflate to GBs)."""
-
-    __slots__ = ("limit", "name", "zobj")
-
-    def __init__(self, name: bytes, limit: int) -> None:
-        self.name, self.limit = name.decode(), limit
-        self.zobj: Any = None if name == b"deflate" else zlib.decompressobj(_GZIP)
-
-    def feed(self, data: bytes, room: int) -> bytes:
-        if self.zobj is None:  # deflate: zlib-wrapped as the RFC says, or raw as IIS sends it
-            raw = len(data) < 2 or (data[0] & 0x0F) != 8 or (data[0] << 8 | data[1]) % 31 != 0
-            self.zobj = zlib.decompressobj(-zlib.MAX_WBITS if raw else _DEFLATE)
-        try:
-            out: bytes = self.zobj.decompress(data, room + 1)  # room + 1 >= 1: 0 is "no cap"
-        except zlib.error as exc:
-            raise self._undecodable(exc) from None
-        if len(out) > room:
-            raise self._too_large()
-        return out
-
-    def finish(self, room: int) -> bytes:
-        if self.zobj is None:
-            return b""
-        try:
-            out: bytes = self.zobj.flush()  # all input was consumed: only zlib's own buffer left
-        except zlib.error as exc:
-            raise self._undecodable(exc) from None
-        if len(out) > room:
-            raise self._too_large()
-        if self.name == "deflate" and not self.zobj.eof:  # as aiohttp: a cut deflate stream
-            raise Fail(Failure.PROTOCOL, "cannot decode the body: deflate stream incomplete")
-        return out
-
-    def _undecodable(self, exc: zlib.error) -> Fail:
-        return Fail(Failure.PROTOCOL, f"cannot decode the body: {self.name}: {exc}")
-
-    def _too_large(self) -> Fail:
-        return Fail(Failure.BODY_TOO_LARGE, f"decompressed body too large: the {self.name}"
-                                            f" body inflates past the {size(self.limit)} limit")
