@@ -55,6 +55,11 @@ async def ws_ok_session(c: Conn, _req: object = None) -> None:
             return
     else:
         await c.send(upgrade_response(_req))
+    await _answer_frames(c)
+
+
+async def _answer_frames(c: Conn) -> None:
+    """ws_ok's session after the upgrade: until the client closes or goes away."""
     while True:
         try:
             opcode, data = await read_frame(c.reader)
@@ -124,15 +129,7 @@ async def ws_ping_flood(c: Conn) -> None:
 
     task = asyncio.create_task(flood())
     try:
-        while True:
-            try:
-                opcode, data = await read_frame(c.reader)
-            except (asyncio.IncompleteReadError, ConnectionError, ValueError):
-                return
-            if opcode == OP_CLOSE:
-                return
-            if opcode == OP_TEXT:
-                await c.send(frame(OP_TEXT, _pong_for(data)))
+        await _answer_frames(c)
     finally:
         task.cancel()
 
