@@ -9,7 +9,8 @@ The path says what to echo and in which form, so one server plays every echo a t
          `f.KEY` a form field of the request body, `all` the whole request head.
 <form>:  raw, quote (nothing safe), plus (quote_plus), b64, b64url, p8 (the first 8 characters).
 
-`echo` (HTTP): 200 with the echo at the start of a text body (a body_regex then quotes it), or
+`echo` (HTTP): 200 with the echo at the start of a text body (a body_regex then quotes it), as
+the `version` of a JSON body for a path ending in /version, or
 for POST /token... an OAuth2 token endpoint's 400 whose `error` and `error_description` are the
 echo; POST /token-ok answers ACCESS_TOKEN. `ws_echo`: the WebSocket upgrade answered by
 `/reject/...` a 400 whose body is the echo (a 401/403 body is never quoted), `/close/...` a
@@ -89,6 +90,8 @@ async def echo(c: Conn) -> None:
         elif path.startswith("/token"):
             said = echo_of(req, 1)
             await c.send(json_response(400, {"error": said, "error_description": said}))
+        elif path.endswith("/version"):
+            await c.send(json_response(200, {"status": "ok", "version": echo_of(req)}))
         else:
             await c.send(response(200, f"{echo_of(req)} was sent".encode(),
                                   Content_Type="text/plain; charset=utf-8"))
