@@ -135,7 +135,8 @@ class TargetDefaults(Strict):
 
 CredentialIn = Literal["header", "query", "subprotocol"]
 WS_CLOSE_ALLOWANCE = 1.0  # seconds a held target's timeout keeps for connect and close
-_HTTP_ONLY_DEFAULTS = ("follow_redirects", "max_redirects")  # not inherited by ws(s) targets
+# not inherited by ws(s) targets
+_HTTP_ONLY_DEFAULTS = ("follow_redirects", "max_redirects", "redirect_hosts")
 
 
 class Target(TargetDefaults):
@@ -190,7 +191,7 @@ class Target(TargetDefaults):
         """Redirects are not followed on a WebSocket upgrade (a 3xx names its Location), so
         setting them on a ws(s) target is an error rather than silently ignored (`defaults:`
         does not give them to ws targets); `timeout` must cover the hold."""
-        redirects = {"follow_redirects", "max_redirects"} & self.model_fields_set
+        redirects = set(_HTTP_ONLY_DEFAULTS) & self.model_fields_set
         if redirects:
             verb = "are" if len(redirects) > 1 else "is"
             raise ValueError(f"target {self.name}: {' and '.join(sorted(redirects))} {verb} for "
