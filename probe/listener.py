@@ -23,6 +23,7 @@ from dataclasses import dataclass
 
 from aiohttp import web
 from aiohttp.web_protocol import RequestHandler
+from pydantic import ValidationError
 
 from probe.config import Settings
 
@@ -39,9 +40,14 @@ class ServerLimits:
 
     @classmethod
     def from_environ(cls) -> ServerLimits:
-        """PROBE_KEEPALIVE_TIMEOUT and PROBE_MAX_CONNECTIONS (validated with the other PROBE_*
-        settings, which `probe run` loads first, so an invalid value is reported there)."""
-        settings = Settings()
+        """PROBE_KEEPALIVE_TIMEOUT and PROBE_MAX_CONNECTIONS. They are validated with the other
+        PROBE_* settings, which `probe run` loads first and reports (exit 2); a caller that
+        never loads them (`probe demo`, a test's in-process daemon) gets the defaults instead
+        of an error about a variable it does not use."""
+        try:
+            settings = Settings()
+        except ValidationError:
+            return cls()
         return cls(settings.keepalive_timeout, settings.max_connections)
 
 

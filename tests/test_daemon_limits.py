@@ -18,9 +18,10 @@ import socket
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import pytest
 import yaml
 from faults.fixtures import StartFaultServer
-from helpers import ProbeRun, http_get, until
+from helpers import ProbeRun, http_get, run_cli, until
 from prometheus_client.parser import text_string_to_metric_families
 
 from probe.daemon import Daemon
@@ -188,3 +189,15 @@ async def test_at_the_connection_cap_the_oldest_idle_connection_makes_room(
         for s in socks:
             s.close()
         await daemon.stop()
+
+
+async def test_the_limits_come_from_the_environment(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.setenv("PROBE_KEEPALIVE_TIMEOUT", "1.5")
+    monkeypatch.setenv("PROBE_MAX_CONNECTIONS", "17")
+    assert ServerLimits.from_environ() == ServerLimits(keepalive_timeout=1.5, max_connections=17)
+    monkeypatch.setenv("PROBE_MAX_CONNECTIONS", "3")  # below the floor of 8: `probe run` says so
+    cfg = _config(tmp_path, "http://127.0.0.1:9/")
+    assert await run_cli("run", "-c", str(cfg)) == 2
+    assert "max_connections" in capsys.readouterr().err.lower()
