@@ -24,8 +24,9 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from probe.config_base import Duration, Strict, parse_duration
+from probe.config_base import FROM_TEXT, Duration, Strict, parse_duration
 from probe.config_credentials import BearerSpec, CredentialSpec, JwtSpec, OAuth2Spec
+from probe.config_errors import expand, pydantic_errors
 from probe.redact import redact_urls
 
 __all__ = [
@@ -324,50 +325,6 @@ class ConfigError(Exception):
         super().__init__(f"{source}: " + "; ".join(errors))
 
 
-_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
-
-
-def _place(loc: tuple[int | str, ...]) -> str:
-    out = ""
-    for part in loc:
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
-    return out or "(top level)"
-
-
-def _expand(node: Any, loc: tuple[int | str, ...], env: dict[str, str], errors: list[str]) -> Any:
-    if isinstance(node, str):
-
-        def sub(m: re.Match[str]) -> str:
-            name, default = m.group(1), m.group(2)
-            if name in env:
-                return env[name]
-            if default is not None:
-                return default
-            errors.append(f"{_place(loc)}: environment variable {name} is not set")
-            return ""
-
-        return _VAR.sub(sub, node)
-    if isinstance(node, dict):
-        return {k: _expand(v, (*loc, str(k)), env, errors) for k, v in node.items()}
-    if isinstance(node, list):
-        return [_expand(v, (*loc, i), env, errors) for i, v in enumerate(node)]
-    return node
-
-
-def _pydantic_errors(exc: ValidationError) -> list[str]:
-    lines = []
-    for err in exc.errors(include_url=False, include_input=False):
-        loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and "[" in p))
-        msg = err["msg"].removeprefix("Value error, ")
-        if err["type"] == "extra_forbidden":
-            msg = "unknown key (check its spelling)"
-        if msg.startswith("targets[") and ": " in msg and not loc:  # cross-field check
-            lines.append(msg)
-        else:
-            lines.append(f"{_place(loc)}: {msg}")
-    return lines
-
-
 def parse_config(text: str, source: str = "<config>", env: dict[str, str] | None = None) -> Config:
     """Parse YAML text into a Config, or raise ConfigError listing every problem and its place."""
     try:
@@ -379,14 +336,13 @@ def parse_config(text: str, source: str = "<config>", env: dict[str, str] | None
         raise ConfigError(source, [f"{where}: {problem}"]) from None
     if not isinstance(data, dict):
         raise ConfigError(source, ["(top level): expected a mapping with a targets list"])
-    errors: list[str] = []
-    data = _expand(data, (), dict(os.environ) if env is None else env, errors)
+    data, errors = expand(data, dict(os.environ) if env is None else env)
     if errors:
         raise ConfigError(source, errors)
-    try:
-        return Config.model_validate(data)
+    try:  # FROM_TEXT: a bare number is no duration in a file (`p95: 400`: 400 what?)
+        return Config.model_validate(data, context=FROM_TEXT)
     except ValidationError as exc:
-        raise ConfigError(source, _pydantic_errors(exc)) from None
+        raise ConfigError(source, pydantic_errors(exc)) from None
 
 
 def load_config(path: str | Path, env: dict[str, str] | None = None) -> Config:
