@@ -25,14 +25,14 @@ from pydantic import (
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from probe.config_base import FROM_TEXT, Duration, Strict, parse_duration
-from probe.config_credentials import BearerSpec, CredentialSpec, JwtSpec, OAuth2Spec
+from probe.config_credentials import BearerSpec, CredentialSpec, JwtSpec, LoginSpec, OAuth2Spec
 from probe.config_errors import expand, pydantic_errors
 from probe.redact import redact_urls
 
 __all__ = [
     "BearerSpec", "Config", "ConfigError", "CredentialSpec", "Duration", "Expect", "History",
-    "JwtSpec", "LatencyTarget", "Match", "OAuth2Spec", "Settings", "Step", "Strict", "Target",
-    "TargetDefaults", "load_config", "parse_config", "parse_duration",
+    "JwtSpec", "LatencyTarget", "LoginSpec", "Match", "OAuth2Spec", "Settings", "Step", "Strict",
+    "Target", "TargetDefaults", "load_config", "parse_config", "parse_duration",
 ]
 
 def _compile(pattern: str) -> str:

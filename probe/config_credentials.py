@@ -1,4 +1,5 @@
-"""Credential blocks of the config file: what a target may authenticate with.
+"""Credential blocks of the config file: what a target may authenticate with (a static bearer,
+a JWT minted here, an OAuth2 client-credentials token, a login at the auth service).
 
 Secret values are SecretStr so that a repr, a log line or a validation error never shows them.
 """
@@ -68,14 +69,65 @@ class OAuth2Spec(Strict):
         return v
 
 
+class LoginSpec(Strict):
+    """A token from the auth service's own login endpoint, as the application's clients get one:
+    the probe then sees the auth service and the backend disagree (another signing secret).
+
+    The body and headers are secrets (a password, an API key): kept out of repr, masked in every
+    output (see probe.credentials._secret_values)."""
+
+    url: str
+    method: Literal["POST", "PUT", "GET"] = "POST"
+    json_: dict[str, Any] | None = Field(default=None, alias="json", repr=False)
+    form: dict[str, SecretStr] | None = None
+    headers: dict[str, SecretStr] = Field(default_factory=dict)
+    token_path: str = "access_token"
+    expires_in_path: str | None = None
+    ttl: Duration = 300.0
+    timeout: Duration = 5.0
+
+    @field_validator("url")
+    @classmethod
+    def _http_url(cls, v: str) -> str:
+        if urlsplit(v).scheme not in ("http", "https"):
+            raise ValueError(f"url must be an http(s) URL, got {v!r}")
+        return v
+
+    @model_validator(mode="after")
+    def _one_body(self) -> LoginSpec:
+        if self.json_ is not None and self.form is not None:
+            raise ValueError("set json or form, not both")
+        if self.method == "GET" and (self.json_ is not None or self.form is not None):
+            raise ValueError("a GET login has no body (json, form)")
+        return self
+
+    def body_values(self) -> list[str]:
+        """Every scalar of the JSON body, as text (what a password may be)."""
+        out: list[str] = []
+
+        def walk(v: Any) -> None:
+            if isinstance(v, dict):
+                for item in v.values():
+                    walk(item)
+            elif isinstance(v, list):
+                for item in v:
+                    walk(item)
+            elif isinstance(v, str | int | float) and not isinstance(v, bool):
+                out.append(str(v))
+
+        walk(self.json_)
+        return out
+
+
 class CredentialSpec(Strict):
     bearer: BearerSpec | None = None
     jwt: JwtSpec | None = None
     oauth2: OAuth2Spec | None = None
+    login: LoginSpec | None = None
 
     @model_validator(mode="after")
     def _exactly_one(self) -> CredentialSpec:
-        given = [k for k in ("bearer", "jwt", "oauth2") if getattr(self, k) is not None]
+        given = [k for k in ("bearer", "jwt", "oauth2", "login") if getattr(self, k) is not None]
         if len(given) != 1:
-            raise ValueError("a credential is exactly one of bearer, jwt, oauth2")
+            raise ValueError("a credential is exactly one of bearer, jwt, oauth2, login")
         return self

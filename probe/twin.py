@@ -5,6 +5,9 @@ from Python — to misbehave the ways a staging deployment does: still starting 
 slow, hanging, dropping connections, speaking garbage, serving the wrong build. That lets every
 part of stageprobe be exercised over real sockets without a real staging environment.
 
+The auth service's login is there too (POST /auth/login, see probe.twin_auth), signing with
+the backend's secret or, switched, with another one.
+
 Control API (JSON):
     GET  /_twin/state                     current faults and per-path request counts
     POST /_twin/fault {"health": "503"}   change any fields of TwinState (others are kept)
@@ -28,12 +31,14 @@ from typing import Any, Literal, get_args
 import jwt
 from aiohttp import web
 
+from probe.twin_auth import DEV_E2E_PASSWORD, E2E_EMAIL, add_auth_routes
 from probe.twin_ws import add_ws_routes
 
 HttpFault = Literal[
     "ok", "starting", "503", "500", "slow", "hang", "drop", "garbage", "degraded", "big"
 ]
 WsFault = Literal["ok", "reject", "crash", "drop", "silent"]
+AuthFault = Literal["ok", "other_secret", "reject", "503"]
 # The standalone twin's JWT secret when $TWIN_JWT_SECRET is unset; config/example.yaml matches it.
 DEV_JWT_SECRET = "twin-dev-secret-not-for-production-use"
 
@@ -46,8 +51,11 @@ class TwinState:
       ok | starting (503 {"status":"starting"}) | 503 | 500 | slow (after slow_ms) |
       hang (never answers) | drop (closes the connection unanswered) | garbage (not HTTP) |
       degraded (200 {"status":"degraded"}) | big (a 2 MiB body).
-    ws: how the WebSocket endpoint behaves (implemented with the WebSocket issue).
+    ws: how the WebSocket endpoint behaves (see probe.twin_ws).
+    auth: how the auth service's POST /auth/login answers — ok | other_secret (signs with
+      another secret than the backend checks) | reject (401) | 503 (see probe.twin_auth).
     delay_ms: added before every answer, for latency targets.
+    token_ttl_s: how long a token from /auth/login lives.
     """
 
     health: HttpFault = "ok"
@@ -56,6 +64,8 @@ class TwinState:
     delay_ms: int = 0
     slow_ms: int = 2000
     version: str = "twin-1"
+    auth: AuthFault = "ok"
+    token_ttl_s: int = 300
 
     def changed(self, changes: dict[str, Any]) -> TwinState:
         """A copy with `changes` applied, or ValueError naming the bad field and what is allowed."""
@@ -63,14 +73,16 @@ class TwinState:
         for key, value in changes.items():
             if key not in known:
                 raise ValueError(f"unknown fault field {key!r} (known: {', '.join(known)})")
-            if key in ("health", "api", "ws"):
-                allowed = get_args(WsFault if key == "ws" else HttpFault)
+            if key in ("health", "api", "ws", "auth"):
+                kinds = {"ws": WsFault, "auth": AuthFault}
+                allowed = get_args(kinds.get(key, HttpFault))
                 if value not in allowed:
                     raise ValueError(f"{key}: {value!r} is not one of {', '.join(allowed)}")
-            elif key in ("delay_ms", "slow_ms"):
+            elif key in ("delay_ms", "slow_ms", "token_ttl_s"):
                 ms = value if isinstance(value, int) and not isinstance(value, bool) else -1
                 if not 0 <= ms <= 600_000:
-                    raise ValueError(f"{key}: expected milliseconds 0..600000, got {value!r}")
+                    unit = "seconds" if key == "token_ttl_s" else "milliseconds"
+                    raise ValueError(f"{key}: expected {unit} 0..600000, got {value!r}")
             elif not isinstance(value, str) or not value:
                 raise ValueError(f"version: expected a non-empty string, got {value!r}")
         return replace(self, **changes)
@@ -211,8 +223,10 @@ async def _reset(request: web.Request) -> web.StreamResponse:
     return web.json_response(_state_json(request.app))
 
 
-def make_app(state: TwinState | None = None, jwt_secret: str | None = None) -> web.Application:
-    """The twin's aiohttp app. With `jwt_secret`, /api/agents/stop (and /ws) need a valid JWT."""
+def make_app(state: TwinState | None = None, jwt_secret: str | None = None,
+             accounts: dict[str, str] | None = None) -> web.Application:
+    """The twin's aiohttp app. With `jwt_secret`, /api/agents/stop (and /ws) need a valid JWT;
+    /auth/login issues one to `accounts` (email -> password; default the E2E account)."""
     app = web.Application()
     app[STATE] = {"state": state or TwinState(), "counts": Counter(), "release": asyncio.Event()}
     if jwt_secret:
@@ -224,6 +238,7 @@ def make_app(state: TwinState | None = None, jwt_secret: str | None = None) -> w
     app.router.add_post("/_twin/fault", _set_fault)
     app.router.add_post("/_twin/reset", _reset)
     add_ws_routes(app, STATE, verify_bearer)  # /ws: JWT-checked chat session; follows .ws
+    add_auth_routes(app, STATE, lambda a: a.get(JWT_SECRET), accounts)  # follows .auth
 
     async def _release_hung(app: web.Application) -> None:
         app[STATE]["release"].set()
@@ -242,9 +257,10 @@ class Twin:
     """
 
     def __init__(
-        self, *, version: str = "twin-1", jwt_secret: str | None = None, starting: float = 0.0
+        self, *, version: str = "twin-1", jwt_secret: str | None = None, starting: float = 0.0,
+        accounts: dict[str, str] | None = None,
     ) -> None:
-        self.app = make_app(TwinState(version=version), jwt_secret)
+        self.app = make_app(TwinState(version=version), jwt_secret, accounts)
         self._starting = starting
         self._runner: web.AppRunner | None = None
         self._boot: asyncio.Task[None] | None = None
@@ -305,7 +321,9 @@ class Twin:
 
 async def _serve(args: argparse.Namespace) -> None:
     secret = os.environ.get(args.jwt_secret_env) or DEV_JWT_SECRET
-    twin = Twin(version=args.build, jwt_secret=secret, starting=args.starting)
+    password = os.environ.get("TWIN_E2E_PASSWORD") or DEV_E2E_PASSWORD
+    twin = Twin(version=args.build, jwt_secret=secret, starting=args.starting,
+                accounts={E2E_EMAIL: password})
     url = await twin.start(args.host, args.port)
     print(f"twin listening on {url}  (faults: curl -X POST {url}/_twin/fault "
           f"-d '{{\"health\": \"503\"}}')", flush=True)

@@ -2,7 +2,8 @@
 
 Sources (all configured at once): a custom header (X-Api-Key), a query value (?api_key=), URL
 userinfo (its password and the Basic value built from it, HTTP and WebSocket), a static bearer
-token, a JWT secret and the token minted with it, an OAuth2 client secret and access token.
+token, a JWT secret and the token minted with it, an OAuth2 client secret and access token, a
+login's password (JSON and form bodies) and the token it obtained.
 
 Loopback echo servers (tests/faults/echo.py) send each secret back raw, URL-encoded, base64 or
 as its first 8 characters: into a body a body_regex then quotes, a token endpoint's error, a
@@ -40,11 +41,12 @@ BEARER = "bearer/Gt3+Ru7=Nb5z"
 JWT_SECRET = "jwt-secret/Fk2+Pl8=Qm4-long-enough-for-hs256"
 JWT_HEADER = "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9"  # how every minted HS256 token starts
 CLIENT_SECRET = "client/Sc6+Ve2=Ja9k"
+LOGIN_PASSWORD = "login-pw/Hq8+Zd3=Mv6t"
 BASIC = base64.b64encode(f"{URL_USER}:{URL_PASSWORD}".encode()).decode()
 SECRETS = {
     "X-Api-Key": API_KEY, "query": QUERY_TOKEN, "URL password": URL_PASSWORD,
     "Basic value": BASIC, "bearer": BEARER, "JWT secret": JWT_SECRET, "JWT": JWT_HEADER,
-    "client_secret": CLIENT_SECRET, "access token": ACCESS_TOKEN,
+    "client_secret": CLIENT_SECRET, "access token": ACCESS_TOKEN, "login password": LOGIN_PASSWORD,
 }
 ECHOED = tuple(FORMS)  # raw, quote, plus (quote_plus), b64, b64url, p8 (the first 8 characters)
 WS_ECHOED = ("raw", "quote", "b64", "p8")
@@ -71,6 +73,8 @@ def config(http: str, ws: str, echo_port: int) -> dict[str, Any]:
         "hs": {"jwt": {"secret": JWT_SECRET, "claims": {"sub": "probe"}}},
         "oauth": {"oauth2": {"token_url": f"{http}/token-ok", "client_id": "probe",
                              "client_secret": CLIENT_SECRET, "timeout": "1s"}},
+        "login": {"login": {"url": f"{http}/token-ok", "timeout": "1s",  # issues ACCESS_TOKEN
+                            "json": {"email": "probe@example.test", "password": LOGIN_PASSWORD}}},
     }
     for form in ECHOED:
         sources: list[tuple[str, str, dict[str, Any]]] = [
@@ -82,7 +86,12 @@ def config(http: str, ws: str, echo_port: int) -> dict[str, Any]:
             ("jwt", f"{http}/a.authorization/{form}", {"credential": "hs"}),
             ("oauth", f"{http}/a.authorization/{form}", {"credential": "oauth"}),
             ("secret", f"{http}/ok", {"credential": f"oauth-echo-{form}"}),
+            ("login", f"{http}/a.authorization/{form}", {"credential": "login"}),
+            ("loginpw", f"{http}/ok", {"credential": f"login-echo-{form}"}),
         ]
+        credentials[f"login-echo-{form}"] = {"login": {  # its 400's error echoes the password
+            "url": f"{http}/token/f.password/{form}", "form": {"password": LOGIN_PASSWORD},
+            "timeout": "1s"}}
         credentials[f"oauth-echo-{form}"] = {"oauth2": {
             "token_url": f"{http}/token/f.client_secret/{form}", "client_id": "probe",
             "client_secret": CLIENT_SECRET, "timeout": "1s"}}
@@ -193,6 +202,8 @@ async def test_no_secret_in_any_form_reaches_any_channel(
     failures = {t["name"]: t["failure"] for t in report["targets"]}
     assert failures["http-key-raw"] == "assertion", failures
     assert failures["http-secret-raw"] == "credential", failures
+    assert failures["http-loginpw-raw"] == "credential", failures
+    assert failures["http-login-raw"] == "assertion", failures
     assert failures["ws-reject-key-raw"] == "ws_rejected", failures
     assert failures["ws-close-jwt-raw"] == "ws_closed", failures
     assert failures["ws-message-basic-raw"] == "assertion", failures

@@ -27,7 +27,7 @@ from probe.checks._http_expect import Plan, evaluate, plan_for
 from probe.checks._http_request import BadRedirect, redirect_hop
 from probe.checks._http_wire import Wire, connect
 from probe.config import Target
-from probe.credentials import CredentialError, attach
+from probe.credentials import Attached, CredentialError, attach
 from probe.outcome import Failure, Outcome
 
 
@@ -101,6 +101,7 @@ async def _run(
 ) -> tuple[str | None, Failure | None, str]:
     cred_headers: dict[str, str] | None = None
     query: dict[str, str] | None = None
+    placed = Attached()
     if target.credential is not None:
         probe.stage = "credential"
         try:
@@ -117,7 +118,7 @@ async def _run(
     except ValueError:
         raise Fail(Failure.CREDENTIAL, f"credential {target.credential}: the value cannot go in"
                                        " a header (a line break or NUL in it)") from None
-    redirects = 0
+    redirects, same_origin = 0, True  # same_origin: the credential went with this hop
     while True:
         wire = Wire(plan, hop.method == "HEAD", target.body_limit, probe)
         try:
@@ -137,12 +138,16 @@ async def _run(
                     raise Fail(Failure.PROTOCOL, str(exc)) from None
                 # The credential goes to the target's origin only (a query one: first hop only,
                 # as aiohttp did: the Location decides the query from then on).
-                same = hop.origin == plan.hop.origin
+                same_origin = hop.origin == plan.hop.origin
                 probe.foreign = not plan.quotable(hop)
-                request = hop.request(cred_headers if same else None, None)
+                request = hop.request(cred_headers if same_origin else None, None)
                 continue
             if not plan.status_ok(status):
-                return None, Failure.HTTP_STATUS, _status_detail(plan, wire, probe.foreign)
+                detail = _status_detail(plan, wire, probe.foreign)
+                if status in (401, 403) and target.credential is not None and same_origin:
+                    ctx.credentials.invalidate(target.credential, placed.token)
+                    detail += f"; credential {placed.source} was sent"
+                return None, Failure.HTTP_STATUS, detail
             await wire.rest()
             probe.close_phase("transfer", wire.t_done)
             return evaluate(plan, wire.header_map(), wire.body_bytes(), wire.charset(),

@@ -100,7 +100,7 @@ def _plan(target: Target, attached: Attached) -> Plan:
         subprotocols=[Subprotocol(p) for p in [*target.subprotocols, *attached.subprotocols]],
         offered=", ".join([*target.subprotocols, *(
             ["the credential subprotocol"] if attached.subprotocols else [])]),
-        credential=target.credential,
+        credential=attached.source or target.credential,
         uri=uri,
         origin=Origin(target.origin) if target.origin else None,
         infos=infos,
@@ -193,6 +193,7 @@ async def _probe(
     phases: dict[str, float],
     secrets: list[Secrets],
     deadline: float,
+    placed: list[Attached],
 ) -> None:
     """Everything a probe does, under one deadline; raises Fail."""
     stage = "credential"
@@ -204,6 +205,7 @@ async def _probe(
                 attached = await attach(target, ctx.credentials)
             except CredentialError as exc:
                 raise Fail(Failure.CREDENTIAL, str(exc)) from None
+            placed.append(attached)
             secrets.append(target_secrets(target, ctx.credentials, attached))
             try:
                 plan = plan_for(target, attached)
@@ -254,9 +256,12 @@ async def check(target: Target, ctx: CheckContext) -> Outcome:
     sessions = [Session(i) for i in range(1, target.connections + 1)]
     phases: dict[str, float] = {}
     secrets = [target_secrets(target, ctx.credentials)]
+    placed: list[Attached] = []
     try:
-        await _probe(target, ctx, sessions, phases, secrets, deadline)
+        await _probe(target, ctx, sessions, phases, secrets, deadline, placed)
     except Fail as fail:
+        if fail.failure is Failure.WS_AUTH and placed:  # a fetched token is obtained anew
+            ctx.credentials.invalidate(target.credential, placed[0].token)
         _phases(phases, sessions)
         return Outcome.failed(
             target.name,
@@ -282,8 +287,7 @@ async def check(target: Target, ctx: CheckContext) -> Outcome:
         )
     duration = time.perf_counter() - start
     _phases(phases, sessions)
-    latency = {"total": duration - max(s.lingered for s in sessions),
-               "handshake": phases["handshake"]}
+    latency = {"total": duration, "handshake": phases["handshake"]}
     rtts = [r for s in sessions for r in s.rtts]
     if rtts:
         latency["rtt"] = rtts[0] if len(rtts) == 1 else statistics.median(rtts)
