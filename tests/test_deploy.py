@@ -901,7 +901,7 @@ IMAGE_TEST = DEPLOY / "test-image.sh"
 @pytest.mark.timeout(1200)
 def test_image_builds_and_behaves(request: pytest.FixtureRequest) -> None:
     """deploy/test-image.sh: build the image and check it (non-root, PORT, /readyz, HEALTHCHECK,
-    SIGTERM within 5 s, reload without a shell, no pip/setuptools, size). About 5 minutes with
+    SIGTERM within 5 s, reload without a shell, no pip/setuptools, size). 3.5-5 minutes with
     podman on vfs storage; skipped where neither a docker daemon nor podman works (exit 77).
     Runs only when asked for: `python3 -m pytest -q -m image tests/test_deploy.py` (.ci/run
     does where a builder exists)."""
