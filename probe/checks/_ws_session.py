@@ -78,12 +78,13 @@ class Session:
     """Where one session got to, and its timings (perf_counter seconds)."""
 
     index: int
-    stage: str = "connect"  # connect, tls, upgrade, step, steps done, hold, close, done
+    stage: str = "connect"  # connect, tls, upgrade, step, steps done, hold, settle, close, done
     connect: float | None = None
     handshake: float | None = None
     t_connected: float | None = None  # when the TCP connection was made
     t_open: float = 0.0  # when the upgrade was answered 101: a session's age counts from here
-    t_hold: float = 0.0  # when the hold began
+    t_hold: float = 0.0  # when the hold (or the linger without one) began
+    lingered: float = 0.0  # the linger after the steps: not part of the `total` measure
     step: int = 0
     own_timeout: bool = False  # the step in progress is bounded by its own timeout
     skipped: int = 0  # messages an `until` step passed over

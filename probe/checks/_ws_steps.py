@@ -6,8 +6,12 @@ steps or while held, fails it as `ws_closed` with its code and reason (a server-
 the steps are done, without a hold, is the server's own normal end and passes). The probe
 closes with 1000; an answer with another code (a server whose own close crossed the probe's, as
 when an application accepts the upgrade and at once closes it with 4001 for a bad token) fails
-it too. Before closing, the connection gets two loop turns to deliver what already arrived, so a
-close that came with the 101 is seen as the server's, not as an answer.
+it too. Without a hold, the session lingers SETTLE after the steps before the probe closes it,
+reading what the server sends: an application that accepts the upgrade and then closes it (a
+FastAPI handler turning down a bad token) does so within that moment, and a server whose stack
+handles the probe's close first (uvicorn's websockets backend does, some of the time) would
+answer 1000 and drop the application's own code, a false success. The linger is not counted in
+the `total` latency measure (`Session.lingered`).
 
 Every close or drop detail says how long the session had lasted, counted from the upgrade, and
 where it was (which step, or how far into the hold).
@@ -31,6 +35,7 @@ from probe.config import Target
 from probe.config_base import fmt
 from probe.outcome import Failure
 
+SETTLE = 0.25  # the linger after the steps without a hold (node's ws needs as long to see it)
 BIG = 64 * 1024  # a message this large gives the loop a turn before the next one is handled
 _ANSWER_CODES = (1000, 1005)  # a normal answer to the probe's close (1005: an empty close frame)
 
@@ -52,6 +57,8 @@ def _context(s: Session, target: Target) -> str:
         where = f"step {s.step}"
     elif s.stage == "hold":
         where = f"while held, {_span(now - s.t_hold)} of {fmt(target.hold)}"
+    elif s.stage == "settle":
+        where = "just after the steps" if target.messages else "with no steps"
     elif s.stage == "close":
         where = "in answer to the probe's close"
     else:
@@ -134,14 +141,16 @@ async def _exchange(
     s.step, s.stage = 0, "steps done"
 
 
-async def _hold(target: Target, ws: BoundedConnection, s: Session) -> None:
-    """Keep the session open `hold` after the steps, reading (and dropping) what the server
-    sends and pinging every `keepalive`; each ping's pong is due before the next ping."""
+async def _hold(
+    target: Target, ws: BoundedConnection, s: Session, seconds: float, every: float | None,
+    stage: str = "hold",
+) -> None:
+    """Keep the session open `seconds` after the steps, reading (and dropping) what the server
+    sends and pinging every `every`; each ping's pong is due before the next ping."""
     loop = asyncio.get_running_loop()
-    s.stage, s.t_hold = "hold", time.perf_counter()
+    s.stage, s.t_hold = stage, time.perf_counter()
     now = loop.time()
-    end = now + target.hold
-    every = target.keepalive
+    end = now + seconds
     next_ping = now + every if every else math.inf
     pong: asyncio.Future[Any] | None = None
     while (now := loop.time()) < end:
@@ -200,10 +209,17 @@ async def run_session(
     try:
         await _exchange(target, plan, ws, s, budget, deadline)
         if target.hold:
-            await _hold(target, ws, s)
-        if proto.state is State.OPEN:  # what already arrived is delivered before our close
-            await asyncio.sleep(0)
-            await asyncio.sleep(0)
+            await _hold(target, ws, s, target.hold, target.keepalive)
+        elif proto.state is State.OPEN:
+            # The linger, within the deadline less what the close may take.
+            linger = min(SETTLE, deadline - asyncio.get_running_loop().time() - CLOSE_TIMEOUT)
+            t0 = time.perf_counter()
+            if linger > 0:
+                await _hold(target, ws, s, linger, None, "settle")
+            else:  # no time to linger: what already arrived is delivered before our close
+                await asyncio.sleep(0)
+                await asyncio.sleep(0)
+            s.lingered = time.perf_counter() - t0
     except ConnectionClosed:
         raise ended(s, target) from None
     if proto.state is not State.OPEN:  # the server ended it before we did

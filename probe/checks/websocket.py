@@ -287,7 +287,8 @@ async def check(target: Target, ctx: CheckContext) -> Outcome:
         )
     duration = time.perf_counter() - start
     _phases(phases, sessions)
-    latency = {"total": duration, "handshake": phases["handshake"]}
+    latency = {"total": duration - max(s.lingered for s in sessions),
+               "handshake": phases["handshake"]}
     rtts = [r for s in sessions for r in s.rtts]
     if rtts:
         latency["rtt"] = rtts[0] if len(rtts) == 1 else statistics.median(rtts)
