@@ -21,6 +21,7 @@ from probe.daemon import Daemon, serve
 from probe.logging import configure
 from probe.loop import run_loop
 from probe.twin import Twin
+from probe.twin_auth import E2E_EMAIL
 
 BOOT_SECONDS = 4.0
 VERSION = "demo-1"  # what the twin serves and the daemon expects; switch it to see a mismatch
@@ -32,6 +33,9 @@ credentials:
   e2e-user:
     jwt: {{secret: "${{DEMO_JWT_SECRET}}", algorithm: HS256, ttl: 10m,
           claims: {{sub: demo-e2e-user, aud: staging}}}}
+  e2e-login:
+    login: {{url: "{base}/auth/login", json: {{email: {email}, password: "${{DEMO_E2E_PASSWORD}}"}},
+            token_path: access_token, expires_in_path: expires_in}}
 targets:
   - name: backend-health
     url: {base}/health
@@ -49,7 +53,7 @@ targets:
     expect: {{status: [200], json: {{stopped: true}}}}
   - name: chat-ws
     url: {ws}/ws
-    credential: e2e-user
+    credential: e2e-login
     messages:
       - send: {{type: ping}}
         expect: {{json: {{type: pong}}}}
@@ -57,9 +61,11 @@ targets:
 """
 
 
-def demo_config(base: str, secret: str) -> Config:
-    text = _CONFIG.format(base=base, ws="ws" + base.removeprefix("http"), version=VERSION)
-    return parse_config(text, "<demo>", env={"DEMO_JWT_SECRET": secret})
+def demo_config(base: str, secret: str, password: str = "") -> Config:
+    text = _CONFIG.format(base=base, ws="ws" + base.removeprefix("http"), version=VERSION,
+                          email=E2E_EMAIL)
+    return parse_config(text, "<demo>", env={"DEMO_JWT_SECRET": secret,
+                                             "DEMO_E2E_PASSWORD": password})
 
 
 def _banner(daemon: Daemon, twin: Twin) -> str:
@@ -76,9 +82,11 @@ def _banner(daemon: Daemon, twin: Twin) -> str:
         f"  curl -X POST {t}/_twin/fault -d '{{\"health\": \"503\"}}'",
         f"  curl -X POST {t}/_twin/fault -d '{{\"delay_ms\": 150}}'      # latency target",
         f"  curl -X POST {t}/_twin/fault -d '{{\"version\": \"demo-2\"}}'  # wrong build",
+        f"  curl -X POST {t}/_twin/fault -d '{{\"auth\": \"other_secret\"}}'"
+        "  # the auth service signs with another secret",
         f"  curl -X POST {t}/_twin/reset",
         "Faults: health|api = ok starting 503 500 slow hang drop garbage degraded big,"
-        " ws = ok reject crash drop silent",
+        " ws = ok reject crash drop silent, auth = ok other_secret reject 503",
         f"State: curl {t}/_twin/state",
         "Ctrl-C stops the demo.",
         "",
@@ -97,15 +105,16 @@ def demo_port(arg: int | None) -> int:
 
 
 async def _run(args: argparse.Namespace) -> int:
-    secret = secrets.token_urlsafe(32)
-    twin = Twin(version=VERSION, jwt_secret=secret, starting=BOOT_SECONDS)
+    secret, password = secrets.token_urlsafe(32), secrets.token_urlsafe(16)
+    twin = Twin(version=VERSION, jwt_secret=secret, starting=BOOT_SECONDS,
+                accounts={E2E_EMAIL: password})
     try:
         base = await twin.start("127.0.0.1", args.twin_port)
     except OSError as exc:
         print(f"probe demo: cannot start the twin on port {args.twin_port}: {exc.strerror}",
               file=sys.stderr)
         return 2
-    config = demo_config(base, secret)
+    config = demo_config(base, secret, password)
 
     def started(daemon: Daemon) -> None:
         print(_banner(daemon, twin), flush=True)

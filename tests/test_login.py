@@ -8,6 +8,7 @@ pass; logins are counted at the twin.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import jwt
@@ -15,7 +16,7 @@ import pytest
 from helpers import refused_port
 
 from probe.checks import CheckContext, checker_for
-from probe.config import Config, Target
+from probe.config import Config, Target, parse_config
 from probe.credentials import CredentialError, Credentials
 from probe.outcome import Failure, Outcome
 from probe.twin import Twin
@@ -23,6 +24,7 @@ from probe.twin_auth import DEV_E2E_PASSWORD, E2E_EMAIL
 
 SECRET = "login-test-backend-secret-0123456789abcdef"
 LOGIN = "/auth/login"
+ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.twin(jwt_secret=SECRET)
 
 
@@ -174,3 +176,24 @@ async def test_auth_service_and_backend_disagree_in_one_line(twin: Twin, kind: s
         assert outcome.detail == f"WebSocket upgrade rejected: HTTP 403 ({sent})"
     assert again.detail == outcome.detail
     assert twin.requests(LOGIN) == 2  # the rejected token was dropped: each probe logged in
+
+
+async def test_the_example_config_logs_in_and_names_the_disagreement(twin: Twin) -> None:
+    """config/example.yaml's chat-ws logs in at the twin's auth service; switched to sign with
+    another secret, the one line names the login."""
+    text = (ROOT / "config" / "example.yaml").read_text().replace("127.0.0.1:8080",
+                                                                  f"127.0.0.1:{twin.port}")
+    cfg = parse_config(text, "example.yaml", env={})
+    target = next(t for t in cfg.targets if t.name == "chat-ws")
+    ctx = CheckContext(Credentials(cfg.credentials))
+    try:
+        outcome = await probe(target, ctx)
+        assert outcome.success, outcome.detail
+        twin.set_fault(auth="other_secret")
+        # as if the cached token had expired: the next probe logs in at the switched service
+        ctx.credentials.invalidate(target.credential, await ctx.credentials.token("e2e-login"))
+        outcome = await probe(target, ctx)
+    finally:
+        await ctx.credentials.aclose()
+    assert outcome.failure is Failure.WS_AUTH
+    assert f"credential e2e-login, from the login at {twin.url}{LOGIN}, was sent" in outcome.detail
