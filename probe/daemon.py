@@ -40,6 +40,7 @@ from probe.loop import run_loop
 from probe.metrics import Metrics
 from probe.outcome import Outcome
 from probe.readiness import Readiness
+from probe.redact import KNOWN, Secrets
 from probe.reload import FileReader, read_settled
 from probe.scheduler import Scheduler
 from probe.server import Runtime, make_app
@@ -72,6 +73,8 @@ class Daemon:
     ) -> None:
         self.limits = limits or ServerLimits.from_environ()  # the server's, see probe.listener
         self.config_path = config_path
+        if gate_token:  # masked in every log line, like the targets' secrets
+            KNOWN.add(self, Secrets([gate_token]))
         self.shard = shard or Shard()
         config = owned(config, self.shard)  # this shard's targets only, here and in apply()
         self.ctx = _context(config)

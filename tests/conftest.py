@@ -8,12 +8,14 @@ the marker's keyword arguments go to `Twin(...)`.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
+import structlog
 from faults import FaultServer, TestCerts, make_certs
 from faults.fixtures import StartFaultServer
 from helpers import ProbeRun, StartDaemon, running_twin
@@ -110,3 +112,14 @@ def full_backlog() -> Iterator[int]:
         yield server.port
     finally:
         server.stop()
+
+
+@pytest.fixture
+def restore_logging() -> Iterator[None]:
+    """A test that calls probe.logging.configure leaves the root logger and structlog as found."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
+    structlog.reset_defaults()

@@ -15,7 +15,7 @@ import io
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import quote, quote_plus
@@ -195,16 +195,6 @@ def assert_clean(where: str, text: str, secrets: list[str]) -> None:
 @pytest.fixture
 def env_token(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PROBE_SECRET_TEST_TOKEN", ENV_TOKEN)
-
-
-@pytest.fixture
-def restore_logging() -> Iterator[None]:
-    root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level
-    yield
-    root.handlers[:] = handlers
-    root.setLevel(level)
-    structlog.reset_defaults()
 
 
 async def test_outcomes_logs_metrics_reports_hold_no_secret(

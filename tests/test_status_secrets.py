@@ -138,3 +138,23 @@ async def test_without_gate_token_the_api_is_open(
         status, text = await get(http, daemon.url + "/api/v1/status")
         assert status == 200 and "backend-health" in text
         assert_clean("/api/v1/status", text)
+
+
+def test_gate_token_is_masked_in_every_log_line(restore_logging: None) -> None:
+    """PROBE_GATE_TOKEN is a secret of the daemon's own: a log line that quotes it (a client's
+    header logged at DEBUG, an error text) shows it masked, in both formats."""
+    import io
+
+    import structlog
+    from faults.fixtures import config_of
+
+    from probe.daemon import Daemon
+    from probe.logging import configure
+
+    daemon = Daemon(config_of([{"name": "t", "url": "http://127.0.0.1:9/"}]), gate_token=GATE)
+    for form in ("json", "console"):
+        stream = io.StringIO()
+        configure(form, "debug", stream)
+        structlog.get_logger("probe.test").info("client sent", error=f"token {GATE} unknown")
+        assert GATE not in stream.getvalue() and "***" in stream.getvalue(), form
+    del daemon
