@@ -85,7 +85,9 @@ HTTP_STATUS = Family("probe_http_status_code", "gauge", "HTTP status of the last
 HTTP_PHASE = Family("probe_http_duration_seconds", "gauge",
                     "duration of each HTTP phase of the last probe")
 SSL_EXPIRY = Family("probe_ssl_earliest_cert_expiry", "gauge",
-                    "unix time the earliest certificate expires")
+                    "unix time the earliest certificate of the verified chain expires")
+SSL_LEAF_EXPIRY = Family("probe_ssl_leaf_cert_expiry", "gauge",
+                         "unix time the server's own certificate expires")
 WS_STATUS = Family("probe_websocket_status_code", "gauge",
                    "HTTP status of the WebSocket upgrade (101: accepted)")
 WS_CLOSE = Family("probe_websocket_close_code", "gauge",
@@ -177,6 +179,7 @@ _GAUGES = tuple(
         (DURATION, "duration", num),
         (HTTP_STATUS, "http_status", count),
         (SSL_EXPIRY, "cert_expiry", num),
+        (SSL_LEAF_EXPIRY, "leaf_expiry", num),
         (WS_STATUS, "ws_status", count),
         (WS_CLOSE, "ws_close", count),
         (WS_UPGRADED, "ws_upgraded", num),

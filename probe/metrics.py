@@ -56,6 +56,7 @@ from probe.exposition import (
     LATENCY_TARGET,
     RESULTS,
     SSL_EXPIRY,
+    SSL_LEAF_EXPIRY,
     SUCCESS,
     TARGET_CRITICAL,
     TARGET_READY,
@@ -133,8 +134,9 @@ class TargetSeries:
 
     __slots__ = (
         "bound_lines", "cert_expiry", "critical_line", "duration", "failures", "hists",
-        "http_status", "kind", "labels", "measures", "name", "p_cert_expiry", "p_duration",
-        "p_http_status", "p_phases", "p_ready", "p_success", "p_ws_close", "p_ws_regex",
+        "http_status", "kind", "labels", "leaf_expiry", "measures", "name", "p_cert_expiry",
+        "p_duration", "p_http_status", "p_leaf_expiry", "p_phases", "p_ready", "p_success",
+        "p_ws_close", "p_ws_regex",
         "p_ws_status", "p_ws_upgraded", "phase_names", "phases", "ready", "results", "success",
         "with_messages", "ws_close", "ws_regex", "ws_status", "ws_upgraded",
     )
@@ -153,6 +155,7 @@ class TargetSeries:
         self.ws_regex: float | None = None  # None on targets without messages: no series
         self.with_messages = False
         self.cert_expiry: float | None = None
+        self.leaf_expiry: float | None = None
         self.ready: float | None = None
         self.phase_names = WS_PHASES if ws else HTTP_PHASES
         self.phases: list[float] = [0.0] * len(self.phase_names)
@@ -164,6 +167,7 @@ class TargetSeries:
         self.p_ws_upgraded = prefix(WS_UPGRADED.name, lbl) if ws else ""
         self.p_ws_regex = prefix(WS_REGEX.name, lbl) if ws else ""
         self.p_cert_expiry = prefix(SSL_EXPIRY.name, lbl)
+        self.p_leaf_expiry = prefix(SSL_LEAF_EXPIRY.name, lbl)
         self.p_ready = prefix(TARGET_READY.name, lbl)
         phase_family = (WS_PHASE if ws else HTTP_PHASE).name
         self.p_phases = tuple(prefix(phase_family, f'phase="{p}",{lbl}')
@@ -223,6 +227,8 @@ class TargetSeries:
                         self.hists = {**self.hists, measure: hist}
                     hist.observe(seconds)
         if outcome.cert_expiry is not None:
+        if outcome.leaf_expiry is not None:
+            self.leaf_expiry = outcome.leaf_expiry
             self.cert_expiry = outcome.cert_expiry
         self.success = 1.0 if outcome.success else 0.0
         self.results["success" if outcome.success else "failure"].value += 1

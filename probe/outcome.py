@@ -55,6 +55,7 @@ class Outcome:
     version: str | None = None
     phases: dict[str, float] = field(default_factory=dict)
     latency: dict[str, float] = field(default_factory=dict)
+    leaf_expiry: float | None = None  # the server certificate's own notAfter
     cert_expiry: float | None = None
     started_at: float = field(default_factory=time.time)
 

@@ -30,8 +30,8 @@ class Progress:
     callbacks and check() itself; `stage` is how far it got, for naming a failure."""
 
     __slots__ = (
-        "bytes_read", "cert_expiry", "foreign", "mark", "phases", "secrets", "stage", "status",
-        "t_headers", "t_sent", "where",
+        "bytes_read", "cert_expiry", "foreign", "leaf_expiry", "mark", "phases", "secrets",
+        "stage", "status", "t_headers", "t_sent", "where",
     )
 
     def __init__(self, t0: float, where: str, secrets: Secrets = NONE) -> None:
@@ -42,7 +42,8 @@ class Progress:
         self.t_sent: float | None = None
         self.t_headers: float | None = None
         self.status: int | None = None
-        self.cert_expiry: float | None = None
+        self.cert_expiry: float | None = None  # earliest notAfter of the chains seen
+        self.leaf_expiry: float | None = None  # earliest notAfter of the servers' own certs
         self.bytes_read = 0
         self.secrets = secrets  # what the detail must not quote (probe.checks.target_secrets)
         self.foreign = False  # the hop in progress is one whose answer a detail must not quote

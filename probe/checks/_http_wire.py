@@ -41,6 +41,7 @@ from probe.checks._http_expect import Plan, quote, size
 from probe.checks._http_request import REDIRECTS, Hop
 from probe.outcome import Failure
 
+_DER = 2  # _ssl.ENCODING_DER, for the internals' Certificate.public_bytes
 MAX_HEAD = 64 * 1024
 MAX_HEADERS = 128
 CHUNK_FRAMING = 32  # bytes per chunk for its size line (16 hex digits at most) and CRLFs
@@ -55,6 +56,35 @@ def _not_after(der: bytes) -> float | None:
         return x509.load_der_x509_certificate(der).not_valid_after_utc.timestamp()
     except ValueError:
         return None
+
+
+def _chain(ssl_object: Any) -> list[bytes]:
+    """The DER certificates of the verified chain (leaf first, the trusted root last), else
+    of the chain the server sent (tls_verify off: nothing was verified). Python 3.13 has it
+    public; 3.10-3.12 have it on the SSLObject's _ssl internals."""
+    for holder in (ssl_object, getattr(ssl_object, "_sslobj", None)):
+        for name in ("get_verified_chain", "get_unverified_chain"):
+            get = getattr(holder, name, None)
+            chain = get() if get is not None else None
+            if chain:
+                return [c if isinstance(c, bytes) else c.public_bytes(_DER) for c in chain]
+    return []
+
+
+def _note_expiry(probe: Progress, ssl_object: Any) -> None:
+    """probe.cert_expiry: the earliest notAfter of the chain, as blackbox_exporter's
+    probe_ssl_earliest_cert_expiry (an intermediate expiring first is what breaks clients);
+    probe.leaf_expiry: the server's own certificate's."""
+    if ssl_object is None:
+        return
+    leaf = ssl_object.getpeercert(binary_form=True)
+    chain = _chain(ssl_object) or ([leaf] if leaf else [])
+    dates = [d for d in map(_not_after, chain) if d is not None]
+    if dates:
+        probe.cert_expiry = min(*dates, probe.cert_expiry or dates[0])
+    expiry = _not_after(leaf) if leaf else None
+    if expiry is not None:
+        probe.leaf_expiry = min(expiry, probe.leaf_expiry or expiry)
 
 
 async def connect(
@@ -100,11 +130,7 @@ async def connect(
         if transport is None:  # typed Optional by asyncio; treated as a hang-up mid-handshake
             raise ConnectionResetError()
         wire.transport = transport
-        ssl_object = transport.get_extra_info("ssl_object")
-        der = ssl_object.getpeercert(binary_form=True) if ssl_object is not None else None
-        expiry = _not_after(der) if der else None
-        if expiry is not None:
-            probe.cert_expiry = min(expiry, probe.cert_expiry or expiry)
+        _note_expiry(probe, transport.get_extra_info("ssl_object"))
     probe.stage = "request"
 
 

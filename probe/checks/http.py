@@ -8,7 +8,8 @@ bytes are built once per target (_http_request, via the Plan).
 
 Phases follow blackbox_exporter and are summed over redirect hops: resolve (DNS, none for an IP
 literal), connect (TCP), tls (handshake), processing (request sent -> response headers),
-transfer (body read). `cert_expiry` is the earliest notAfter of the leaf certificates seen.
+transfer (body read). `cert_expiry` is the earliest notAfter of the certificate chains seen
+(the verified chain, root included), `leaf_expiry` that of the servers' own certificates.
 
 The whole probe runs under one asyncio.timeout(target.timeout); the stage reached when it runs
 out names the failure (still resolving: dns; no TCP/TLS connection yet: connect_timeout;
@@ -89,6 +90,7 @@ async def check(target: Target, ctx: CheckContext) -> Outcome:
         latency=latency,
         cert_expiry=probe.cert_expiry,
         started_at=started,
+        leaf_expiry=probe.leaf_expiry,
     )
 
 

@@ -91,25 +91,8 @@ def make_certs(directory: Path) -> TestCerts:
     now = dt.datetime.now(dt.UTC)
     ca_key = ec.generate_private_key(ec.SECP256R1())
     ca_name = _name("stageprobe test CA")
-    ca = (
-        x509.CertificateBuilder()
-        .subject_name(ca_name)
-        .issuer_name(ca_name)
-        .public_key(ca_key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(days=30))
-        .not_valid_after(now + dt.timedelta(days=30))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=True, key_cert_sign=True, crl_sign=True,
-                content_commitment=False, key_encipherment=False, data_encipherment=False,
-                key_agreement=False, encipher_only=False, decipher_only=False,
-            ),
-            critical=True,
-        )
-        .sign(ca_key, hashes.SHA256())
-    )
+    ca = _ca(ca_name, ca_key, ca_name, ca_key, now - dt.timedelta(days=30),
+             now + dt.timedelta(days=30), path_length=0)
     ca_pair = _write(directory, "ca", ca, ca_key)
     loopback: list[x509.GeneralName] = [
         x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
@@ -131,3 +114,62 @@ def make_certs(directory: Path) -> TestCerts:
     )
     return TestCerts(ca_file=ca_pair.cert, ok=ok, expired=expired, wrong_host=wrong,
                      self_signed=self_signed)
+
+
+@dataclass(frozen=True)
+class Chain:
+    """A private CA -> intermediate -> leaf chain whose intermediate expires before the leaf
+    (the case blackbox's probe_ssl_earliest_cert_expiry exists for). `server` holds the leaf
+    and the intermediate, as a server sends them; targets trust `ca_file` (the root only)."""
+
+    ca_file: Path
+    server: CertPair
+    intermediate_not_after: float
+    leaf_not_after: float
+
+
+def make_chain(directory: Path, intermediate_days: int = 5, leaf_days: int = 20) -> Chain:
+    directory.mkdir(parents=True, exist_ok=True)
+    now = dt.datetime.now(dt.UTC).replace(microsecond=0)
+    since = now - dt.timedelta(days=1)
+    root_key, mid_key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(
+        ec.SECP256R1())
+    root_name, mid_name = _name("stageprobe test root"), _name("stageprobe test intermediate")
+    root = _ca(root_name, root_key, root_name, root_key, since, now + dt.timedelta(days=90))
+    mid_after = now + dt.timedelta(days=intermediate_days)
+    mid = _ca(mid_name, mid_key, root_name, root_key, since, mid_after)
+    leaf_after = now + dt.timedelta(days=leaf_days)
+    loopback: list[x509.GeneralName] = [
+        x509.IPAddress(ipaddress.ip_address("127.0.0.1")), x509.DNSName("localhost")]
+    leaf, leaf_key = _leaf("127.0.0.1", loopback, mid_name, mid_key, since, leaf_after)
+    ca_pair = _write(directory, "chain-root", root, root_key)
+    server = _write(directory, "chain-leaf", leaf, leaf_key)
+    with server.cert.open("ab") as out:  # the leaf, then the intermediate it was issued by
+        out.write(mid.public_bytes(serialization.Encoding.PEM))
+    return Chain(ca_pair.cert, server, mid_after.timestamp(), leaf_after.timestamp())
+
+
+def _ca(
+    name: x509.Name, key: ec.EllipticCurvePrivateKey, issuer: x509.Name,
+    issuer_key: ec.EllipticCurvePrivateKey, not_before: dt.datetime, not_after: dt.datetime,
+    path_length: int | None = None,
+) -> x509.Certificate:
+    return (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(issuer)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(not_before)
+        .not_valid_after(not_after)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=path_length), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True, key_cert_sign=True, crl_sign=True,
+                content_commitment=False, key_encipherment=False, data_encipherment=False,
+                key_agreement=False, encipher_only=False, decipher_only=False,
+            ),
+            critical=True,
+        )
+        .sign(issuer_key, hashes.SHA256())
+    )
