@@ -226,8 +226,8 @@ class TargetSeries:
                         hist = _Histogram(f'measure="{measure}",{self.labels}')
                         self.hists = {**self.hists, measure: hist}
                     hist.observe(seconds)
-            self.cert_expiry = outcome.cert_expiry
         if outcome.cert_expiry is not None:
+            self.cert_expiry = outcome.cert_expiry
         if outcome.leaf_expiry is not None:
             self.leaf_expiry = outcome.leaf_expiry
         self.success = 1.0 if outcome.success else 0.0
