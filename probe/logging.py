@@ -164,6 +164,8 @@ def log_transition(transition: Transition) -> None:
         fields["failure"] = str(transition.failure)
     if transition.detail:
         fields["detail"] = transition.detail
+    if transition.trace_id is not None and transition.failure is not None:
+        fields["trace_id"] = transition.trace_id  # the failed request in the backend's traces
     if transition.new == "failing":
         # the reason is in `message` too: Cloud Logging's summary line shows only `message`
         why = f"{transition.failure}: {transition.detail}" if transition.detail else (

@@ -57,6 +57,7 @@ class Outcome:
     latency: dict[str, float] = field(default_factory=dict)
     leaf_expiry: float | None = None  # the server certificate's own notAfter
     cert_expiry: float | None = None
+    trace_id: str | None = None  # the traceparent's trace id the probe's requests carried
     started_at: float = field(default_factory=time.time)
 
     @classmethod

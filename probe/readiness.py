@@ -73,6 +73,7 @@ class Transition:
     failure: Failure | None
     detail: str
     at: float
+    trace_id: str | None = None  # the probe's traceparent trace id, to find it in the traces
 
 
 @dataclass(frozen=True)
@@ -92,6 +93,7 @@ class TargetVerdict:
     last_probe_at: float | None = None
     consecutive_successes: int = 0
     consecutive_failures: int = 0
+    trace_id: str | None = None  # the trace id of the probe `detail` describes (see _trace)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -122,6 +124,7 @@ class TargetVerdict:
             last_probe_at=_opt(data.get("last_probe_at"), float),
             consecutive_successes=int(data.get("consecutive_successes") or 0),
             consecutive_failures=int(data.get("consecutive_failures") or 0),
+            trace_id=_opt(data.get("trace_id"), str),
         )
 
 
@@ -219,6 +222,7 @@ def _judge(track: _Track, expect_version: str | None, now: float) -> TargetVerdi
     failure: str | None = None
     detail = ""
     ready = _ready(track, expect_version, now)  # the one definition; the rest only explains it
+    trace_id = track.last.trace_id if track.last else None
     state, since = track.state, track.since
     if _stale(track, now):
         assert track.last_probe_at is not None
@@ -236,6 +240,7 @@ def _judge(track: _Track, expect_version: str | None, now: float) -> TargetVerdi
             failure, detail = Failure.LATENCY.value, breach or "latency over target"
     elif track.last_failure is not None:
         assert track.last_failure.failure is not None
+        trace_id = track.last_failure.trace_id
         failure = track.last_failure.failure.value
         detail = track.last_failure.detail
         if track.successes:
@@ -252,7 +257,7 @@ def _judge(track: _Track, expect_version: str | None, now: float) -> TargetVerdi
         close_code=last.close_code if last else None,
         version=track.version, latency_ms=latency_ms, since=since,
         last_probe_at=track.last_probe_at, consecutive_successes=track.successes,
-        consecutive_failures=track.failures,
+        consecutive_failures=track.failures, trace_id=trace_id,
     )
 
 
@@ -326,7 +331,7 @@ class Readiness:
             return None
         track.since = now
         return Transition(target=t.name, old=old, new=track.state, failure=outcome.failure,
-                          detail=outcome.detail, at=now)
+                          detail=outcome.detail, at=now, trace_id=outcome.trace_id)
 
     def verdict(self, now: float) -> Verdict:
         targets = [_judge(track, self._expect, now) for track in self._tracks.values()]

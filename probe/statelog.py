@@ -32,7 +32,8 @@ def log_probe(outcome: Outcome) -> None:
         log.debug(f"probe {outcome.target}: ok in {took}", target=outcome.target, ok=True)
     else:
         log.debug(f"probe {outcome.target}: {outcome.failure}: {outcome.detail} ({took})",
-                  target=outcome.target, ok=False, failure=str(outcome.failure))
+                  target=outcome.target, ok=False, failure=str(outcome.failure),
+                  trace_id=outcome.trace_id)
 
 
 class StateLog:
@@ -62,7 +63,7 @@ class StateLog:
                 outcome.failure)
             log.warning(f"target {name} is still failing, now {why}", target=name,
                         state="failing", failure=str(outcome.failure), was=str(was),
-                        detail=outcome.detail)
+                        detail=outcome.detail, trace_id=outcome.trace_id)
         gate = readiness.gate_open
         if gate != self._gate:
             self._gate = gate

@@ -29,6 +29,7 @@ from yarl import URL
 
 from probe.checks import USER_AGENT, PerObject, clip, keep, recall
 from probe.checks._http_request import Hop, build_hop
+from probe.checks._trace import configured
 from probe.config import Target
 from probe.outcome import Failure
 from probe.version_match import version_matches
@@ -58,6 +59,7 @@ class Plan:
     version_keys: tuple[str, ...] | None
     keep_body: bool  # False: the body is only counted, never kept
     redirect_hosts: frozenset[str] = frozenset()  # hosts whose answers a detail may quote
+    traced: bool = True  # False: the target configures its own traceparent (see _trace)
 
     def quotable(self, hop: Hop) -> bool:
         """Whether a detail may quote what `hop` answered: the target's own host (on its port,
@@ -128,6 +130,7 @@ def _build(t: Target) -> Plan:
         version_keys=tuple(t.version_path.split(".")) if t.version_path else None,
         keep_body=bool(json_checks or expect.body_regex is not None or t.version_path),
         redirect_hosts=frozenset(h.lower().rstrip('.') for h in t.redirect_hosts),
+        traced=not configured(headers.keys()),
     )
 
 

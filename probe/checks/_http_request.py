@@ -54,9 +54,11 @@ class Hop:
     body: bytes
     whole: bytes  # line + rest + blank line + body: the request without a credential
 
-    def request(self, headers: Mapping[str, str] | None, query: Mapping[str, str] | None) -> bytes:
-        """The request with the probe's credential placed (None, None: the prebuilt bytes)."""
-        if not headers and not query:
+    def request(self, headers: Mapping[str, str] | None, query: Mapping[str, str] | None,
+                trace: str | None = None) -> bytes:
+        """The request with the probe's credential and `traceparent` value placed (none of
+        them: the prebuilt bytes); the header block is spliced, never rebuilt."""
+        if not headers and not query and trace is None:
             return self.whole
         line = self.line
         if query:
@@ -64,6 +66,8 @@ class Hop:
         extra = b""
         if headers:
             extra = "".join(f"{n}: {v}\r\n" for n, v in _checked(headers.items())).encode()
+        if trace is not None:
+            extra += b"traceparent: " + trace.encode("ascii") + b"\r\n"
         return b"".join((line, self.rest, extra, b"\r\n", self.body))
 
 

@@ -36,6 +36,7 @@ from websockets.typing import Origin, Subprotocol
 from websockets.uri import WebSocketURI
 
 from probe.checks import USER_AGENT, Fail, clip, host_port, ssl_context
+from probe.checks._trace import HEADER, traceparent
 from probe.checks._ws_conn import BoundedConnection, BoundedProtocol
 from probe.config import Target
 from probe.config_base import fmt
@@ -93,6 +94,7 @@ class Session:
     steps_time: float = 0.0
     close_code: int | None = None
     ws: BoundedConnection | None = None  # once the upgrade succeeded
+    trace_id: str | None = None  # the probe's trace: a traceparent on the upgrade (_trace)
 
 
 # --- opening ---------------------------------------------------------------------------------
@@ -175,7 +177,9 @@ async def open_session(
             transport = tls
             conn.connection_made(tls)
         s.stage = "upgrade"
-        await conn.handshake(plan.headers, USER_AGENT)
+        headers = plan.headers if s.trace_id is None else [
+            *plan.headers, (HEADER, traceparent(s.trace_id))]
+        await conn.handshake(headers, USER_AGENT)
     except BaseException as exc:
         transport.abort()  # type: ignore[attr-defined]
         fail = open_failure(exc, target, plan, s)

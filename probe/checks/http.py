@@ -27,6 +27,7 @@ from probe.checks._http_classify import Progress, classify, os_text, timed_out
 from probe.checks._http_expect import Plan, evaluate, plan_for
 from probe.checks._http_request import BadRedirect, redirect_hop
 from probe.checks._http_wire import Wire, connect
+from probe.checks._trace import new_trace_id, traceparent
 from probe.config import Target
 from probe.credentials import Attached, CredentialError, attach
 from probe.outcome import Failure, Outcome
@@ -56,9 +57,10 @@ async def check(target: Target, ctx: CheckContext) -> Outcome:
     failure: Failure | None = None
     detail = ""
     budget = asyncio.timeout(target.timeout)
+    trace_id = new_trace_id() if plan.traced else None  # one trace for every hop of the probe
     try:
         async with budget:
-            version, failure, detail = await _run(target, plan, tls, ctx, probe)
+            version, failure, detail = await _run(target, plan, tls, ctx, probe, trace_id)
     except Fail as exc:
         failure, detail = exc.failure, exc.detail
     except Exception as exc:  # the contract: classify, never raise out of check()
@@ -89,6 +91,7 @@ async def check(target: Target, ctx: CheckContext) -> Outcome:
         phases=probe.phases,
         latency=latency,
         cert_expiry=probe.cert_expiry,
+        trace_id=trace_id,
         started_at=started,
         leaf_expiry=probe.leaf_expiry,
     )
@@ -100,6 +103,7 @@ async def _run(
     tls: ssl.SSLContext,
     ctx: CheckContext,
     probe: Progress,
+    trace_id: str | None,
 ) -> tuple[str | None, Failure | None, str]:
     cred_headers: dict[str, str] | None = None
     query: dict[str, str] | None = None
@@ -116,7 +120,7 @@ async def _run(
     loop = asyncio.get_running_loop()
     hop = plan.hop
     try:
-        request = hop.request(cred_headers, query)
+        request = hop.request(cred_headers, query, trace_id and traceparent(trace_id))
     except ValueError:
         raise Fail(Failure.CREDENTIAL, f"credential {target.credential}: the value cannot go in"
                                        " a header (a line break or NUL in it)") from None
@@ -142,7 +146,8 @@ async def _run(
                 # as aiohttp did: the Location decides the query from then on).
                 same_origin = hop.origin == plan.hop.origin
                 probe.foreign = not plan.quotable(hop)
-                request = hop.request(cred_headers if same_origin else None, None)
+                request = hop.request(cred_headers if same_origin else None, None,
+                                      trace_id and traceparent(trace_id))
                 continue
             if not plan.status_ok(status):
                 detail = _status_detail(plan, wire, probe.foreign)

@@ -57,6 +57,7 @@ from probe.checks import (
     target_secrets,
 )
 from probe.checks._http_classify import os_text
+from probe.checks._trace import configured, new_trace_id
 from probe.checks._ws_session import CLOSE_TIMEOUT, Plan, Session, resolve
 from probe.checks._ws_steps import finish, run_session, timed_out
 from probe.checks.messages import payload
@@ -253,7 +254,8 @@ async def check(target: Target, ctx: CheckContext) -> Outcome:
                                   started_at=started_at)
     start = time.perf_counter()
     deadline = loop.time() + target.timeout
-    sessions = [Session(i) for i in range(1, target.connections + 1)]
+    trace_id = None if configured(target.headers) else new_trace_id()  # one for all sessions
+    sessions = [Session(i, trace_id=trace_id) for i in range(1, target.connections + 1)]
     phases: dict[str, float] = {}
     secrets = [target_secrets(target, ctx.credentials)]
     placed: list[Attached] = []
@@ -272,6 +274,7 @@ async def check(target: Target, ctx: CheckContext) -> Outcome:
             status_code=fail.status,
             close_code=fail.close,
             phases=phases,
+            trace_id=trace_id,
             started_at=started_at,
         )
     except TimeoutError:  # not expected: every wait is bounded and named by its stage
@@ -283,6 +286,7 @@ async def check(target: Target, ctx: CheckContext) -> Outcome:
             f"no complete answer within {fmt(target.timeout)}",
             time.perf_counter() - start,
             phases=phases,
+            trace_id=trace_id,
             started_at=started_at,
         )
     duration = time.perf_counter() - start
@@ -302,6 +306,7 @@ async def check(target: Target, ctx: CheckContext) -> Outcome:
         close_code=max(closes) if closes else None,
         phases=phases,
         latency=latency,
+        trace_id=trace_id,
         started_at=started_at,
     )
 
