@@ -27,6 +27,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from probe.config_base import FROM_TEXT, Duration, Strict, parse_duration
 from probe.config_credentials import BearerSpec, CredentialSpec, JwtSpec, LoginSpec, OAuth2Spec
 from probe.config_errors import expand, pydantic_errors
+from probe.config_steps import check_extract, scenario_errors
 from probe.redact import redact_urls
 
 __all__ = [
@@ -80,9 +81,13 @@ class Match(Strict):
         return self
 
 
+NAME = r"^[A-Za-z0-9_.:-]{1,100}$"  # a target's or a step's name (also a label value)
+
+
 class Step(Strict):
     """One WebSocket exchange: send, then expect the next message or read `until` one matches."""
 
+    name: str | None = Field(default=None, pattern=NAME)  # a latency measure of its own
     send: Any = None  # dict/list -> JSON text frame; str -> text frame
     expect: Match | None = None
     until: Match | None = None
@@ -102,7 +107,7 @@ MEASURES: tuple[str, ...] = get_args(Measure)
 
 
 class LatencyTarget(Strict):
-    measure: Measure = "total"
+    measure: str = "total"  # one of MEASURES or a step name of the target (Config checks)
     p50: Duration | None = None
     p95: Duration | None = None
     p99: Duration | None = None
@@ -135,14 +140,15 @@ class TargetDefaults(Strict):
 
 
 CredentialIn = Literal["header", "query", "subprotocol"]
+MAX_FLOW_STEPS = 20
 WS_CLOSE_ALLOWANCE = 1.0  # seconds a held target's timeout keeps for connect and close
 # not inherited by ws(s) targets
 _HTTP_ONLY_DEFAULTS = ("follow_redirects", "max_redirects", "redirect_hosts")
 
 
 class Target(TargetDefaults):
-    name: str = Field(pattern=r"^[A-Za-z0-9_.:-]{1,100}$")
-    url: str
+    name: str = Field(pattern=NAME)
+    url: str = ""  # a flow has none: its steps do
     method: str = "GET"
     headers: dict[str, str] = Field(default_factory=dict)
     json_body: Any = None
@@ -161,10 +167,25 @@ class Target(TargetDefaults):
     messages: list[Step] = Field(default_factory=list)
     hold: Duration = 0.0  # keep the session open this long after the steps (0: close at once)
     keepalive: Duration | None = None  # WebSocket ping interval while held
+    # a flow: HTTP requests and WebSocket sessions in order, each a FlowStep
+    steps: list[FlowStep] = Field(default_factory=list, max_length=MAX_FLOW_STEPS)
 
     @property
-    def kind(self) -> Literal["http", "websocket"]:
+    def kind(self) -> Literal["http", "websocket", "flow"]:
+        if self.steps:
+            return "flow"
         return "websocket" if urlsplit(self.url).scheme in ("ws", "wss") else "http"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _steps_inherit(cls, data: Any) -> Any:
+        """A flow's own defaults (timeout, tls_verify, body_limit, ...) are its steps' defaults:
+        they are handed to each step, which takes them as `defaults:` are taken."""
+        if not isinstance(data, dict) or not isinstance(data.get("steps"), list):
+            return data
+        given = {k: v for k, v in data.items() if k in _STEP_TAKES}
+        steps = [{**s, _FROM_FLOW: given} if isinstance(s, dict) else s for s in data["steps"]]
+        return {**data, "steps": steps}
 
     @property
     def measure(self) -> str:
@@ -212,11 +233,25 @@ class Target(TargetDefaults):
                     f"at least {need:g}s"
                 )
 
+    def _flow_only(self) -> None:
+        """A flow's requests are its steps': the flow itself has a name, scheduling, readiness,
+        latency and the defaults its steps take, nothing a step would silently ignore."""
+        if self.url:
+            raise ValueError("a target has url or steps (a flow), not both")
+        extra = self.model_fields_set - _FLOW_FIELDS
+        if extra:
+            raise ValueError(f"{', '.join(sorted(extra))}: set on each step of a flow, not on "
+                             "the flow")
+
     @model_validator(mode="after")
     def _fits_kind(self) -> Target:
+        if not self.url and not self.steps:
+            raise ValueError("a target needs a url (or steps, for a flow)")
         if self.json_body is not None and self.body is not None:
             raise ValueError("set json_body or body, not both")
-        if self.kind == "http":
+        if self.kind == "flow":
+            self._flow_only()
+        elif self.kind == "http":
             if self.messages:
                 raise ValueError("messages are for ws:// and wss:// targets only")
             if self.subprotocols or self.connections != 1:
@@ -242,6 +277,53 @@ class Target(TargetDefaults):
                 f"timeout ({self.timeout:g}s) must not exceed interval ({self.interval:g}s)"
             )
         return self
+
+
+_FROM_FLOW = "[flow]"  # the key a flow hands its defaults to a step under (no YAML key has `[`)
+_FLOW_ONLY = ("interval", "success_threshold", "failure_threshold", "critical", "latency",
+              "steps")
+_STEP_TAKES = frozenset(TargetDefaults.model_fields) - set(_FLOW_ONLY[1:])  # interval too
+_FLOW_FIELDS = frozenset({"name", "steps", "latency", *TargetDefaults.model_fields})
+
+
+class FlowStep(Target):
+    """One step of a flow: an HTTP request or a WebSocket session (by its URL's scheme) with
+    the keys of such a target, credentials included, so every rule of those checks applies.
+    Its name is a latency measure and names it in a failure; `extract` takes values from its
+    answer (`json.PATH` or `header:NAME`) for the `{{name}}` of the steps after it."""
+
+    extract: dict[str, str] = Field(default_factory=dict)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_flow(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        data = dict(data)
+        flow = data.pop(_FROM_FLOW, {})
+        own = [k for k in _FLOW_ONLY if k in data]
+        if own:
+            raise ValueError(f"{', '.join(own)}: set on the flow, not on one of its steps")
+        return {**_inherited(flow, data), **data}
+
+    @field_validator("extract")
+    @classmethod
+    def _extract(cls, v: dict[str, str]) -> dict[str, str]:
+        return check_extract(v)
+
+    @model_validator(mode="after")
+    def _extract_http(self) -> FlowStep:
+        if self.extract and self.kind != "http":
+            raise ValueError("extract is for http(s) steps: values come from an HTTP answer")
+        return self
+
+    @property
+    def extracts_json(self) -> bool:
+        """Whether the answer's body must be kept for `extract`."""
+        return any(where.startswith("json.") for where in self.extract.values())
+
+
+Target.model_rebuild()
 
 
 class History(Strict):
@@ -296,11 +378,16 @@ class Config(Strict):
             if t.name in seen:
                 raise ValueError(f"targets[{i}].name: duplicate target name {t.name!r}")
             seen.add(t.name)
-            if t.credential is not None and t.credential not in self.credentials:
-                known = ", ".join(sorted(self.credentials)) or "none defined"
-                raise ValueError(
-                    f"targets[{i}].credential: unknown credential {t.credential!r} ({known})"
-                )
+            uses = [(f"targets[{i}]", t.credential)] + [
+                (f"targets[{i}].steps[{k}]", s.credential) for k, s in enumerate(t.steps)]
+            for where, credential in uses:
+                if credential is not None and credential not in self.credentials:
+                    known = ", ".join(sorted(self.credentials)) or "none defined"
+                    raise ValueError(
+                        f"{where}.credential: unknown credential {credential!r} ({known})")
+            errors = scenario_errors(i, t, MEASURES)
+            if errors:
+                raise ValueError(errors[0])
         if self.expect_version is not None and not any(t.version_path for t in self.targets):
             raise ValueError(no_version_path(self.expect_version))
         return self
