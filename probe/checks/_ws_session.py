@@ -91,6 +91,7 @@ class Session:
     skipped: int = 0  # messages an `until` step passed over
     received: int = 0
     rtts: list[float] = field(default_factory=list)
+    named: dict[str, float] = field(default_factory=dict)  # each named step's time: a measure
     steps_time: float = 0.0
     close_code: int | None = None
     ws: BoundedConnection | None = None  # once the upgrade succeeded

@@ -54,7 +54,7 @@ def _context(s: Session, target: Target) -> str:
     """How long the session had lasted and where it was: `after 30.1 s (while held, ...)`."""
     now = time.perf_counter()
     if s.stage == "step":
-        where = f"step {s.step}"
+        where = f"step {label(target, s.step)}"
     elif s.stage == "hold":
         where = f"while held, {_span(now - s.t_hold)} of {fmt(target.hold)}"
     elif s.stage == "settle":
@@ -95,6 +95,11 @@ def ended(s: Session, target: Target) -> Fail:
     return Fail(Failure.WS_DROPPED, detail, status=101, close=1006)
 
 
+def label(target: Target, i: int) -> str:
+    """How a detail names step `i` (from 1): by its name, else by its number."""
+    return target.messages[i - 1].name or str(i)
+
+
 async def _breathe(message: str | bytes, count: int) -> None:
     """A turn for the other targets after a large message, or every 32 small ones: queued
     messages are handed over without the loop running in between."""
@@ -129,13 +134,15 @@ async def _exchange(
             if why is None:
                 break
             if step.expect is not None:
-                raise Fail(Failure.ASSERTION, f"step {i}: {why}", status=101)
+                raise Fail(Failure.ASSERTION, f"step {label(target, i)}: {why}", status=101)
             s.skipped += 1
             await _breathe(message, s.skipped)
         elapsed = time.perf_counter() - started
         s.steps_time += elapsed
         if wait is not None:
             s.rtts.append(elapsed)
+        if step.name is not None:  # from its send, or the previous step's end, to its match
+            s.named[step.name] = elapsed
         if moved:
             budget.reschedule(deadline)
     s.step, s.stage = 0, "steps done"
@@ -189,12 +196,16 @@ def timed_out(target: Target, plan: Plan, s: Session) -> Fail | None:
     step = target.messages[i - 1]
     within = fmt(step.timeout) if s.own_timeout else f"{limit} (the target's timeout)"
     if step.expect is None and step.until is None:
-        return Fail(Failure.TIMEOUT, f"step {i}: could not send within {within}", status=101)
+        return Fail(Failure.TIMEOUT, f"step {label(target, i)}: could not send within {within}",
+                    status=101)
     if step.until is not None:
         extra = f"; {_plural(s.skipped, 'other message')} skipped" if s.skipped else ""
-        detail = f"no matching reply to step {i} within {within}{extra}"
+        detail = (f"step {step.name}: no matching reply within {within}{extra}" if step.name
+                  else f"no matching reply to step {i} within {within}{extra}")
         return Fail(Failure.WS_NO_REPLY, detail, status=101)
-    return Fail(Failure.WS_NO_REPLY, f"no reply to step {i} within {within}", status=101)
+    detail = (f"step {step.name}: no reply within {within}" if step.name
+              else f"no reply to step {i} within {within}")
+    return Fail(Failure.WS_NO_REPLY, detail, status=101)
 
 
 async def run_session(

@@ -14,8 +14,10 @@ Timings (time.perf_counter, never the loop clock, which moves in 1 ms steps unde
   as its slowest session.
 - latency: total (the whole probe, close included), handshake (the slowest session's), rtt (the
   median round trip of one step, over every step of every session; a step's round trip runs from
-  its send to the message that satisfies it). Latency is reported on success only, so a latency
-  target is never judged on failures; phases are kept on failure to show how far a probe got.
+  its send to the message that satisfies it); a named step, its own measure under its name (from
+  its send, or the previous step's end, to its match; the slowest session's). Latency is
+  reported on success only, so a latency target is never judged on failures; phases are kept on
+  failure to show how far a probe got.
 
 Every wait has a deadline: the target's timeout bounds the whole probe and each step's timeout
 bounds that step, so a server that upgrades and then stays silent is `ws_no_reply`, on time.
@@ -293,6 +295,9 @@ async def check(target: Target, ctx: CheckContext) -> Outcome:
     _phases(phases, sessions)
     latency = {"total": duration - max(s.lingered for s in sessions),
                "handshake": phases["handshake"]}
+    for s in sessions:  # a named step's measure: the slowest session's, as the phases
+        for name, seconds in s.named.items():
+            latency[name] = max(seconds, latency.get(name, 0.0))
     rtts = [r for s in sessions for r in s.rtts]
     if rtts:
         latency["rtt"] = rtts[0] if len(rtts) == 1 else statistics.median(rtts)
