@@ -137,16 +137,19 @@ async def test_probe_run_rejects_a_bad_shard_with_exit_2(tmp_path: Path) -> None
 class Counting:
     """One loopback server for every target: counts requests per (path, X-Shard header)."""
 
-    def __init__(self, failing: set[str] = frozenset()) -> None:
+    def __init__(self, failing: set[str] = frozenset(),
+                 failing_for: set[tuple[str, str]] = frozenset()) -> None:
         self.seen: Counter[tuple[str, str]] = Counter()
         self.failing = failing
+        self.failing_for = failing_for  # (target, shard): fails for that shard's probes only
         self.app = web.Application()
         self.app.router.add_get("/t/{name}", self.handle)
 
     async def handle(self, request: web.Request) -> web.Response:
-        name = request.match_info["name"]
-        self.seen[(name, request.headers.get("X-Shard", ""))] += 1
-        return web.Response(status=500 if name in self.failing else 200, text="ok")
+        name, shard = request.match_info["name"], request.headers.get("X-Shard", "")
+        self.seen[(name, shard)] += 1
+        bad = name in self.failing or (name, shard) in self.failing_for
+        return web.Response(status=500 if bad else 200, text="ok")
 
     def senders(self) -> dict[str, set[str]]:
         out: dict[str, set[str]] = {}
@@ -155,10 +158,11 @@ class Counting:
         return out
 
 
-def start_shard(cfg: Path, tmp: Path, label: str, port: int | None = None) -> ProbeRun:
+def start_shard(cfg: Path, tmp: Path, label: str, port: int | None = None,
+                replicas: int = 1) -> ProbeRun:
     """`probe run` as shard `label`; on `port` when restarting one Prometheus already scrapes."""
     env: dict[str, str | None] = {"PROBE_SHARD": label, "PROBE_GATE_TOKEN": None,
-                                  "PROBE_SHARD_REPLICAS": None}
+                                  "PROBE_SHARD_REPLICAS": str(replicas)}
     if port is not None:
         env["PROBE_LISTEN"] = f"127.0.0.1:{port}"
     run = ProbeRun(cfg, tmp, env)
@@ -182,13 +186,13 @@ def prometheus(tmp: Path, runs: list[ProbeRun]) -> Iterator[Prometheus]:
 
 
 @asynccontextmanager
-async def fleet(tmp: Path, counting: Counting, count: int, names: list[str] = NAMES
-                ) -> AsyncIterator[tuple[Path, list[ProbeRun], Prometheus]]:
+async def fleet(tmp: Path, counting: Counting, count: int, names: list[str] = NAMES,
+                replicas: int = 1) -> AsyncIterator[tuple[Path, list[ProbeRun], Prometheus]]:
     async with serving(counting.app) as base:
         cfg = tmp / "probe.yaml"
         port = int(base.rpartition(":")[2])
         cfg.write_text(config_text(port, counting.failing, names), "utf-8")
-        runs = [start_shard(cfg, tmp, f"{i}/{count}") for i in range(count)]
+        runs = [start_shard(cfg, tmp, f"{i}/{count}", replicas=replicas) for i in range(count)]
         try:
             for r in runs:
                 await r.live(30)
@@ -310,6 +314,32 @@ async def test_killing_the_shard_that_probes_a_failing_target_is_not_ready(
         assert code == 1 and not_ready(answer) == lost & critical, answer
         (entry,) = [t for t in answer["targets"] if t["name"] == bad]
         assert f"its shard {owner}/2 is down" in entry["detail"] and not entry["ready"]
+
+
+@pytest.mark.timeout(180)
+async def test_redundant_shards_are_ready_only_if_every_fresh_replica_says_so(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """PROBE_SHARD_REPLICAS=2 on 2 shards: every target is probed by both. One target fails
+    for shard 1's probes only: not ready while shard 1 reports it, ready once shard 1 is gone
+    (the one fresh replica left says ready), and no target is without data meanwhile."""
+    names = NAMES[:6]
+    flaky = "t01"
+    counting = Counting(failing_for={(flaky, "1/2")})
+    async with fleet(tmp_path, counting, 2, names, replicas=2) as (cfg, runs, p):
+
+        async def disagreement_seen() -> bool:  # both replicas' series in, one says not ready
+            code, answer = await gate(capsys, p, "-c", str(cfg))
+            details = [t["detail"] for t in answer["targets"] if t["name"] == flaky]
+            return code == 1 and not_ready(answer) == {flaky} and details[0].startswith(
+                "not ready in 1 of 2 replicas (shard 1/2)")
+
+        await until(disagreement_seen, f"the gate to see {flaky} fail in shard 1 only",
+                    within=60, every=0.3)
+        assert counting.senders() == {n: {"0/2", "1/2"} for n in names}, "each on both shards"
+
+        runs[1].proc.kill()
+        code, answer = await gate(capsys, p, "-c", str(cfg), "--wait", "30s")
+        assert code == 0 and answer["ready"], answer
 
 
 # --- deploy/kubernetes/shards ----------------------------------------------------------------
