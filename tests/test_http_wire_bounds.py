@@ -59,7 +59,7 @@ async def test_a_probe_leaves_nothing_for_the_cyclic_gc() -> None:
     answers = [
         response(BODY, f"Content-Length: {len(BODY)}"),  # success
         response(b"x" * (2 << 20), CHUNKED.replace("chunked", "identity")),  # body_too_large
-        b"HTTP/1.1 200 OK\r\n" + b"".join(b"X-P-%d: p\r\n" % i for i in range(500)),  # protocol
+        b"HTTP/1.1 200 OK\r\n" + b"".join(b"X-P-%d: p\r\n" % i for i in range(6000)),  # protocol
         response(b"5\r\nhello\r\n0\r\nX-T: " + b"t" * ENDLESS, CHUNKED),  # framing cap
         response(b"abc", "Content-Length: 100"),  # disconnected
     ]

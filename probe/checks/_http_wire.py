@@ -10,7 +10,9 @@ start_tls (two steps, so no hook inside the handshake is needed), `processing` f
 written to the headers parsed (taken in the parser callback, not when the coroutine wakes).
 
 Bounds against a hostile peer: the response head (status line, headers, any 1xx interim
-answers) may take at most MAX_HEAD bytes and MAX_HEADERS header lines; the body is counted as it
+answers) must end within its first MAX_HEAD bytes, however TCP segments them (any number of
+lines: only the bytes are bounded, as in curl; a segment is fed up to the cap first and the
+rest only once the head has ended); the body is counted as it
 arrives and reading stops at the body limit, decompressed output included (zlib max_length).
 The head cap also covers what a chunked body carries besides its data: every byte received that
 is not body data (the head, chunk-size lines and their extensions, trailers) counts, with
@@ -148,6 +150,10 @@ class Wire(asyncio.Protocol):
     def __init__(self, plan: Plan, head_only: bool, limit: int, probe: Progress) -> None:
         self.plan, self.head_only, self.limit, self.probe = plan, head_only, limit, probe
         self.parser: HttpResponseParser | None = HttpResponseParser(self)
+        # What RFC 9112 asks a client to accept, as curl does: a bare LF as a line end (§2.2)
+        # and obs-fold continuation lines (§5.2, joined with a space by llhttp).
+        self.parser.set_dangerous_leniencies(lenient_headers=True,
+                                             lenient_optional_cr_before_lf=True)
         self.transport: asyncio.Transport | None = None
         self.waiter: asyncio.Future[None] | None = None
         self.error: BaseException | None = None
@@ -237,6 +243,21 @@ class Wire(asyncio.Protocol):
         if not self.head_done:
             if not self.first:
                 self.first = data[:64]
+            room = MAX_HEAD - self.head_bytes
+            if len(data) > room:  # up to the cap first: the verdict is the segmentation's not
+                self._feed(data[:room])
+                if self.done or self.error is not None or self.parser is None:
+                    return
+                if not self.head_done:
+                    self._fail(Fail(Failure.PROTOCOL, "not valid HTTP: response head exceeds"
+                                                      f" {size(MAX_HEAD)} without ending"))
+                    return
+                data = data[room:]
+        self._feed(data)
+
+    def _feed(self, data: bytes) -> None:
+        assert self.parser is not None
+        if not self.head_done:
             self.head_bytes += len(data)
         self.received += len(data)
         try:
@@ -248,7 +269,7 @@ class Wire(asyncio.Protocol):
                 return
             self._fail(self._named(exc))
         else:
-            if not self.head_done and self.head_bytes > MAX_HEAD:
+            if not self.head_done and self.head_bytes >= MAX_HEAD:
                 self._fail(Fail(Failure.PROTOCOL, "not valid HTTP: response head exceeds"
                                                   f" {size(MAX_HEAD)} without ending"))
             elif not self.done and self.received - self.body_raw > (
@@ -282,10 +303,7 @@ class Wire(asyncio.Protocol):
                 raise Fail(Failure.PROTOCOL, f"not valid HTTP: more than {MAX_HEADERS} trailer"
                                              " lines")
             return
-        headers = self.headers
-        headers.append((name, value))
-        if len(headers) > MAX_HEADERS:
-            raise Fail(Failure.PROTOCOL, f"not valid HTTP: more than {MAX_HEADERS} headers")
+        self.headers.append((name, value))  # bounded by MAX_HEAD bytes
         low = name.lower()
         if low in _WATCHED:
             if low == b"content-length":
