@@ -15,7 +15,9 @@ Loop lag is measured two ways: a sampler task that sleeps 50 ms and records how 
 (a loop stalled by one probe's work shows here at once), and the scheduler's own
 probe_scheduler_lag_seconds p99 per sample window. Printed every --sample-every: RSS, fds,
 tasks, loop lag max and p99, scheduler lag p99, probes; at the end start / end / max of each and
-whether a healthy target ever failed, and each faulty target's classes.
+whether a healthy target ever failed, and each faulty target's classes. With --neighbour N a
+child process also opens N idle connections to the daemon's own port every third sample period
+and holds them for one (the daemon's server limits: probe/listener.py).
 
 Verdict (exit 1 on any): a healthy target failed; RSS grew by more than 25 % + 20 MB from the
 first sample after warm-up (the first 10 % of the run) to the last; fds grew by more than 20;
@@ -102,6 +104,43 @@ async def lag_sampler(lags: list[float]) -> None:
         lags.append(max(0.0, loop.time() - t0 - TICK))
 
 
+# A neighbour on the network: opens N connections to the daemon, sends nothing, holds them for
+# a while, exits. A child process, so its sockets are not counted among the daemon's fds.
+NEIGHBOUR = """
+import socket, sys, time
+port, n, hold = int(sys.argv[1]), int(sys.argv[2]), float(sys.argv[3])
+socks = []
+for _ in range(n):
+    s = socket.socket()
+    s.settimeout(1.0)
+    try:
+        s.connect(("127.0.0.1", port))
+        socks.append(s)
+    except OSError:
+        s.close()
+print(len(socks), flush=True)
+time.sleep(hold)
+"""
+
+
+async def neighbour_floods(port: int, n: int, every: float) -> None:
+    """Every 3 samples: `n` idle connections to the daemon, held for one sample period."""
+    while True:
+        await asyncio.sleep(every * 2)
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-c", NEIGHBOUR, str(port), str(n), str(every),
+            stdout=asyncio.subprocess.PIPE)
+        try:
+            assert proc.stdout is not None
+            made = (await proc.stdout.readline()).decode().strip()
+            print(f"       neighbour: {made} of {n} idle connections open", flush=True)
+            await proc.wait()
+        finally:
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
+
+
 def p99(xs: list[float]) -> float:
     return sorted(xs)[int(0.99 * (len(xs) - 1))] if xs else 0.0
 
@@ -113,6 +152,9 @@ async def run(args: argparse.Namespace, config: Path, expected: dict[str, str | 
     settle_gc(daemon)
     lags: list[float] = []
     sampler = asyncio.create_task(lag_sampler(lags))
+    port = int(url.rsplit(":", 1)[1])
+    neighbour = (asyncio.create_task(neighbour_floods(port, args.neighbour, args.sample_every))
+                 if args.neighbour else None)
     samples: list[Sample] = []
     loop = asyncio.get_running_loop()
     start = loop.time()
@@ -140,6 +182,9 @@ async def run(args: argparse.Namespace, config: Path, expected: dict[str, str | 
                 prev = cur
     finally:
         sampler.cancel()
+        if neighbour is not None:
+            neighbour.cancel()
+            await asyncio.gather(neighbour, return_exceptions=True)
         await daemon.stop()
     return samples, prev
 
@@ -206,6 +251,8 @@ def main() -> int:
     p.add_argument("--interval", default="2s", help="of each faulty target")
     p.add_argument("--timeout", default="1s", help="of each faulty target")
     p.add_argument("--sample-every", type=float, default=10.0, help="seconds")
+    p.add_argument("--neighbour", type=int, default=0, metavar="N",
+                   help="also a neighbour opening N idle connections to the daemon now and then")
     p.add_argument("--history", type=int, default=10,
                    help="results kept per target (small: full after warm-up, so growth is a leak)")
     args = p.parse_args()
