@@ -326,53 +326,6 @@ class FlowStep(Target):
 Target.model_rebuild()
 
 
-_FROM_FLOW = "[flow]"  # the key a flow hands its defaults to a step under (no YAML key has `[`)
-_FLOW_ONLY = ("interval", "success_threshold", "failure_threshold", "critical", "latency",
-              "steps")
-_STEP_TAKES = frozenset(TargetDefaults.model_fields) - set(_FLOW_ONLY[1:])  # interval too
-_FLOW_FIELDS = frozenset({"name", "steps", "latency", *TargetDefaults.model_fields})
-
-
-class FlowStep(Target):
-    """One step of a flow: an HTTP request or a WebSocket session (by its URL's scheme) with
-    the keys of such a target, credentials included, so every rule of those checks applies.
-    Its name is a latency measure and names it in a failure; `extract` takes values from its
-    answer (`json.PATH` or `header:NAME`) for the `{{name}}` of the steps after it."""
-
-    extract: dict[str, str] = Field(default_factory=dict)
-
-    @model_validator(mode="before")
-    @classmethod
-    def _from_flow(cls, data: Any) -> Any:
-        if not isinstance(data, dict):
-            return data
-        data = dict(data)
-        flow = data.pop(_FROM_FLOW, {})
-        own = [k for k in _FLOW_ONLY if k in data]
-        if own:
-            raise ValueError(f"{', '.join(own)}: set on the flow, not on one of its steps")
-        return {**_inherited(flow, data), **data}
-
-    @field_validator("extract")
-    @classmethod
-    def _extract(cls, v: dict[str, str]) -> dict[str, str]:
-        return check_extract(v)
-
-    @model_validator(mode="after")
-    def _extract_http(self) -> FlowStep:
-        if self.extract and self.kind != "http":
-            raise ValueError("extract is for http(s) steps: values come from an HTTP answer")
-        return self
-
-    @property
-    def extracts_json(self) -> bool:
-        """Whether the answer's body must be kept for `extract`."""
-        return any(where.startswith("json.") for where in self.extract.values())
-
-
-Target.model_rebuild()
-
-
 class History(Strict):
     """How much recent history the status page keeps per target (whichever is smaller)."""
 
