@@ -16,8 +16,10 @@ import yaml
 from pydantic import (
     AliasChoices,
     BeforeValidator,
+    Discriminator,
     Field,
     SecretStr,
+    Tag,
     ValidationError,
     field_validator,
     model_validator,
@@ -106,21 +108,73 @@ Measure = Literal["total", "handshake", "rtt", "ttfb"]
 MEASURES: tuple[str, ...] = get_args(Measure)
 
 
+MAX_WINDOW = 100_000  # samples a count window may keep
+MAX_TIMED_WINDOW = 10_000  # samples a time window keeps at most (a fast probe fills it early)
+
+
 class LatencyTarget(Strict):
+    """Bounds on one measure's quantiles over a window: a sample count (`window: 100`) or a
+    duration (`window: 5m`, the default: a spike leaves the verdict a few minutes after it
+    ends, whatever the probe interval; a count at 15 s would keep it for 25 minutes)."""
+
     measure: str = "total"  # one of MEASURES or a step name of the target (Config checks)
     p50: Duration | None = None
     p95: Duration | None = None
     p99: Duration | None = None
-    window: int = Field(default=100, ge=1, le=100_000)  # samples kept per measure
+    window: int | str = "5m"  # samples kept, or how long a sample is kept
     min_samples: int = Field(default=5, ge=1)
+
+    @field_validator("window")
+    @classmethod
+    def _window(cls, v: int | str) -> int | str:
+        if isinstance(v, bool) or (isinstance(v, int) and not 1 <= v <= MAX_WINDOW):
+            raise ValueError(f"a sample count 1..{MAX_WINDOW} or a duration such as 5m, got"
+                             f" {v!r}")
+        if isinstance(v, str):
+            try:
+                parse_duration(v)
+            except ValueError:
+                raise ValueError(f"a sample count 1..{MAX_WINDOW} or a duration such as 5m,"
+                                 f" got {v!r}") from None
+        return v
+
+    @property
+    def span(self) -> float | None:
+        """Seconds a sample stays in the window (None: a count window)."""
+        return parse_duration(self.window) if isinstance(self.window, str) else None
+
+    @property
+    def count(self) -> int:
+        """Samples the window keeps at most."""
+        return self.window if isinstance(self.window, int) else MAX_TIMED_WINDOW
+
+    def bounds(self) -> list[str]:
+        """The quantiles bounded here: p50, p95, p99."""
+        return [q for q in ("p50", "p95", "p99") if getattr(self, q) is not None]
 
     @model_validator(mode="after")
     def _some_bound(self) -> LatencyTarget:
         if self.p50 is None and self.p95 is None and self.p99 is None:
             raise ValueError("a latency target needs at least one of p50, p95, p99")
-        if self.min_samples > self.window:
+        if isinstance(self.window, int) and self.min_samples > self.window:
             raise ValueError("min_samples cannot exceed window")
         return self
+
+
+def _latency_blocks(v: Any) -> Any:
+    """`latency:` is one block or a list of them; a list of one is that block."""
+    if isinstance(v, list | tuple):
+        return None if not v else v[0] if len(v) == 1 else tuple(v)
+    return v
+
+
+# One block, or several: the branch is chosen by the input's shape, so an error names the
+# block's key (`targets[0].latency[1].p95`), not both branches. The tags hold a `[`, which a
+# config error's place leaves out, as it does pydantic's own branch names.
+Latency = Annotated[
+    Annotated[LatencyTarget, Tag("[one]")] | Annotated[tuple[LatencyTarget, ...], Tag("[list]")],
+    Discriminator(lambda v: "[list]" if isinstance(v, list | tuple) else "[one]"),
+]
 
 
 class TargetDefaults(Strict):
@@ -159,7 +213,8 @@ class Target(TargetDefaults):
     credential_scheme: str = "Bearer"  # prefix in a header ("" sends the bare token)
     expect: Expect = Field(default_factory=Expect)
     version_path: str | None = None
-    latency: LatencyTarget | None = None
+    # one block, or several (each its own measure, bounds and window): see `latencies`
+    latency: Annotated[Latency | None, BeforeValidator(_latency_blocks)] = None
     # WebSocket
     subprotocols: list[str] = Field(default_factory=list)
     origin: str | None = None
@@ -188,9 +243,16 @@ class Target(TargetDefaults):
         return {**data, "steps": steps}
 
     @property
+    def latencies(self) -> tuple[LatencyTarget, ...]:
+        """Every latency block of the target, in the file's order."""
+        lat = self.latency
+        return () if lat is None else lat if isinstance(lat, tuple) else (lat,)
+
+    @property
     def measure(self) -> str:
-        """The latency measure readiness judges and the status page charts by default."""
-        return self.latency.measure if self.latency else "total"
+        """The latency measure the status page charts by default: the first block's."""
+        blocks = self.latencies
+        return blocks[0].measure if blocks else "total"
 
     @field_validator("url")
     @classmethod
@@ -264,11 +326,16 @@ class Target(TargetDefaults):
             raise ValueError("method, json_body and body are for http(s) targets only")
         else:
             self._ws_only()
-        if self.latency is not None and self.latency.measure in ("handshake", "rtt"):
-            if self.kind != "websocket":
-                raise ValueError(f"latency measure {self.latency.measure} is for WebSocket targets")
-            if self.latency.measure == "rtt" and not self.messages:
+        bounded: set[tuple[str, str]] = set()
+        for lat in self.latencies:
+            if lat.measure in ("handshake", "rtt") and self.kind != "websocket":
+                raise ValueError(f"latency measure {lat.measure} is for WebSocket targets")
+            if lat.measure == "rtt" and not self.messages:
                 raise ValueError("latency measure rtt needs messages to time")
+            for q in lat.bounds():
+                if (lat.measure, q) in bounded:  # one bound per series of probe_latency_target
+                    raise ValueError(f"latency: {lat.measure} {q} is bounded twice")
+                bounded.add((lat.measure, q))
         if self.timeout > self.interval:
             if "timeout" not in self.model_fields_set:  # only the built-in 5s: clamp it
                 object.__setattr__(self, "timeout", self.interval)

@@ -187,8 +187,7 @@ class TargetSeries:
         self.critical_line = prefix(TARGET_CRITICAL.name, lbl) + ("1.0" if target.critical
                                                                  else "0.0")
         lines = []
-        lat = target.latency
-        if lat is not None:
+        for lat in target.latencies:
             for quantile, attr in BOUNDS:
                 bound = getattr(lat, attr)
                 if bound is not None:
@@ -198,7 +197,7 @@ class TargetSeries:
         self.with_messages = bool(target.messages)
         if not self.with_messages:
             self.ws_regex = None
-        self.measures = tuple(dict.fromkeys(("total", target.measure)))
+        self.measures = tuple(dict.fromkeys(("total", *(b.measure for b in target.latencies))))
         if not self.hists.keys() <= set(self.measures):
             self.hists = {m: h for m, h in self.hists.items() if m in self.measures}
 

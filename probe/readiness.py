@@ -179,7 +179,7 @@ class _Track:
     stale_after: float = field(init=False)
 
     def __post_init__(self) -> None:
-        self.latency = LatencyWindows(self.target.latency, self.target.measure)
+        self.latency = LatencyWindows(self.target.latencies)
         self.stale_after = stale_after(self.target)
 
 
@@ -315,7 +315,7 @@ class Readiness:
             track.version = outcome.version
         if outcome.success:
             track.successes, track.failures = track.successes + 1, 0
-            track.latency.add(outcome)
+            track.latency.add(outcome, now)  # a time window drops what is older than now
         else:
             track.successes, track.failures = 0, track.failures + 1
             track.last_failure = outcome
@@ -377,6 +377,14 @@ class Readiness:
         for track in tracks.values():
             self._refresh(track, self._last_now)
         return changes
+
+    def latency_breach(self, name: str) -> str | None:
+        """What breaches the target's latency blocks (`handshake p95 71ms > 50ms (...)`), or
+        None: within them, or short of samples. Strings only when breached."""
+        track = self._tracks.get(name)
+        if track is None or not track.latency.breached():
+            return None
+        return track.latency.summary()[1]
 
     def awaiting_latency(self, name: str) -> bool:
         """True while a target with a latency target has fewer than min_samples samples.

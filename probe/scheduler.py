@@ -46,7 +46,7 @@ def fast_budget(target: Target) -> int:
     """Probes that decide a target whatever it answers: enough to reach either threshold (and to
     fill the latency window); past that, it is flapping and more haste would not settle it."""
     n = target.success_threshold + target.failure_threshold - 1
-    return n + (target.latency.min_samples if target.latency is not None else 0)
+    return n + max((b.min_samples for b in target.latencies), default=0)
 
 
 def load_check(target: Target, checker: Callable[[Target], Check] = checker_for) -> Check:

@@ -143,7 +143,9 @@ def _target_extra(target: Target) -> dict[str, Any]:
         "method": target.method if target.kind == "http" else None,
         "success_threshold": target.success_threshold,
         "failure_threshold": target.failure_threshold,
-        "latency_target": target.latency.model_dump(mode="json") if target.latency else None,
+        "latency_target": (target.latencies[0].model_dump(mode="json") if target.latencies
+                           else None),
+        "latency_targets": [b.model_dump(mode="json") for b in target.latencies],
     }
 
 

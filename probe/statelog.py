@@ -40,6 +40,7 @@ class StateLog:
     def __init__(self) -> None:
         self._causes: dict[str, Failure | None] = {}  # failing target -> the cause last logged
         self._gate = False  # the gate as last logged: it starts not ready, so that is not logged
+        self._slow: set[str] = set()  # targets whose latency verdict was last logged breached
         # decided once: the logging level is configured before the daemon is built
         self._debug = log.bind().is_enabled_for(logging.DEBUG)
 
@@ -64,6 +65,8 @@ class StateLog:
             log.warning(f"target {name} is still failing, now {why}", target=name,
                         state="failing", failure=str(outcome.failure), was=str(was),
                         detail=outcome.detail, trace_id=outcome.trace_id)
+        if outcome.success:  # only a success moves a latency window
+            self._latency(name, readiness.latency_breach(name))
         gate = readiness.gate_open
         if gate != self._gate:
             self._gate = gate
@@ -76,7 +79,18 @@ class StateLog:
                 log.warning(f"staging not ready: waiting on {named}{more}", gate="not ready",
                             blocking=blocking[:SHOWN], blocking_count=len(blocking))
 
+    def _latency(self, name: str, breach: str | None) -> None:
+        """A line when a target's latency verdict turns (breached) and when it turns back."""
+        if breach is not None and name not in self._slow:
+            self._slow.add(name)
+            log.warning(f"target {name} latency over target: {breach}", target=name,
+                        failure="latency", detail=breach)
+        elif breach is None and name in self._slow:
+            self._slow.discard(name)
+            log.info(f"target {name} latency back within target", target=name, latency="ok")
+
     def forget(self, names: set[str]) -> None:
         """Targets removed by a reload: their causes are no longer tracked."""
         for name in names:
             self._causes.pop(name, None)
+            self._slow.discard(name)

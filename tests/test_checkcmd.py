@@ -68,8 +68,8 @@ async def test_latency_target_breached_names_the_measured_p95(
     assert data["ready"] is False
     assert (t["state"], t["failure"]) == ("ready", "latency")
     assert t["latency_ms"]["p95"] >= 150.0
-    assert t["detail"].startswith(f"p95 {t['latency_ms']['p95']:.0f}ms over target 100ms")
-    assert t["detail"].endswith("(measure total, 3 samples)")
+    assert t["detail"].startswith(f"total p95 {t['latency_ms']['p95']:.0f}ms > 100ms")
+    assert t["detail"].endswith("(3 samples)")
 
 
 async def test_expect_version_not_served_names_both_versions(

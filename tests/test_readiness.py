@@ -114,7 +114,7 @@ def test_latency_target_breached_keeps_state_but_is_not_ready() -> None:
     t = v.targets[0]
     assert not v.ready and t.state == "ready" and not t.ready
     assert t.failure == "latency"
-    assert t.detail == "p95 152ms over target 100ms (measure total, 3 samples)"
+    assert t.detail == "total p95 152ms > 100ms (3 samples)"
     assert t.latency_ms["p95"] == pytest.approx(152.0)
     assert t.latency_ms["target_p95"] == pytest.approx(100.0)
     # the window rolls: five fast samples push the slow ones out
