@@ -29,6 +29,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from probe.config_base import FROM_TEXT, Duration, Strict, parse_duration
 from probe.config_credentials import BearerSpec, CredentialSpec, JwtSpec, LoginSpec, OAuth2Spec
 from probe.config_errors import expand, pydantic_errors
+from probe.config_http import HttpVersion, TlsVersion, one_or_more
 from probe.config_steps import check_extract, scenario_errors
 from probe.redact import redact_urls
 
@@ -57,6 +58,13 @@ class Expect(Strict):
     json_: dict[str, Any] = Field(default_factory=dict, alias="json")  # dotted path -> value
     headers: dict[str, Regex] = Field(default_factory=dict)  # name -> regex (full match)
     body_regex: Regex | None = None
+    # blackbox_exporter's fail_if_body_matches_regexp / fail_if_header_matches / fail_if_ssl,
+    # fail_if_not_ssl and valid_http_versions (probe/config_http.py)
+    body_not_regex: Annotated[list[Regex], BeforeValidator(one_or_more)] = Field(
+        default_factory=list)  # none may be found in the body (re.search)
+    headers_not: dict[str, Regex] = Field(default_factory=dict)  # no value may fully match
+    tls: bool | None = None  # true: the final answer must come over TLS; false: must not
+    http_versions: list[HttpVersion] | None = None  # the final answer's; None: any
 
     @field_validator("status")
     @classmethod
@@ -190,6 +198,10 @@ class TargetDefaults(Strict):
     redirect_hosts: list[str] = Field(default_factory=list)  # other hosts a detail may quote
     tls_verify: bool = True
     ca_file: Path | None = None
+    tls_server_name: str | None = None  # SNI and the name verified, for the target's own host
+    tls_min_version: TlsVersion | None = None
+    cert_file: Path | None = None  # a client certificate (mTLS), PEM; its key too, or key_file
+    key_file: Path | None = None
     body_limit: int = Field(default=1 << 20, ge=1)  # bytes; also the WebSocket message cap
 
 
@@ -309,6 +321,8 @@ class Target(TargetDefaults):
     def _fits_kind(self) -> Target:
         if not self.url and not self.steps:
             raise ValueError("a target needs a url (or steps, for a flow)")
+        if self.key_file is not None and self.cert_file is None:
+            raise ValueError("key_file is the key of cert_file: set cert_file too")
         if self.json_body is not None and self.body is not None:
             raise ValueError("set json_body or body, not both")
         if self.kind == "flow":

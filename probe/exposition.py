@@ -88,6 +88,17 @@ SSL_EXPIRY = Family("probe_ssl_earliest_cert_expiry", "gauge",
                     "unix time the earliest certificate of the verified chain expires")
 SSL_LEAF_EXPIRY = Family("probe_ssl_leaf_cert_expiry", "gauge",
                          "unix time the server's own certificate expires")
+# blackbox_exporter's HTTP series (probe.outcome.HttpFacts), so its dashboards read ours
+HTTP_SSL = Family("probe_http_ssl", "gauge", "1 if the final answer came over TLS")
+HTTP_VERSION = Family("probe_http_version", "gauge", "HTTP version of the final answer")
+HTTP_REDIRECTS = Family("probe_http_redirects", "gauge", "redirects followed")
+HTTP_LENGTH = Family("probe_http_content_length", "gauge",
+                     "Content-Length of the final answer (-1: none)")
+HTTP_BODY = Family("probe_http_uncompressed_body_length", "gauge",
+                   "body bytes of the final answer after decoding")
+HTTP_REGEX = Family("probe_failed_due_to_regex", "gauge",
+                    "1 if a body or header pattern of expect failed")
+TLS_VERSION = Family("probe_tls_version_info", "gauge", "the TLS version of the last probe")
 WS_STATUS = Family("probe_websocket_status_code", "gauge",
                    "HTTP status of the WebSocket upgrade (101: accepted)")
 WS_CLOSE = Family("probe_websocket_close_code", "gauge",
@@ -136,6 +147,8 @@ def render(
                 for pre, v in zip(s.p_phases, s.phases, strict=False):
                     w(pre)
                     w(num(v))
+    w(TLS_VERSION.header(openmetrics))
+    out.extend(s.tls_line for s in series)
     w(LATENCY.header(openmetrics))
     for s in series:
         for h in s.hists.values():
@@ -180,6 +193,12 @@ _GAUGES = tuple(
         (HTTP_STATUS, "http_status", count),
         (SSL_EXPIRY, "cert_expiry", num),
         (SSL_LEAF_EXPIRY, "leaf_expiry", num),
+        (HTTP_SSL, "http_ssl", num),
+        (HTTP_VERSION, "http_version", num),
+        (HTTP_REDIRECTS, "http_redirects", num),
+        (HTTP_LENGTH, "http_length", num),
+        (HTTP_BODY, "http_body", num),
+        (HTTP_REGEX, "http_regex", num),
         (WS_STATUS, "ws_status", count),
         (WS_CLOSE, "ws_close", count),
         (WS_UPGRADED, "ws_upgraded", num),

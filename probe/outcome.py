@@ -35,6 +35,21 @@ class Failure(StrEnum):
     LATENCY = "latency"
 
 
+@dataclass(frozen=True, slots=True)
+class HttpFacts:
+    """What blackbox_exporter reports of an HTTP probe beside its success (probe_http_ssl,
+    _version, _redirects, _content_length, _uncompressed_body_length, probe_tls_version_info,
+    probe_failed_due_to_regex), so dashboards built for it read ours: of the final hop."""
+
+    ssl: bool  # the final answer came over TLS
+    version: float  # HTTP version of the final answer (1.1); 0 when none came
+    redirects: int  # redirects followed
+    tls_version: str | None  # "TLS 1.3", as blackbox_exporter labels it
+    content_length: int  # the final answer's Content-Length; -1 when it has none
+    body_length: int  # body bytes after gzip/deflate decoding (0: body not read)
+    failed_regex: bool  # a body or header pattern of `expect` failed
+
+
 @dataclass(slots=True)
 class Outcome:
     """What one probe of one target saw.
@@ -58,6 +73,7 @@ class Outcome:
     leaf_expiry: float | None = None  # the server certificate's own notAfter
     cert_expiry: float | None = None
     trace_id: str | None = None  # the traceparent's trace id the probe's requests carried
+    http: HttpFacts | None = None  # HTTP checks only
     started_at: float = field(default_factory=time.time)
 
     @classmethod

@@ -72,8 +72,10 @@ async def test_success_values(twin: Twin) -> None:
     assert outcome.latency.get("ttfb") is not None  # measured, but no latency target judges it
     assert value(s, "probe_latency_seconds_count", target="t", measure="ttfb") is None
     # the series budget of a probed plain-http target (docs/performance.md counts on it):
-    # 3 last-probe gauges, 5 phases, 20 histogram lines, 2 results, 12 failures, critical
-    assert len(of_target(s, "t")) == 43, sorted(of_target(s, "t"))
+    # 3 last-probe gauges, 6 of blackbox_exporter's probe_http_* / probe_failed_due_to_regex
+    # (no probe_tls_version_info on plain http), 5 phases, 20 histogram lines, 2 results,
+    # 12 failures, critical
+    assert len(of_target(s, "t")) == 49, sorted(map(str, of_target(s, "t")))
     assert value(s, "probe_build_info", version=__version__) == 1
     assert value(s, "probe_ssl_earliest_cert_expiry", target="t") is None  # plain http
     assert not any(name.startswith("probe_websocket") for name, _ in s)

@@ -22,6 +22,7 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 
 from probe import __version__
 from probe.config import Target
+from probe.config_http import TLS_VERSIONS
 from probe.credentials import Attached, Credentials
 from probe.outcome import Failure, Outcome
 from probe.redact import KNOWN, Secrets, clip
@@ -49,16 +50,35 @@ def checker_for(target: Target) -> Check:
 
 
 @lru_cache(maxsize=64)
-def ssl_context(verify: bool, ca_file: Path | None) -> ssl.SSLContext:
-    """One SSLContext per (verify, CA file): building one loads the trust store; never per
-    probe."""
+def ssl_context(verify: bool, ca_file: Path | None, min_version: str | None = None,
+                cert_file: Path | None = None, key_file: Path | None = None) -> ssl.SSLContext:
+    """One SSLContext per distinct TLS settings (verify, CA file, minimum version, client
+    certificate): building one loads the trust store; never per probe."""
     if not verify:
         ctx = ssl.create_default_context()
         ctx.check_hostname = False
         ctx.verify_mode = ssl.CERT_NONE
     else:
         ctx = ssl.create_default_context(cafile=str(ca_file) if ca_file else None)
+    if min_version is not None:
+        ctx.minimum_version = TLS_VERSIONS[min_version]
+    if cert_file is not None:  # mTLS: the client certificate a server asks for
+        ctx.load_cert_chain(cert_file, key_file)
     return ctx
+
+
+def tls_context(target: Target) -> ssl.SSLContext:
+    """The target's SSLContext (see ssl_context); OSError / ssl.SSLError if a file of it
+    cannot be loaded, which the checks name with tls_files()."""
+    return ssl_context(target.tls_verify, target.ca_file, target.tls_min_version,
+                       target.cert_file, target.key_file)
+
+
+def tls_files(target: Target) -> str:
+    """The TLS files a target names, as a failure to load them is worded."""
+    named = [f"{key} {path}" for key, path in (("ca_file", target.ca_file),
+             ("cert_file", target.cert_file), ("key_file", target.key_file)) if path]
+    return ", ".join(named) or "the system trust store"
 
 
 class Fail(Exception):

@@ -53,13 +53,23 @@ class Plan:
     allow_redirects: bool
     max_redirects: int  # redirects followed at most
     json_checks: tuple[JsonCheck, ...]
-    header_checks: tuple[tuple[str, re.Pattern[str]], ...]
+    header_checks: tuple[tuple[str, re.Pattern[str], bool], ...]  # (name, full match, negated)
     body_re: re.Pattern[str] | None
     version_path: str | None
     version_keys: tuple[str, ...] | None
     keep_body: bool  # False: the body is only counted, never kept
     redirect_hosts: frozenset[str] = frozenset()  # hosts whose answers a detail may quote
     traced: bool = True  # False: the target configures its own traceparent (see _trace)
+    body_not: tuple[re.Pattern[str], ...] = ()  # expect.body_not_regex: none may be found
+    tls: bool | None = None  # expect.tls: the final answer over TLS (True) or not (False)
+    http_versions: frozenset[str] | None = None  # expect.http_versions ("1.1", "2")
+    server_name: str | None = None  # tls_server_name, for the target's own origin
+
+    def sni(self, hop: Hop) -> str:
+        """The TLS server name for `hop`: tls_server_name on the target's own origin (a
+        redirect elsewhere is verified as the name it leads to)."""
+        return self.server_name if self.server_name and hop.origin == self.hop.origin else (
+            hop.host)
 
     def quotable(self, hop: Hop) -> bool:
         """Whether a detail may quote what `hop` answered: the target's own host (on its port,
@@ -116,6 +126,7 @@ def _build(t: Target) -> Plan:
         for path, value in expect.json_.items()
     )
     follow = t.follow_redirects and t.max_redirects > 0
+    wants_text = expect.body_regex is not None or bool(expect.body_not_regex)
     return Plan(
         hop=build_hop(t.method, url, headers.items(), data),
         headers=tuple(headers.items()),
@@ -124,14 +135,40 @@ def _build(t: Target) -> Plan:
         allow_redirects=follow,
         max_redirects=t.max_redirects,
         json_checks=json_checks,
-        header_checks=tuple((n, re.compile(p)) for n, p in expect.headers.items()),
+        header_checks=tuple((n, re.compile(p), False) for n, p in expect.headers.items())
+        + tuple((n, re.compile(p), True) for n, p in expect.headers_not.items()),
+        body_not=tuple(re.compile(p) for p in expect.body_not_regex),
+        tls=expect.tls,
+        http_versions=frozenset(expect.http_versions) if expect.http_versions else None,
+        server_name=t.tls_server_name,
         body_re=re.compile(expect.body_regex) if expect.body_regex is not None else None,
         version_path=t.version_path,
         version_keys=tuple(t.version_path.split(".")) if t.version_path else None,
-        keep_body=bool(json_checks or expect.body_regex is not None or t.version_path),
+        keep_body=bool(json_checks or wants_text or t.version_path),
         redirect_hosts=frozenset(h.lower().rstrip('.') for h in t.redirect_hosts),
         traced=not configured(headers.keys()),
     )
+
+
+# The details of evaluate() that name a failed header or body pattern: blackbox_exporter's
+# probe_failed_due_to_regex (a JSON path or version mismatch is not a regex).
+_REGEX_DETAILS = ("header ", "body does not match /", "body matches /")
+
+
+def regex_failed(failure: Failure | None, detail: str) -> bool:
+    return failure is Failure.ASSERTION and detail.startswith(_REGEX_DETAILS)
+
+
+def answer_failure(plan: Plan, tls: bool, version: str) -> str | None:
+    """Why the final answer fails expect.tls or expect.http_versions (blackbox_exporter's
+    fail_if_ssl / fail_if_not_ssl / valid_http_versions), or None."""
+    if plan.tls is not None and tls != plan.tls:
+        how = "over TLS" if tls else "over plain HTTP"
+        return f"answered {how} (expect.tls: {str(plan.tls).lower()})"
+    if plan.http_versions is not None and version not in plan.http_versions:
+        return (f"answered HTTP/{version} (expect.http_versions:"
+                f" {', '.join(sorted(plan.http_versions))})")
+    return None
 
 
 def as_json(value: Any) -> Any:
@@ -265,8 +302,16 @@ def evaluate(
             return version, Failure.VERSION_MISMATCH, (
                 f"serving build {clip(version, 60)}, expected {clip(expect_version, 60)}"
             )
-    for name, pattern in plan.header_checks:
+    for name, pattern, negated in plan.header_checks:
         values = headers.getall(name, [])
+        if negated:  # expect.headers_not: a missing header passes
+            hit = next((v for v in values if pattern.fullmatch(v)), None)
+            if hit is not None:
+                return version, Failure.ASSERTION, (
+                    f"header {name}: {quote(hit, 50)} matches /{clip(pattern.pattern, 40)}/"
+                    " (expect.headers_not)"
+                )
+            continue
         if not values:
             return version, Failure.ASSERTION, (
                 f"header {name}: missing (expected /{clip(pattern.pattern, 40)}/)"
@@ -275,12 +320,19 @@ def evaluate(
             return version, Failure.ASSERTION, (
                 f"header {name}: expected /{clip(pattern.pattern, 40)}/, got {quote(values[0], 50)}"
             )
+    text = _text(body, charset) if plan.body_re is not None or plan.body_not else ""
     if plan.body_re is not None:
-        text = _text(body, charset)
         if plan.body_re.search(text) is None:
             return version, Failure.ASSERTION, (
                 f"body does not match /{clip(plan.body_re.pattern, 40)}/"
                 f" (body starts {quote(text[:64])})"
+            )
+    for pattern in plan.body_not:
+        found = pattern.search(text)
+        if found is not None:
+            return version, Failure.ASSERTION, (
+                f"body matches /{clip(pattern.pattern, 40)}/ (expect.body_not_regex):"
+                f" {quote(found.group(0))}"
             )
     if plan.json_checks:
         if doc is MISSING:

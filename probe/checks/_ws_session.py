@@ -35,7 +35,7 @@ from websockets.exceptions import InvalidHandshake, InvalidMessage, InvalidStatu
 from websockets.typing import Origin, Subprotocol
 from websockets.uri import WebSocketURI
 
-from probe.checks import USER_AGENT, Fail, clip, host_port, ssl_context
+from probe.checks import USER_AGENT, Fail, clip, host_port, tls_context
 from probe.checks._trace import HEADER, traceparent
 from probe.checks._ws_conn import BoundedConnection, BoundedProtocol
 from probe.config import Target
@@ -151,7 +151,7 @@ async def open_session(
     target: Target, plan: Plan, infos: list[Any], s: Session
 ) -> BoundedConnection:
     """TCP, TLS if wss, then the upgrade; times `connect` and `handshake` (TLS + upgrade)."""
-    context = ssl_context(target.tls_verify, target.ca_file) if plan.secure else None
+    context = tls_context(target) if plan.secure else None
     conn = BoundedConnection(
         BoundedProtocol(
             plan.uri,
@@ -172,7 +172,8 @@ async def open_session(
         if context is not None:
             s.stage = "tls"
             tls = await asyncio.get_running_loop().start_tls(
-                transport, conn, context, server_hostname=plan.host  # type: ignore[arg-type]
+                transport, conn, context,  # type: ignore[arg-type]
+                server_hostname=target.tls_server_name or plan.host,
             )
             assert tls is not None
             transport = tls

@@ -22,15 +22,15 @@ import asyncio
 import ssl
 import time
 
-from probe.checks import CheckContext, Fail, clip, scrub, ssl_context, target_secrets
+from probe.checks import CheckContext, Fail, clip, scrub, target_secrets, tls_context, tls_files
 from probe.checks._http_classify import Progress, classify, os_text, timed_out
-from probe.checks._http_expect import Plan, evaluate, plan_for
+from probe.checks._http_expect import Plan, answer_failure, evaluate, plan_for, regex_failed
 from probe.checks._http_request import BadRedirect, redirect_hop
 from probe.checks._http_wire import Wire, connect
 from probe.checks._trace import new_trace_id, traceparent
 from probe.config import Target
 from probe.credentials import Attached, CredentialError, attach
-from probe.outcome import Failure, Outcome
+from probe.outcome import Failure, HttpFacts, Outcome
 
 
 async def check(target: Target, ctx: CheckContext) -> Outcome:
@@ -47,9 +47,9 @@ async def check(target: Target, ctx: CheckContext) -> Outcome:
             target.name, "http", Failure.PROTOCOL, detail, 0.0, started_at=started
         )
     try:  # also for plain HTTP: a ca_file that cannot load is a config fault either way
-        tls = ssl_context(target.tls_verify, target.ca_file)
+        tls = tls_context(target)
     except (OSError, ssl.SSLError) as exc:
-        detail = f"cannot load ca_file {target.ca_file}: {os_text(exc)}"
+        detail = f"cannot load {tls_files(target)}: {os_text(exc)}"
         return Outcome.failed(target.name, "http", Failure.TLS, detail, 0.0, started_at=started)
     t0 = time.perf_counter()
     probe = Progress(t0, plan.hop.where, secrets)
@@ -58,9 +58,10 @@ async def check(target: Target, ctx: CheckContext) -> Outcome:
     detail = ""
     budget = asyncio.timeout(target.timeout)
     trace_id = new_trace_id() if plan.traced else None  # one trace for every hop of the probe
+    seen = _Seen()
     try:
         async with budget:
-            version, failure, detail = await _run(target, plan, tls, ctx, probe, trace_id)
+            version, failure, detail = await _run(target, plan, tls, ctx, probe, trace_id, seen)
     except Fail as exc:
         failure, detail = exc.failure, exc.detail
     except Exception as exc:  # the contract: classify, never raise out of check()
@@ -92,6 +93,7 @@ async def check(target: Target, ctx: CheckContext) -> Outcome:
         latency=latency,
         cert_expiry=probe.cert_expiry,
         trace_id=trace_id,
+        http=seen.facts(failure, detail),
         started_at=started,
         leaf_expiry=probe.leaf_expiry,
     )
@@ -104,6 +106,7 @@ async def _run(
     ctx: CheckContext,
     probe: Progress,
     trace_id: str | None,
+    seen: _Seen,
 ) -> tuple[str | None, Failure | None, str]:
     cred_headers: dict[str, str] | None = None
     query: dict[str, str] | None = None
@@ -132,6 +135,7 @@ async def _run(
             wire.send(request)
             await wire.head()
             status = wire.status
+            seen.answered(wire, hop.tls, redirects)
             if wire.follow:
                 redirects += 1
                 if redirects > plan.max_redirects:
@@ -155,12 +159,45 @@ async def _run(
                     ctx.credentials.invalidate(target.credential, placed.token)
                     detail += f"; credential {placed.source} was sent"
                 return None, Failure.HTTP_STATUS, detail
+            why = answer_failure(plan, hop.tls, seen.http_version)
+            if why is not None:
+                return None, Failure.ASSERTION, why
             await wire.rest()
             probe.close_phase("transfer", wire.t_done)
+            seen.body = wire.decoded if wire.decoder is not None else wire.body_raw
             return evaluate(plan, wire.header_map(), wire.body_bytes(), wire.charset(),
                             ctx.expect_version)
         finally:
             wire.close()
+
+
+class _Seen:
+    """What the last answer showed, for the Outcome's HttpFacts (blackbox_exporter's series)."""
+
+    __slots__ = ("body", "http_version", "length", "redirects", "tls", "tls_version")
+
+    def __init__(self) -> None:
+        self.tls, self.redirects, self.length, self.body = False, 0, -1, 0
+        self.http_version = "0"
+        self.tls_version: str | None = None
+
+    def answered(self, wire: Wire, tls: bool, redirects: int) -> None:
+        """A response head came (of a redirect hop or the final answer): the latest wins."""
+        self.tls, self.redirects = tls, redirects
+        self.length = -1 if wire.length is None else wire.length
+        if wire.parser is not None:
+            self.http_version = wire.parser.get_http_version()
+        ssl_object = wire.transport.get_extra_info("ssl_object") if wire.transport else None
+        version = ssl_object.version() if ssl_object is not None else None
+        # "TLSv1.3" -> "TLS 1.3", blackbox_exporter's label value
+        self.tls_version = version.replace("v", " ", 1) if version else None
+
+    def facts(self, failure: Failure | None, detail: str) -> HttpFacts:
+        return HttpFacts(
+            ssl=self.tls, version=float(self.http_version), redirects=self.redirects,
+            tls_version=self.tls_version, content_length=self.length, body_length=self.body,
+            failed_regex=regex_failed(failure, detail),
+        )
 
 
 # Failures whose detail may quote the answer (a body excerpt, a header or JSON value, a build).

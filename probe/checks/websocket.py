@@ -55,8 +55,9 @@ from probe.checks import (
     keep,
     recall,
     scrub,
-    ssl_context,
     target_secrets,
+    tls_context,
+    tls_files,
 )
 from probe.checks._http_classify import os_text
 from probe.checks._trace import configured, new_trace_id
@@ -249,9 +250,9 @@ async def check(target: Target, ctx: CheckContext) -> Outcome:
     started_at = time.time()
     if target.url.startswith("wss:"):  # build the cached TLS context outside the clock (~45 ms)
         try:
-            ssl_context(target.tls_verify, target.ca_file)
+            tls_context(target)
         except (OSError, ssl.SSLError) as exc:  # as the HTTP check names it
-            detail = f"cannot load ca_file {target.ca_file}: {os_text(exc)}"
+            detail = f"cannot load {tls_files(target)}: {os_text(exc)}"
             return Outcome.failed(target.name, "websocket", Failure.TLS, detail, 0.0,
                                   started_at=started_at)
     start = time.perf_counter()
