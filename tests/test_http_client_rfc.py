@@ -6,13 +6,27 @@ nginx, node and uvicorn and compares the verdicts with curl's.
 
 from __future__ import annotations
 
+import gzip
+import zlib
+from importlib.util import find_spec
 from pathlib import Path
 
 import pytest
 from faults.certs import make_chain
 from helpers import samples, value
 from http_servers import serve_app
-from test_http_wire import Peer, failed, fixed, ok, probe, response, serve, target
+from test_http_wire import (
+    BODY,
+    JSON_OK,
+    Peer,
+    failed,
+    fixed,
+    ok,
+    probe,
+    response,
+    serve,
+    target,
+)
 
 from probe.metrics import Metrics
 from probe.outcome import Failure
@@ -72,3 +86,53 @@ async def test_the_head_cap_does_not_depend_on_segmentation() -> None:
     async with serve(Peer(fixed(response(b"ok", "Content-Length: 2", *lines)))) as base:
         detail = failed(await probe(f"{base}/"), Failure.PROTOCOL)
     assert detail == "not valid HTTP: response head exceeds 64 KiB without ending"
+
+
+# --- what a body is ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("coding", ["gzip", "deflate"])
+async def test_a_compressed_body_cut_short_fails_for_every_coding(coding: str) -> None:
+    whole = gzip.compress(BODY) if coding == "gzip" else zlib.compress(BODY)
+    cut = whole[: len(whole) // 2]
+    answer = response(cut, f"Content-Length: {len(cut)}", f"Content-Encoding: {coding}")
+    async with serve(Peer(fixed(answer))) as base:
+        out = await probe(f"{base}/", expect=JSON_OK)
+    assert failed(out, Failure.PROTOCOL) == (
+        f"cannot decode the body: {coding} stream incomplete (cut short)")
+
+
+@pytest.mark.parametrize("headers", [
+    ["Content-Encoding: gzip, gzip"],
+    ["Content-Encoding: gzip", "Content-Encoding: gzip"],  # two lines: one list
+], ids=["one-line", "two-lines"])
+async def test_stacked_codings_are_undone_last_first(headers: list[str]) -> None:
+    twice = gzip.compress(gzip.compress(BODY))
+    answer = response(twice, f"Content-Length: {len(twice)}", *headers)
+    async with serve(Peer(fixed(answer))) as base:
+        ok(await probe(f"{base}/", expect=JSON_OK))
+
+
+async def test_an_unasked_coding_is_decoded_or_named_never_matched() -> None:
+    """`br` sent although the probe asked for gzip, deflate: a body check must not read the
+    compressed bytes; brotli decodes it when installed, else the detail names it."""
+    packed = _brotli_or_junk()
+    answer = response(packed, f"Content-Length: {len(packed)}", "Content-Encoding: br")
+    async with serve(Peer(fixed(answer))) as base:
+        checked = await probe(f"{base}/", expect=JSON_OK)
+        counted = await probe(f"{base}/")  # no body check: the body is only counted
+    if find_spec("brotli") is not None:
+        ok(checked)
+    else:
+        assert failed(checked, Failure.PROTOCOL) == (
+            "cannot decode the body: Content-Encoding br (the brotli module is not installed);"
+            " the body checks cannot read it")
+    ok(counted)
+
+
+def _brotli_or_junk() -> bytes:
+    if find_spec("brotli") is None:
+        return b"\x1b\x0e\x00\xf8" + BODY  # never decoded: only has to look compressed
+    import brotli  # type: ignore[import-not-found]
+
+    return bytes(brotli.compress(BODY))

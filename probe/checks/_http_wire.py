@@ -38,7 +38,7 @@ from multidict import CIMultiDict, CIMultiDictProxy
 
 from probe.checks import Fail
 from probe.checks._http_classify import Progress, disconnected
-from probe.checks._http_decode import ENCODINGS, Decoder
+from probe.checks._http_decode import decoder_for
 from probe.checks._http_expect import Plan, quote, size
 from probe.checks._http_request import REDIRECTS, Hop
 from probe.outcome import Failure
@@ -309,7 +309,8 @@ class Wire(asyncio.Protocol):
             if low == b"content-length":
                 self.length = int(value)  # llhttp has checked it is digits
             elif low == b"content-encoding":
-                self.encoding = value.strip().lower()
+                coding = value.strip().lower()  # several lines: one list (RFC 9110 §5.3)
+                self.encoding = self.encoding + b"," + coding if self.encoding else coding
             elif low == b"content-type":
                 self.ctype = value
             else:
@@ -337,8 +338,8 @@ class Wire(asyncio.Protocol):
         elif self.length is not None and self.length > self.limit:
             raise Fail(Failure.BODY_TOO_LARGE, f"body of {self.length} bytes (Content-Length)"
                                                f" exceeds the {size(self.limit)} limit")
-        elif self.encoding in ENCODINGS:
-            self.decoder = Decoder(self.encoding, self.limit)
+        elif self.encoding:
+            self.decoder = decoder_for(self.encoding, self.limit, plan.keep_body)
         self._wake()
 
     def on_body(self, data: bytes) -> None:
