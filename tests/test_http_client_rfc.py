@@ -136,3 +136,33 @@ def _brotli_or_junk() -> bytes:
     import brotli  # type: ignore[import-not-found]
 
     return bytes(brotli.compress(BODY))
+
+
+# --- redirects ---------------------------------------------------------------------------------
+
+
+async def test_cookies_set_on_a_redirect_go_on_the_next_hops_of_that_probe_only() -> None:
+    """A login redirect: /login sets a session cookie, /app needs it. Path, Secure and Max-Age
+    as curl's cookie engine applies them."""
+
+    def answer(head: bytes) -> bytes:
+        if head.startswith(b"GET /login "):
+            return response(b"", "Location: /app/home", "Content-Length: 0",
+                            "Set-Cookie: session=s3cr3t; Path=/app; HttpOnly",
+                            "Set-Cookie: theme=dark",  # default path /: sent too
+                            "Set-Cookie: other=x; Path=/admin",  # not for /app
+                            "Set-Cookie: tls=y; Secure",  # plain http: not sent
+                            "Set-Cookie: gone=z; Max-Age=0",
+                            status="302 Found")
+        ok = b"session=s3cr3t" in head
+        return response(b"in" if ok else b"out", "Content-Length: 2" if ok else "Content-Length: 3")
+
+    peer = Peer(answer)
+    async with serve(peer) as base:
+        first = await probe(f"{base}/login", follow_redirects=True, expect={"body_regex": "in"})
+        second = await probe(f"{base}/login", follow_redirects=True)
+    ok(first), ok(second)
+    assert peer.header(0, "cookie") is None  # nothing kept from before
+    assert peer.header(1, "cookie") == "session=s3cr3t; theme=dark"
+    assert peer.header(2, "cookie") is None  # the next probe starts afresh
+    assert peer.header(3, "cookie") == "session=s3cr3t; theme=dark"

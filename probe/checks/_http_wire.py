@@ -216,6 +216,10 @@ class Wire(asyncio.Protocol):
     def body_bytes(self) -> bytes:
         return b"".join(self.chunks) if self.chunks else b""
 
+    def set_cookies(self) -> list[bytes]:
+        """The Set-Cookie values of the head (a redirect's, for the probe's cookie jar)."""
+        return [v for n, v in self.headers if n.lower() == b"set-cookie"]
+
     def header_map(self) -> CIMultiDictProxy[str]:
         """The headers for evaluate(); only built when the plan checks headers."""
         if not self.plan.header_checks:

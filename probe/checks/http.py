@@ -24,8 +24,9 @@ import time
 
 from probe.checks import CheckContext, Fail, clip, scrub, target_secrets, tls_context, tls_files
 from probe.checks._http_classify import Progress, classify, os_text, timed_out
+from probe.checks._http_cookies import Jar
 from probe.checks._http_expect import Plan, answer_failure, evaluate, plan_for, regex_failed
-from probe.checks._http_request import BadRedirect, redirect_hop
+from probe.checks._http_request import BadRedirect, Hop, redirect_hop
 from probe.checks._http_wire import Wire, connect
 from probe.checks._trace import new_trace_id, traceparent
 from probe.config import Target
@@ -128,6 +129,7 @@ async def _run(
         raise Fail(Failure.CREDENTIAL, f"credential {target.credential}: the value cannot go in"
                                        " a header (a line break or NUL in it)") from None
     redirects, same_origin = 0, True  # same_origin: the credential went with this hop
+    jar = Jar()  # this probe's cookies: set on a redirect hop, sent on the next ones
     while True:
         wire = Wire(plan, hop.method == "HEAD", target.body_limit, probe)
         try:
@@ -142,6 +144,7 @@ async def _run(
                     raise Fail(Failure.HTTP_STATUS,
                                f"more than {plan.max_redirects} redirects, last HTTP {status}")
                 location = wire.location.decode("utf-8", "surrogateescape")
+                jar.store(hop.url, wire.set_cookies())
                 try:
                     hop = redirect_hop(hop, status, location, plan.headers, plan.hop.origin)
                 except BadRedirect as exc:
@@ -150,8 +153,8 @@ async def _run(
                 # as aiohttp did: the Location decides the query from then on).
                 same_origin = hop.origin == plan.hop.origin
                 probe.foreign = not plan.quotable(hop)
-                request = hop.request(cred_headers if same_origin else None, None,
-                                      trace_id and traceparent(trace_id))
+                request = hop.request(_cookie(cred_headers if same_origin else None, jar, hop),
+                                      None, trace_id and traceparent(trace_id))
                 continue
             if not plan.status_ok(status):
                 detail = _status_detail(plan, wire, probe.foreign)
@@ -198,6 +201,12 @@ class _Seen:
             tls_version=self.tls_version, content_length=self.length, body_length=self.body,
             failed_regex=regex_failed(failure, detail),
         )
+
+
+def _cookie(headers: dict[str, str] | None, jar: Jar, hop: Hop) -> dict[str, str] | None:
+    """`headers` (the credential's) plus the jar's Cookie for `hop`, if any matches."""
+    cookie = jar.header(hop.url) if jar.cookies else None
+    return {**(headers or {}), "Cookie": cookie} if cookie else headers
 
 
 # Failures whose detail may quote the answer (a body excerpt, a header or JSON value, a build).
