@@ -7,12 +7,21 @@ Secret values are SecretStr so that a repr, a log line or a validation error nev
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import AfterValidator, Field, SecretStr, model_validator
 
 from probe.config_base import Duration, Strict
+
+
+def _http_url(v: str) -> str:
+    if urlsplit(v).scheme not in ("http", "https"):
+        raise ValueError(f"must be an http(s) URL, got {v!r}")
+    return v
+
+
+HttpUrl = Annotated[str, AfterValidator(_http_url)]  # an auth service's or token endpoint's
 
 
 class BearerSpec(Strict):
@@ -54,19 +63,13 @@ class JwtSpec(Strict):
 class OAuth2Spec(Strict):
     """OAuth2 client-credentials grant; the token is cached until shortly before it expires."""
 
-    token_url: str
+    token_url: HttpUrl
     client_id: str
     client_secret: SecretStr
     scopes: list[str] = Field(default_factory=list)
     audience: str | None = None
     timeout: Duration = 5.0
 
-    @field_validator("token_url")
-    @classmethod
-    def _http_url(cls, v: str) -> str:
-        if urlsplit(v).scheme not in ("http", "https"):
-            raise ValueError(f"token_url must be an http(s) URL, got {v!r}")
-        return v
 
 
 class LoginSpec(Strict):
@@ -76,7 +79,7 @@ class LoginSpec(Strict):
     The body and headers are secrets (a password, an API key): kept out of repr, masked in every
     output (see probe.credentials._secret_values)."""
 
-    url: str
+    url: HttpUrl
     method: Literal["POST", "PUT", "GET"] = "POST"
     json_: dict[str, Any] | None = Field(default=None, alias="json", repr=False)
     form: dict[str, SecretStr] | None = None
@@ -86,12 +89,6 @@ class LoginSpec(Strict):
     ttl: Duration = 300.0
     timeout: Duration = 5.0
 
-    @field_validator("url")
-    @classmethod
-    def _http_url(cls, v: str) -> str:
-        if urlsplit(v).scheme not in ("http", "https"):
-            raise ValueError(f"url must be an http(s) URL, got {v!r}")
-        return v
 
     @model_validator(mode="after")
     def _one_body(self) -> LoginSpec:

@@ -122,6 +122,19 @@ class _Fetched(Provider):
         """The token of this answer (cached with `_keep`), or CredentialError."""
         raise NotImplementedError
 
+    def _document(self, status: int, body: bytes, said: tuple[str, ...]) -> dict[str, Any]:
+        """The answer's JSON object, or CredentialError: its status when not 2xx (with what an
+        error answer says under the keys `said`), or that it is no JSON object."""
+        try:
+            doc = json.loads(body)
+        except ValueError:
+            doc = None
+        if not 200 <= status < 300:
+            raise self.fail(f"{self.what} answered HTTP {status}{self._said(doc, said)}")
+        if not isinstance(doc, dict):
+            raise self.fail(f"{self.what} answered with a body that is not a JSON object")
+        return doc
+
     def _own(self) -> Secrets:
         """This credential's configured secrets, masked in anything quoted from an answer."""
         return Secrets()
@@ -187,13 +200,6 @@ def _retrieve(task: asyncio.Task[str]) -> None:
         task.exception()
 
 
-def _json(body: bytes) -> Any:
-    try:
-        return json.loads(body)
-    except ValueError:
-        return None
-
-
 class OAuth2(_Fetched):
     """OAuth2 client-credentials grant."""
 
@@ -217,12 +223,7 @@ class OAuth2(_Fetched):
         return Secrets([self.spec.client_secret.get_secret_value()])
 
     def _accept(self, status: int, body: bytes) -> str:
-        doc = _json(body)
-        if not 200 <= status < 300:
-            raise self.fail(f"token endpoint answered HTTP {status}"
-                            f"{self._said(doc, ('error', 'error_description'))}")
-        if not isinstance(doc, dict):
-            raise self.fail("token endpoint answered with a body that is not a JSON object")
+        doc = self._document(status, body, ("error", "error_description"))
         token = doc.get("access_token")
         if not isinstance(token, str) or not token.strip():
             raise self.fail("token endpoint answer has no access_token")
@@ -266,12 +267,7 @@ class Login(_Fetched):
         return Secrets([*self.spec.body_values(), *(v.get_secret_value() for v in held)])
 
     def _accept(self, status: int, body: bytes) -> str:
-        doc = _json(body)
-        if not 200 <= status < 300:
-            raise self.fail(f"auth service answered HTTP {status}"
-                            f"{self._said(doc, ('error', 'message', 'detail'))}")
-        if not isinstance(doc, dict):
-            raise self.fail("auth service answered with a body that is not a JSON object")
+        doc = self._document(status, body, ("error", "message", "detail"))
         token = dig(doc, self.spec.token_path)
         if not isinstance(token, str) or not token.strip():
             raise self.fail(f"auth service answer has no token at {self.spec.token_path}")
