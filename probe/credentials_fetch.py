@@ -110,8 +110,9 @@ class _Fetched(Provider):
         if self._cached is None or self._cached[0] != token:
             return False
         self._cached = None
-        log.info("credential token rejected by a target; obtaining a new one next",
-                 credential=self.name)
+        # debug: the failing probe's own line already says so, once per probe would be noise
+        log.debug("credential token rejected by a target; obtaining a new one next",
+                  credential=self.name)
         return True
 
     def _request(self) -> dict[str, Any]:
