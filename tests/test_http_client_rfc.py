@@ -166,3 +166,37 @@ async def test_cookies_set_on_a_redirect_go_on_the_next_hops_of_that_probe_only(
     assert peer.header(1, "cookie") == "session=s3cr3t; theme=dark"
     assert peer.header(2, "cookie") is None  # the next probe starts afresh
     assert peer.header(3, "cookie") == "session=s3cr3t; theme=dark"
+
+
+# --- what goes out ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("path_qs", [
+    "/files/a%2Fb/%7Euser",  # an encoded slash is not a slash; %7E stays as written
+    "/s3/key?X-Amz-Signature=ab%2Bcd%3D&X-Amz-Credential=AK%2F20260101%2Fus&x=%7e",
+])
+async def test_the_request_url_is_sent_as_written(path_qs: str) -> None:
+    peer = Peer(fixed(response(b"ok", "Content-Length: 2")))
+    async with serve(peer) as base:
+        ok(await probe(base + path_qs))
+    assert peer.heads[0].split(b"\r\n", 1)[0] == f"GET {path_qs} HTTP/1.1".encode()
+
+
+async def test_a_redirect_location_is_followed_as_written() -> None:
+    def answer(head: bytes) -> bytes:
+        if head.startswith(b"GET /start "):
+            return response(b"", "Location: next/a%2Fb?sig=x%2By", "Content-Length: 0",
+                            status="302 Found")
+        return response(b"ok", "Content-Length: 2")
+
+    peer = Peer(answer)
+    async with serve(peer) as base:
+        ok(await probe(f"{base}/start", follow_redirects=True))
+    assert peer.heads[1].startswith(b"GET /next/a%2Fb?sig=x%2By HTTP/1.1\r\n")
+
+
+async def test_what_cannot_go_on_a_request_line_is_percent_encoded() -> None:
+    peer = Peer(fixed(response(b"ok", "Content-Length: 2")))
+    async with serve(peer) as base:
+        ok(await probe(f"{base}/caf\u00e9 menu?q=\u00e9"))
+    assert peer.heads[0].startswith(b"GET /caf%C3%A9%20menu?q=%C3%A9 HTTP/1.1\r\n")

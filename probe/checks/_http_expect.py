@@ -25,10 +25,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from multidict import CIMultiDict, CIMultiDictProxy
-from yarl import URL
 
 from probe.checks import USER_AGENT, PerObject, clip, keep, recall
-from probe.checks._http_request import Hop, build_hop
+from probe.checks._http_request import Hop, as_written, build_hop
 from probe.checks._trace import configured
 from probe.config import Target
 from probe.outcome import Failure
@@ -100,7 +99,7 @@ def plan_for(target: Target) -> Plan:
 def _build(t: Target) -> Plan:
     headers: CIMultiDict[str] = CIMultiDict(t.headers)
     headers.setdefault("User-Agent", USER_AGENT)
-    url = URL(t.url)
+    url = as_written(t.url)
     placed = None  # the header the credential goes in, per probe
     if t.credential is not None and t.credential_in == "header":
         # It replaces a configured header of that name (one Authorization line, not two), as

@@ -17,7 +17,7 @@ import ipaddress
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from urllib.parse import urlencode
+from urllib.parse import quote, urlencode, urljoin, urlsplit
 
 from yarl import URL
 
@@ -71,6 +71,27 @@ class Hop:
         return b"".join((line, self.rest, extra, b"\r\n", self.body))
 
 
+# Every printable ASCII byte goes as written; only what cannot be on a request line (space,
+# controls, non-ASCII) is percent-encoded, as curl does.
+_AS_WRITTEN = "".join(chr(c) for c in range(0x21, 0x7F))
+
+
+def as_written(text: str) -> URL:
+    """`text` as a URL whose path and query go on the wire as written: a `%2F`, a `%7E` or a
+    signed query's own escapes are not decoded nor re-encoded (yarl's URL() normalises them,
+    which breaks signatures and routes that tell `/` from `%2F`). The host is IDNA-encoded, a
+    fragment dropped."""
+    url = URL(text)  # validates the URL, IDNA-encodes the host
+    split = urlsplit(text)
+    host = url.raw_host or ""
+    return URL.build(
+        scheme=url.scheme, user=url.raw_user, password=url.raw_password,
+        host=f"[{host}]" if ":" in host else host,  # encoded: the brackets are the caller's
+        port=url.explicit_port, path=quote(split.path, safe=_AS_WRITTEN),
+        query_string=quote(split.query, safe=_AS_WRITTEN), encoded=True,
+    )
+
+
 def build_hop(method: str, url: URL, headers: Iterable[tuple[str, str]], data: bytes | None) -> Hop:
     """The hop for `url`; ValueError if the URL or a header cannot go on the wire (the message
     never quotes a header's value: it may be a secret)."""
@@ -121,10 +142,10 @@ def redirect_hop(
 ) -> Hop:
     """The hop a followed redirect leads to. Headers in PRIVATE go only to the origin `home`."""
     try:
-        nxt = URL(location)
-        if nxt.scheme and nxt.scheme not in ("http", "https"):
-            raise BadRedirect(f"redirect to a non-HTTP URL ({nxt.scheme}:)")
-        nxt = hop.url.join(nxt) if not nxt.scheme else nxt
+        scheme = urlsplit(location).scheme.lower()
+        if scheme and scheme not in ("http", "https"):
+            raise BadRedirect(f"redirect to a non-HTTP URL ({scheme}:)")
+        nxt = as_written(urljoin(str(hop.url), location))  # a relative one joined as curl does
         if not nxt.raw_host:
             raise BadRedirect("redirect to a URL without a host")
     except BadRedirect:
