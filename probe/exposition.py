@@ -112,7 +112,7 @@ WS_REGEX = Family("probe_websocket_failed_due_to_regex", "gauge",
 WS_PHASE = Family("probe_websocket_duration_seconds", "gauge",
                   "duration of each WebSocket phase of the last probe")
 LATENCY = Family("probe_latency_seconds", "histogram",
-                 "latency of each probe by measure (total|handshake|rtt|ttfb)")
+                 "latency of each probe by measure (total|handshake|rtt|ttfb|a step's name)")
 RESULTS = Family("probe_results", "counter", "probes by result (success|failure)")
 FAILURES = Family("probe_failures", "counter", "failed probes by failure class")
 TARGET_READY = Family("probe_target_ready", "gauge", "1 if the target counts as ready")

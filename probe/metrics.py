@@ -24,7 +24,9 @@ was 90):
   reports (every HTTP probe's ttfb: 20 lines per target) are not exported: nothing read them,
   and a target whose ttfb matters says so with `latency: {measure: ttfb}`. The 17 buckets
   stay: histogram_quantile interpolates within a bucket, and the alert compares that estimate
-  with bounds from 10 ms to seconds.
+  with bounds from 10 ms to seconds. Every named step (a flow's steps, a WebSocket target's
+  named steps) has its histogram too, `measure` its name: the labels come from the file and
+  are bounded there (config_steps.MAX_STEP_MEASURES per target).
 - probe_scheduler_lag_seconds is a histogram, not a summary: dashboards want a p99 and
   `histogram_quantile(0.99, sum by (le) (rate(probe_scheduler_lag_seconds_bucket[5m])))` also
   aggregates across replicas, which summary quantiles cannot.
@@ -47,6 +49,7 @@ from prometheus_client import CollectorRegistry, Gauge, Histogram, disable_creat
 
 from probe import __version__
 from probe.config import Target
+from probe.config_steps import measure_names
 from probe.exposition import (
     DURATION,
     FAILURES,
@@ -96,6 +99,7 @@ KIND_FAILURES: dict[str, tuple[str, ...]] = {
                   if not f.value.startswith("ws_") and f not in _NEVER_A_PROBE_RESULT),
     "websocket": tuple(f.value for f in Failure if f not in _NEVER_A_PROBE_RESULT
                        and f not in (Failure.HTTP_STATUS, Failure.VERSION_MISMATCH)),
+    "flow": tuple(f.value for f in Failure if f not in _NEVER_A_PROBE_RESULT),  # its steps'
 }
 _LE = (*(num(b) for b in LATENCY_BUCKETS), "+Inf")
 
@@ -166,7 +170,8 @@ class TargetSeries:
         self.cert_expiry: float | None = None
         self.leaf_expiry: float | None = None
         self.ready: float | None = None
-        self.phase_names = WS_PHASES if ws else HTTP_PHASES
+        # a flow has no phases of its own: its steps' times are latency measures
+        self.phase_names = WS_PHASES if ws else () if self.kind == "flow" else HTTP_PHASES
         self.phases: list[float] = [0.0] * len(self.phase_names)
         self.p_success = prefix(SUCCESS.name, lbl)
         self.p_duration = prefix(DURATION.name, lbl)
@@ -218,6 +223,8 @@ class TargetSeries:
         if not self.with_messages:
             self.ws_regex = None
         self.measures = tuple(dict.fromkeys(("total", *(b.measure for b in target.latencies))))
+        steps = [m for m in measure_names(target) if m not in self.measures]
+        self.measures = (*self.measures, *steps)
         if not self.hists.keys() <= set(self.measures):
             self.hists = {m: h for m, h in self.hists.items() if m in self.measures}
 
@@ -225,7 +232,7 @@ class TargetSeries:
         self.duration = outcome.duration
         if self.kind == "http":
             self.http_status = outcome.status_code or 0
-        else:
+        elif self.kind == "websocket":
             self.ws_status = outcome.status_code or 0
             self.ws_close = outcome.close_code or 0
             # As blackbox_exporter: upgraded once the server said 101; failed_due_to_regex when

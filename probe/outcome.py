@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Literal
 
-Kind = Literal["http", "websocket"]
+Kind = Literal["http", "websocket", "flow"]
 
 
 class Failure(StrEnum):

@@ -33,7 +33,9 @@ USER_AGENT = f"stageprobe/{__version__}"
 
 Check = Callable[[Target, "CheckContext"], Awaitable[Outcome]]
 
-_MODULES = {"http": "probe.checks.http", "websocket": "probe.checks.websocket"}
+_MODULES = {"http": "probe.checks.http", "websocket": "probe.checks.websocket",
+            "flow": "probe.checks.flow"}
+Answer = Callable[[list[tuple[bytes, bytes]], bytes], None]  # an HTTP answer's headers, body
 
 
 @dataclass
@@ -42,6 +44,7 @@ class CheckContext:
 
     credentials: Credentials = field(default_factory=Credentials)
     expect_version: str | None = None
+    answer: Answer | None = None  # handed a successful HTTP answer (a flow step's extract)
 
 
 def checker_for(target: Target) -> Check:

@@ -29,7 +29,7 @@ from multidict import CIMultiDict, CIMultiDictProxy
 from probe.checks import USER_AGENT, PerObject, clip, keep, recall
 from probe.checks._http_request import Hop, as_written, build_hop
 from probe.checks._trace import configured
-from probe.config import Target
+from probe.config import FlowStep, Target
 from probe.outcome import Failure
 from probe.version_match import version_matches
 
@@ -143,7 +143,8 @@ def _build(t: Target) -> Plan:
         body_re=re.compile(expect.body_regex) if expect.body_regex is not None else None,
         version_path=t.version_path,
         version_keys=tuple(t.version_path.split(".")) if t.version_path else None,
-        keep_body=bool(json_checks or wants_text or t.version_path),
+        keep_body=bool(json_checks or wants_text or t.version_path
+                       or (isinstance(t, FlowStep) and t.extracts_json)),
         redirect_hosts=frozenset(h.lower().rstrip('.') for h in t.redirect_hosts),
         traced=not configured(headers.keys()),
     )

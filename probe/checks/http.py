@@ -168,6 +168,8 @@ async def _run(
             await wire.rest()
             probe.close_phase("transfer", wire.t_done)
             seen.body = wire.decoded if wire.decoder is not None else wire.body_raw
+            if ctx.answer is not None:  # a flow step's `extract` reads the answer
+                ctx.answer(wire.headers, wire.body_bytes())
             return evaluate(plan, wire.header_map(), wire.body_bytes(), wire.charset(),
                             ctx.expect_version)
         finally:

@@ -1,0 +1,201 @@
+"""Flows: a target's steps (HTTP requests and WebSocket sessions) in order, values extracted
+from one answer carried into the next steps, each failure named by its step, each step's time a
+measure, extracted values masked. Against a real loopback chat backend (aiohttp: a thread
+endpoint and a WebSocket route that records what it was sent)."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp import WSMsgType, web
+from helpers import run_cli, samples, serving, value
+
+from probe.checks import CheckContext, checker_for
+from probe.cli import main
+from probe.config import Config
+from probe.credentials import Credentials
+from probe.metrics import Metrics
+from probe.outcome import Outcome
+
+
+class Backend:
+    """POST /api/threads -> 201 {"id": ...} (or `create_status`), the id also in X-Thread-Id;
+    GET /ws?thread=ID: replies agent_completed to a user message, or closes the session with
+    a reason quoting the thread (`close_with_id`, a server echoing what it was sent)."""
+
+    def __init__(self) -> None:
+        self.thread_id = str(uuid.uuid4())
+        self.create_status = 201
+        self.close_with_id = False
+        self.ws_queries: list[str | None] = []
+        self.ws_messages: list[dict[str, Any]] = []
+        self.created: list[Any] = []
+        app = self.app = web.Application()
+        app.router.add_post("/api/threads", self.create)
+        app.router.add_get("/ws", self.ws)
+
+    async def create(self, request: web.Request) -> web.Response:
+        self.created.append(await request.json())
+        if self.create_status != 201:
+            return web.Response(status=self.create_status, text="thread store down")
+        return web.json_response({"id": self.thread_id, "n": 7}, status=201,
+                                 headers={"X-Thread-Id": self.thread_id})
+
+    async def ws(self, request: web.Request) -> web.WebSocketResponse:
+        ws = web.WebSocketResponse()
+        await ws.prepare(request)
+        self.ws_queries.append(request.query.get("thread"))
+        async for msg in ws:
+            if msg.type is not WSMsgType.TEXT:
+                break
+            data = json.loads(msg.data)
+            self.ws_messages.append(data)
+            if self.close_with_id:
+                await ws.close(code=4004, message=f"no thread {data.get('text')}".encode())
+                break
+            await ws.send_json({"type": "agent_completed", "thread": data.get("thread")})
+        return ws
+
+
+@asynccontextmanager
+async def backend() -> AsyncIterator[tuple[Backend, str]]:
+    b = Backend()
+    async with serving(b.app) as base:
+        yield b, base
+
+
+def flow(base: str, chat_url: str | None = None, **extra: Any) -> dict[str, Any]:
+    ws = base.replace("http://", "ws://")
+    return {
+        "name": "thread-roundtrip", "interval": "10s", "timeout": "5s", **extra,
+        "steps": [
+            {"name": "create-thread", "url": f"{base}/api/threads", "method": "POST",
+             "json_body": {"title": "probe"}, "expect": {"status": [201]},
+             "extract": {"thread_id": "json.id", "header_id": "header:X-Thread-Id",
+                         "n": "json.n"}},
+            {"name": "chat", "url": chat_url or f"{ws}/ws?thread={{{{thread_id}}}}",
+             "messages": [{"send": {"type": "user_message", "text": "hello {{thread_id}}",
+                                    "thread": "{{header_id}}", "n": "{{n}}"},
+                           "until": {"json": {"type": "agent_completed",
+                                              "thread": "{{thread_id}}"}},
+                           "timeout": "2s"}]},
+        ]}
+
+
+async def run(target: dict[str, Any]) -> Outcome:
+    cfg = Config.model_validate({"targets": [target]})
+    t = cfg.targets[0]
+    assert t.kind == "flow"
+    ctx = CheckContext(Credentials(cfg.credentials))
+    try:
+        return await checker_for(t)(t, ctx)
+    finally:
+        await ctx.credentials.aclose()
+
+
+async def test_an_extracted_id_goes_into_the_websocket_url_and_message() -> None:
+    async with backend() as (b, base):
+        out = await run(flow(base))
+    assert out.success, out.detail
+    assert out.kind == "flow"
+    assert b.ws_queries == [b.thread_id]
+    (sent,) = b.ws_messages
+    assert sent == {"type": "user_message", "text": f"hello {b.thread_id}",
+                    "thread": b.thread_id, "n": 7}  # a lone placeholder keeps the JSON number
+    assert {"create-thread", "chat", "total"} <= out.latency.keys()
+    assert out.latency["total"] >= out.latency["create-thread"] + out.latency["chat"]
+
+
+async def test_a_flow_whose_first_step_fails_names_it_and_stops() -> None:
+    async with backend() as (b, base):
+        b.create_status = 500
+        out = await run(flow(base))
+    assert (out.success, out.failure, out.status_code) == (False, "http_status", 500)
+    assert out.detail == "step create-thread: HTTP 500 (expected 201)"
+    assert b.ws_queries == [], "the steps after a failed one do not run"
+
+
+async def test_extracted_values_are_masked_in_a_failure_detail() -> None:
+    async with backend() as (b, base):
+        b.close_with_id = True  # the server's close reason quotes the id it was sent
+        out = await run(flow(base, chat_url=base.replace("http://", "ws://") + "/ws"))
+    assert out.failure == "ws_closed"
+    assert out.detail.startswith("step chat: server closed the session: 4004"), out.detail
+    assert b.thread_id not in out.detail and b.thread_id[:8] not in out.detail
+    assert "***" in out.detail
+
+
+async def test_a_missing_value_to_extract_fails_the_step() -> None:
+    async with backend() as (_, base):
+        target = flow(base)
+        target["steps"][0]["extract"] = {"thread_id": "json.thread.id"}
+        target["steps"][1]["messages"][0]["send"] = {"type": "user_message"}
+        target["steps"][1]["messages"][0]["until"] = {"json": {"type": "agent_completed"}}
+        out = await run(target)
+    assert out.failure == "assertion"
+    assert out.detail == ("step create-thread: extract thread_id: json.thread.id not found in "
+                          "the answer")
+
+
+async def test_the_flows_timeout_bounds_every_step() -> None:
+    async with backend() as (_, base):
+        target = flow(base, timeout="1s")
+        target["steps"][1]["messages"][0]["until"] = {"json": {"type": "never"}}
+        target["steps"][1]["messages"][0]["timeout"] = "5s"
+        target["steps"][1]["timeout"] = "1s"
+        out = await run(target)
+    assert out.failure == "ws_no_reply"
+    assert out.detail.startswith("step chat: no matching reply to step 1 within")
+    assert out.detail.endswith("(what was left of the flow's 1s timeout)")
+
+
+async def test_each_step_has_its_latency_histogram_and_no_phases() -> None:
+    async with backend() as (_, base):
+        target = flow(base)
+        cfg = Config.model_validate({"targets": [target]})
+        out = await run(target)
+    metrics = Metrics()
+    metrics.record(out, cfg.targets[0])
+    s = samples(metrics)
+    for measure in ("total", "create-thread", "chat"):
+        assert value(s, "probe_latency_seconds_count", target="thread-roundtrip",
+                     measure=measure) == 1.0
+    assert value(s, "probe_success", target="thread-roundtrip") == 1.0
+    assert value(s, "probe_failures_total", target="thread-roundtrip", failure="ws_closed") == 0
+    names = {name for name, _ in s}
+    assert not names & {"probe_http_status_code", "probe_websocket_status_code"}
+    assert not any(n.startswith(("probe_http_duration", "probe_websocket_duration"))
+                   for n in names)
+
+
+async def test_probe_check_runs_a_flow(tmp_path: Path, capsys: pytest.CaptureFixture[str]
+                                       ) -> None:
+    async with backend() as (b, base):
+        f = tmp_path / "flow.json"
+        f.write_text(json.dumps({"targets": [flow(base, success_threshold=1)]}))
+        code = await run_cli("check", "-c", str(f), "--format", "json")
+        report = json.loads(capsys.readouterr().out)
+    assert code == 0, report
+    (t,) = report["targets"]
+    assert (t["name"], t["kind"], t["ready"]) == ("thread-roundtrip", "flow", True)
+    assert b.ws_queries and set(b.ws_queries) == {b.thread_id}
+
+
+def test_an_unknown_placeholder_is_rejected_by_validate_with_its_place(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    target = flow("http://127.0.0.1:9")
+    target["steps"][0]["extract"] = {"other": "json.id"}
+    cfg = {"targets": [{"name": f"t{i}", "url": "http://127.0.0.1:9/"} for i in range(3)]
+           + [target]}
+    f = tmp_path / "flow.yaml"
+    f.write_text(json.dumps(cfg))
+    assert main(["validate", "-c", str(f)]) == 2
+    err = capsys.readouterr().err
+    assert ("targets[3].steps[1].url: {{thread_id}} is not extracted by an earlier step"
+            in err), err
