@@ -27,7 +27,7 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
-from probe.config import Config, ConfigError
+from probe.config import Config, ConfigError, Target
 
 READ_TIMEOUT = 5.0  # seconds one read of the file may take
 SETTLE = 0.5  # seconds between the two reads that must agree
@@ -122,6 +122,11 @@ class Changes:
     changed: list[str]  # definition or credential changed: restarted from scratch
 
 
+def _uses(target: Target) -> set[str]:
+    """The credentials a target uses: its own, or its steps' for a flow."""
+    return {c for c in (target.credential, *(s.credential for s in target.steps)) if c}
+
+
 def diff_configs(old: Config, new: Config) -> Changes:
     """Targets added, removed, and changed: any field of the Target, or the spec of the
     credential it uses (a rotated token or a new token URL is a new definition too)."""
@@ -129,9 +134,7 @@ def diff_configs(old: Config, new: Config) -> Changes:
     after = {t.name: t for t in new.targets}
     changed = sorted(
         name for name in before.keys() & after.keys()
-        if before[name] != after[name] or (
-            after[name].credential is not None
-            and old.credentials.get(after[name].credential)
-            != new.credentials.get(after[name].credential)))
+        if before[name] != after[name] or any(
+            old.credentials.get(c) != new.credentials.get(c) for c in _uses(after[name])))
     return Changes(added=sorted(after.keys() - before.keys()),
                    removed=sorted(before.keys() - after.keys()), changed=changed)

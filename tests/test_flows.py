@@ -22,6 +22,7 @@ from probe.config import Config
 from probe.credentials import Credentials
 from probe.metrics import Metrics
 from probe.outcome import Outcome
+from probe.reload import diff_configs
 
 
 class Backend:
@@ -199,3 +200,14 @@ def test_an_unknown_placeholder_is_rejected_by_validate_with_its_place(
     err = capsys.readouterr().err
     assert ("targets[3].steps[1].url: {{thread_id}} is not extracted by an earlier step"
             in err), err
+
+
+def test_a_reload_restarts_a_flow_whose_steps_credential_changed() -> None:
+    def cfg(token: str) -> Config:
+        target = flow("http://127.0.0.1:9")
+        target["steps"][0]["credential"] = "api"
+        return Config.model_validate({"credentials": {"api": {"bearer": {"token": token}}},
+                                      "targets": [target]})
+    assert diff_configs(cfg("token-one-123"), cfg("token-two-456")).changed == [
+        "thread-roundtrip"]
+    assert diff_configs(cfg("token-one-123"), cfg("token-one-123")).changed == []
