@@ -1,4 +1,4 @@
-"""`probe run | check | gate | validate | demo | reload`.
+"""`probe run | check | gate | validate | demo | reload | init | import-blackbox`.
 
 Exit codes: 0 ready / valid, 1 not ready, 2 usage or configuration error. Each subcommand lives
 in its own module and is imported only when used, so `probe validate` stays fast.
@@ -118,6 +118,14 @@ def _parser() -> argparse.ArgumentParser:
                       help="where to write it (default: stageprobe.yaml; -: print it)")
     init.add_argument("--force", action="store_true", help="replace an existing file")
 
+    imp = sub.add_parser("import-blackbox", help="a config from blackbox_exporter modules and "
+                         "targets (stdout); what cannot be mapped goes to stderr")
+    imp.add_argument("modules", type=Path, help="blackbox_exporter's module file (blackbox.yml)")
+    imp.add_argument("--targets", type=Path, required=True, metavar="FILE",
+                     help="one target a line (URL, or MODULE URL), or a Prometheus file_sd file")
+    imp.add_argument("--module", default=None, metavar="NAME",
+                     help="the module of targets that name none")
+
     demo = sub.add_parser("demo", help="start the twin and the daemon on loopback")
     demo.add_argument("--host", default=os.environ.get("PROBE_DEMO_HOST") or "127.0.0.1",
                       help="the daemon's address (default: $PROBE_DEMO_HOST or 127.0.0.1; "
@@ -185,6 +193,7 @@ _COMMANDS = {
     "demo": "probe.demo",
     "init": "probe.initcmd",
     "reload": "probe.reloadcmd",
+    "import-blackbox": "probe.import_blackbox",
 }
 
 
