@@ -139,7 +139,10 @@ def _int_param(request: web.Request, name: str, default: int, lo: int, hi: int) 
 
 def _target_extra(target: Target) -> dict[str, Any]:
     return {
-        "url": public_url(target.url), "interval": target.interval, "timeout": target.timeout,
+        "url": public_url(target.url or (target.steps[0].url if target.steps else "")),
+        "interval": target.interval, "timeout": target.timeout,
+        "steps": [{"name": s.name, "kind": s.kind, "url": public_url(s.url)}
+                  for s in target.steps] or None,  # a flow's, each URL as a template
         "method": target.method if target.kind == "http" else None,
         "success_threshold": target.success_threshold,
         "failure_threshold": target.failure_threshold,
