@@ -16,6 +16,8 @@ from aiohttp import web
 from faults import TestCerts
 from helpers import samples, serving, value
 from http_servers import raw_server, read_request
+from ws_servers import PING, websockets_server
+from ws_servers import probe as ws_probe
 
 from probe.checks import CheckContext
 from probe.checks.http import check
@@ -196,3 +198,18 @@ async def test_a_client_certificate_that_cannot_load_is_named(
 def test_key_file_needs_cert_file() -> None:
     with pytest.raises(ValueError, match="key_file is the key of cert_file"):
         Target.model_validate({"name": "t", "url": "https://x/", "key_file": "k.pem"})
+
+
+async def test_a_wss_target_takes_the_same_tls_settings(test_certs: TestCerts) -> None:
+    ctx = server_tls(test_certs, "wrong_host", verify_mode=ssl.CERT_REQUIRED)
+    ctx.load_verify_locations(str(test_certs.ca_file))
+    tls = {"ca_file": str(test_certs.ca_file), "tls_server_name": "wrong.invalid"}
+    client = {"cert_file": str(test_certs.ok.cert), "key_file": str(test_certs.ok.key)}
+    async with websockets_server(ssl=ctx) as url:
+        url = url.replace("ws://", "wss://")
+        ok = await ws_probe({"url": url, "messages": [PING], **tls, **client})
+        no_name = await ws_probe({"url": url, "ca_file": str(test_certs.ca_file), **client})
+        no_cert = await ws_probe({"url": url, **tls})
+    assert ok.success, ok
+    assert no_name.failure is Failure.TLS, no_name
+    assert not no_cert.success, no_cert
