@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 from aiohttp import WSMsgType, web
-from helpers import run_cli, samples, serving, value
+from helpers import http_get, run_cli, run_daemon, samples, serving, until, value
 
 from probe.checks import CheckContext, checker_for
 from probe.cli import main
@@ -81,7 +81,8 @@ def flow(base: str, chat_url: str | None = None, **extra: Any) -> dict[str, Any]
              "extract": {"thread_id": "json.id", "header_id": "header:X-Thread-Id",
                          "n": "json.n"}},
             {"name": "chat", "url": chat_url or f"{ws}/ws?thread={{{{thread_id}}}}",
-             "messages": [{"send": {"type": "user_message", "text": "hello {{thread_id}}",
+             "messages": [{"name": "agent-reply",
+                           "send": {"type": "user_message", "text": "hello {{thread_id}}",
                                     "thread": "{{header_id}}", "n": "{{n}}"},
                            "until": {"json": {"type": "agent_completed",
                                               "thread": "{{thread_id}}"}},
@@ -109,7 +110,7 @@ async def test_an_extracted_id_goes_into_the_websocket_url_and_message() -> None
     (sent,) = b.ws_messages
     assert sent == {"type": "user_message", "text": f"hello {b.thread_id}",
                     "thread": b.thread_id, "n": 7}  # a lone placeholder keeps the JSON number
-    assert {"create-thread", "chat", "total"} <= out.latency.keys()
+    assert {"create-thread", "chat", "agent-reply", "total"} <= out.latency.keys()
     assert out.latency["total"] >= out.latency["create-thread"] + out.latency["chat"]
 
 
@@ -152,7 +153,7 @@ async def test_the_flows_timeout_bounds_every_step() -> None:
         target["steps"][1]["timeout"] = "1s"
         out = await run(target)
     assert out.failure == "ws_no_reply"
-    assert out.detail.startswith("step chat: no matching reply to step 1 within")
+    assert out.detail.startswith("step chat: step agent-reply: no matching reply within")
     assert out.detail.endswith("(what was left of the flow's 1s timeout)")
 
 
@@ -164,7 +165,7 @@ async def test_each_step_has_its_latency_histogram_and_no_phases() -> None:
     metrics = Metrics()
     metrics.record(out, cfg.targets[0])
     s = samples(metrics)
-    for measure in ("total", "create-thread", "chat"):
+    for measure in ("total", "create-thread", "chat", "agent-reply"):
         assert value(s, "probe_latency_seconds_count", target="thread-roundtrip",
                      measure=measure) == 1.0
     assert value(s, "probe_success", target="thread-roundtrip") == 1.0
@@ -186,6 +187,31 @@ async def test_probe_check_runs_a_flow(tmp_path: Path, capsys: pytest.CaptureFix
     (t,) = report["targets"]
     assert (t["name"], t["kind"], t["ready"]) == ("thread-roundtrip", "flow", True)
     assert b.ws_queries and set(b.ws_queries) == {b.thread_id}
+
+
+@pytest.mark.timeout(120)
+async def test_no_extracted_value_reaches_the_daemons_outputs(tmp_path: Path) -> None:
+    async with backend() as (b, base):
+        b.close_with_id = True  # the close reason quotes the id: every probe's detail has it
+        target = flow(base, chat_url=base.replace("http://", "ws://") + "/ws",
+                      interval="1s", timeout="1s", failure_threshold=1)
+        env = {"PROBE_LOG_LEVEL": "debug"}
+        async with run_daemon(json.dumps({"targets": [target]}), tmp_path, env) as daemon:
+            async def failing() -> bool:
+                answer = await http_get(f"{daemon.url}/api/v1/status")
+                return answer is not None and '"state": "failing"' in answer[1].replace(
+                    '":"', '": "')
+
+            await until(failing, "the flow to fail", within=30, every=0.2,
+                        detail=daemon.log_text)
+            outputs = [daemon.log_text()]
+            for path in ("/metrics", "/readyz", "/api/v1/status", "/status"):
+                answer = await http_get(daemon.url + path)
+                assert answer is not None, path
+                outputs.append(answer[1])
+    assert "step chat: server closed the session: 4004" in outputs[0]  # the detail is logged
+    for text in outputs:
+        assert b.thread_id not in text and b.thread_id[:8] not in text
 
 
 def test_an_unknown_placeholder_is_rejected_by_validate_with_its_place(
