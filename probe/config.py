@@ -469,7 +469,8 @@ class Config(Strict):
             errors = scenario_errors(i, t, MEASURES)
             if errors:
                 raise ValueError(errors[0])
-        if self.expect_version is not None and not any(t.version_path for t in self.targets):
+        if self.expect_version is not None and not any(
+                t.version_path or any(s.version_path for s in t.steps) for t in self.targets):
             raise ValueError(no_version_path(self.expect_version))
         return self
 

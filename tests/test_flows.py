@@ -40,6 +40,7 @@ class Backend:
         app = self.app = web.Application()
         app.router.add_post("/api/threads", self.create)
         app.router.add_get("/ws", self.ws)
+        app.router.add_get("/version", self.version)
 
     async def create(self, request: web.Request) -> web.Response:
         self.created.append(await request.json())
@@ -47,6 +48,9 @@ class Backend:
             return web.Response(status=self.create_status, text="thread store down")
         return web.json_response({"id": self.thread_id, "n": 7}, status=201,
                                  headers={"X-Thread-Id": self.thread_id})
+
+    async def version(self, _: web.Request) -> web.Response:
+        return web.json_response({"version": "abc1234"})
 
     async def ws(self, request: web.Request) -> web.WebSocketResponse:
         ws = web.WebSocketResponse()
@@ -90,11 +94,11 @@ def flow(base: str, chat_url: str | None = None, **extra: Any) -> dict[str, Any]
         ]}
 
 
-async def run(target: dict[str, Any]) -> Outcome:
+async def run(target: dict[str, Any], expect_version: str | None = None) -> Outcome:
     cfg = Config.model_validate({"targets": [target]})
     t = cfg.targets[0]
     assert t.kind == "flow"
-    ctx = CheckContext(Credentials(cfg.credentials))
+    ctx = CheckContext(Credentials(cfg.credentials), expect_version)
     try:
         return await checker_for(t)(t, ctx)
     finally:
@@ -212,6 +216,17 @@ async def test_no_extracted_value_reaches_the_daemons_outputs(tmp_path: Path) ->
     assert "step chat: server closed the session: 4004" in outputs[0]  # the detail is logged
     for text in outputs:
         assert b.thread_id not in text and b.thread_id[:8] not in text
+
+
+@pytest.mark.parametrize(("expected", "failure"), [("abc1234", None),
+                                                   ("def5678", "version_mismatch")])
+async def test_a_steps_served_version_is_the_flows(expected: str, failure: str | None) -> None:
+    async with backend() as (_, base):
+        target = flow(base)
+        target["steps"].insert(0, {"name": "build", "url": f"{base}/version",
+                                   "version_path": "version"})
+        out = await run(target, expect_version=expected)
+    assert (out.failure, out.version) == (failure, "abc1234"), out.detail
 
 
 def test_an_unknown_placeholder_is_rejected_by_validate_with_its_place(

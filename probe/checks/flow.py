@@ -74,7 +74,8 @@ async def check(target: Target, ctx: CheckContext) -> Outcome:
             target.name, "flow", failure, scrub(detail, run.secrets),
             time.perf_counter() - start, started_at=started_at,
             status_code=last.status_code if last else None,
-            close_code=last.close_code if last else None)
+            close_code=last.close_code if last else None,
+            version=last.version if last else version)
 
     for step in target.steps:
         left = deadline - loop.time()
