@@ -24,17 +24,6 @@ MAX_EXTRACTS = 20  # values one step may extract
 URL_SAFE = "-._~"  # what a value keeps unencoded when it is filled into a URL
 
 
-class _Match(Protocol):
-    json_: dict[str, Any]
-
-
-class _Message(Protocol):
-    name: str | None
-    send: Any
-    expect: _Match | None
-    until: _Match | None
-
-
 class _Steppable(Protocol):
     name: str
     url: str
