@@ -99,6 +99,10 @@ HTTP_BODY = Family("probe_http_uncompressed_body_length", "gauge",
 HTTP_REGEX = Family("probe_failed_due_to_regex", "gauge",
                     "1 if a body or header pattern of expect failed")
 TLS_VERSION = Family("probe_tls_version_info", "gauge", "the TLS version of the last probe")
+# In this order, TargetSeries.http_lines holds one ready line per family (built when a target's
+# HttpFacts change, so neither a steady probe nor a scrape formats them).
+HTTP_FACTS = (HTTP_SSL, HTTP_VERSION, HTTP_REDIRECTS, HTTP_LENGTH, HTTP_BODY, HTTP_REGEX,
+              TLS_VERSION)
 WS_STATUS = Family("probe_websocket_status_code", "gauge",
                    "HTTP status of the WebSocket upgrade (101: accepted)")
 WS_CLOSE = Family("probe_websocket_close_code", "gauge",
@@ -147,8 +151,9 @@ def render(
                 for pre, v in zip(s.p_phases, s.phases, strict=False):
                     w(pre)
                     w(num(v))
-    w(TLS_VERSION.header(openmetrics))
-    out.extend(s.tls_line for s in series)
+    for i, family in enumerate(HTTP_FACTS):
+        w(family.header(openmetrics))
+        out.extend(s.http_lines[i] for s in series)
     w(LATENCY.header(openmetrics))
     for s in series:
         for h in s.hists.values():
@@ -193,12 +198,6 @@ _GAUGES = tuple(
         (HTTP_STATUS, "http_status", count),
         (SSL_EXPIRY, "cert_expiry", num),
         (SSL_LEAF_EXPIRY, "leaf_expiry", num),
-        (HTTP_SSL, "http_ssl", num),
-        (HTTP_VERSION, "http_version", num),
-        (HTTP_REDIRECTS, "http_redirects", num),
-        (HTTP_LENGTH, "http_length", num),
-        (HTTP_BODY, "http_body", num),
-        (HTTP_REGEX, "http_regex", num),
         (WS_STATUS, "ws_status", count),
         (WS_CLOSE, "ws_close", count),
         (WS_UPGRADED, "ws_upgraded", num),

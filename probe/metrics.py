@@ -53,14 +53,9 @@ from probe.config_steps import measure_names
 from probe.exposition import (
     DURATION,
     FAILURES,
-    HTTP_BODY,
-    HTTP_LENGTH,
+    HTTP_FACTS,
     HTTP_PHASE,
-    HTTP_REDIRECTS,
-    HTTP_REGEX,
-    HTTP_SSL,
     HTTP_STATUS,
-    HTTP_VERSION,
     LATENCY,
     LATENCY_TARGET,
     RESULTS,
@@ -145,13 +140,11 @@ class TargetSeries:
 
     __slots__ = (
         "bound_lines", "cert_expiry", "critical_line", "duration", "failures", "hists",
-        "http_body", "http_length", "http_redirects", "http_regex", "http_ssl", "http_status",
-        "http_version", "kind", "labels", "leaf_expiry", "measures", "name", "p_cert_expiry",
-        "p_duration", "p_http_body", "p_http_length", "p_http_redirects", "p_http_regex",
-        "p_http_ssl", "p_http_status", "p_http_version", "p_leaf_expiry", "p_phases", "p_ready",
-        "p_success", "p_ws_close", "p_ws_regex", "p_ws_status", "p_ws_upgraded", "phase_names",
-        "phases", "ready", "results", "success", "tls_line", "tls_version", "with_messages",
-        "ws_close", "ws_regex", "ws_status", "ws_upgraded",
+        "http_facts", "http_lines", "http_status", "kind", "labels", "leaf_expiry", "measures",
+        "name", "p_cert_expiry", "p_duration", "p_http_status", "p_leaf_expiry", "p_phases",
+        "p_ready", "p_success", "p_ws_close", "p_ws_regex", "p_ws_status", "p_ws_upgraded",
+        "phase_names", "phases", "ready", "results", "success", "with_messages", "ws_close",
+        "ws_regex", "ws_status", "ws_upgraded",
     )
 
     def __init__(self, target: Target) -> None:
@@ -183,17 +176,9 @@ class TargetSeries:
         self.p_cert_expiry = prefix(SSL_EXPIRY.name, lbl)
         self.p_leaf_expiry = prefix(SSL_LEAF_EXPIRY.name, lbl)
         self.p_ready = prefix(TARGET_READY.name, lbl)
-        # blackbox_exporter's HTTP series: None (no series) until an HTTP probe reports them
-        self.http_ssl: float | None = None
-        self.http_version: float | None = None
-        self.http_redirects: float | None = None
-        self.http_length: float | None = None
-        self.http_body: float | None = None
-        self.http_regex: float | None = None
-        for attr, family in () if ws else _HTTP_FACTS:
-            setattr(self, "p_" + attr, prefix(family.name, lbl))
-        self.tls_version: str | None = None
-        self.tls_line = ""  # probe_tls_version_info{version=...} 1, while the last had TLS
+        # blackbox_exporter's HTTP series: no lines until an HTTP probe reports them
+        self.http_facts: HttpFacts | None = None
+        self.http_lines = NO_HTTP_LINES
         phase_family = (WS_PHASE if ws else HTTP_PHASE).name
         self.p_phases = tuple(prefix(phase_family, f'phase="{p}",{lbl}')
                               for p in self.phase_names)
@@ -269,22 +254,21 @@ class TargetSeries:
 
 
     def _http(self, facts: HttpFacts) -> None:
-        self.http_ssl = 1.0 if facts.ssl else 0.0
-        self.http_version = facts.version
-        self.http_redirects = float(facts.redirects)
-        self.http_length = float(facts.content_length)
-        self.http_body = float(facts.body_length)
-        self.http_regex = 1.0 if facts.failed_regex else 0.0
-        if facts.tls_version != self.tls_version:  # the line is built when the version changes
-            self.tls_version = facts.tls_version
-            self.tls_line = "" if facts.tls_version is None else prefix(
-                TLS_VERSION.name, f'{self.labels},version="{escape(facts.tls_version)}"') + "1.0"
+        """The lines of exposition.HTTP_FACTS, rebuilt only when the facts change (a steady
+        target's never do), and replaced whole for the render thread."""
+        if facts == self.http_facts:
+            return
+        self.http_facts = facts
+        lbl = self.labels
+        values = (1.0 if facts.ssl else 0.0, facts.version, facts.redirects,
+                  facts.content_length, facts.body_length, 1.0 if facts.failed_regex else 0.0)
+        tls = "" if facts.tls_version is None else prefix(
+            TLS_VERSION.name, f'{lbl},version="{escape(facts.tls_version)}"') + "1.0"
+        self.http_lines = (*(prefix(family.name, lbl) + num(float(v))
+                             for family, v in zip(HTTP_FACTS[:-1], values, strict=True)), tls)
 
 
-_HTTP_FACTS = tuple((attr, family) for attr, family in (
-    ("http_ssl", HTTP_SSL), ("http_version", HTTP_VERSION), ("http_redirects", HTTP_REDIRECTS),
-    ("http_length", HTTP_LENGTH), ("http_body", HTTP_BODY), ("http_regex", HTTP_REGEX),
-))
+NO_HTTP_LINES = ("",) * len(HTTP_FACTS)
 
 
 class Metrics:

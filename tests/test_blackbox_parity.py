@@ -213,3 +213,16 @@ async def test_a_wss_target_takes_the_same_tls_settings(test_certs: TestCerts) -
     assert ok.success, ok
     assert no_name.failure is Failure.TLS, no_name
     assert not no_cert.success, no_cert
+
+
+async def test_the_series_follow_each_probe(plain: str) -> None:
+    ok, target = await probe(f"{plain}/packed")
+    m = Metrics()
+    m.add_target(target)
+    m.record(ok, target)
+    assert value(samples(m), "probe_failed_due_to_regex", target="t") == 0
+    bad, _ = await probe(f"{plain}/packed", expect={"headers_not": {"X-Mode": "maint.*"}})
+    m.record(bad, target)
+    assert value(samples(m), "probe_failed_due_to_regex", target="t") == 1
+    m.record(ok, target)
+    assert value(samples(m), "probe_failed_due_to_regex", target="t") == 0
