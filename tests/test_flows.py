@@ -37,6 +37,7 @@ class Backend:
         self.ws_queries: list[str | None] = []
         self.ws_messages: list[dict[str, Any]] = []
         self.created: list[Any] = []
+        self.auth: list[str | None] = []  # the Authorization each step's request carried
         app = self.app = web.Application()
         app.router.add_post("/api/threads", self.create)
         app.router.add_get("/ws", self.ws)
@@ -44,6 +45,7 @@ class Backend:
 
     async def create(self, request: web.Request) -> web.Response:
         self.created.append(await request.json())
+        self.auth.append(request.headers.get("Authorization"))
         if self.create_status != 201:
             return web.Response(status=self.create_status, text="thread store down")
         return web.json_response({"id": self.thread_id, "n": 7}, status=201,
@@ -55,6 +57,7 @@ class Backend:
     async def ws(self, request: web.Request) -> web.WebSocketResponse:
         ws = web.WebSocketResponse()
         await ws.prepare(request)
+        self.auth.append(request.headers.get("Authorization"))
         self.ws_queries.append(request.query.get("thread"))
         async for msg in ws:
             if msg.type is not WSMsgType.TEXT:
@@ -94,8 +97,12 @@ def flow(base: str, chat_url: str | None = None, **extra: Any) -> dict[str, Any]
         ]}
 
 
+TOKEN = "flow-step-token-0123456789"
+
+
 async def run(target: dict[str, Any], expect_version: str | None = None) -> Outcome:
-    cfg = Config.model_validate({"targets": [target]})
+    cfg = Config.model_validate({"targets": [target], "credentials": {
+        "api": {"bearer": {"token": TOKEN}}}})
     t = cfg.targets[0]
     assert t.kind == "flow"
     ctx = CheckContext(Credentials(cfg.credentials), expect_version)
@@ -107,8 +114,12 @@ async def run(target: dict[str, Any], expect_version: str | None = None) -> Outc
 
 async def test_an_extracted_id_goes_into_the_websocket_url_and_message() -> None:
     async with backend() as (b, base):
-        out = await run(flow(base))
+        target = flow(base)
+        for step in target["steps"]:
+            step["credential"] = "api"
+        out = await run(target)
     assert out.success, out.detail
+    assert b.auth == [f"Bearer {TOKEN}"] * 2  # each step sends its credential
     assert out.kind == "flow"
     assert b.ws_queries == [b.thread_id]
     (sent,) = b.ws_messages
