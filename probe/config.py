@@ -203,6 +203,9 @@ class TargetDefaults(Strict):
     cert_file: Path | None = None  # a client certificate (mTLS), PEM; its key too, or key_file
     key_file: Path | None = None
     body_limit: int = Field(default=1 << 20, ge=1)  # bytes; also the WebSocket message cap
+    # a forward proxy for http(s) targets (http://[user:pass@]host[:port]; ws ones go direct),
+    # instead of the environment's http_proxy / HTTPS_PROXY / NO_PROXY; "none": direct
+    proxy_url: str | None = Field(default=None, pattern=r"^(none|http://\S+|[^\s/:]+:\d+)$")
 
 
 CredentialIn = Literal["header", "query", "subprotocol"]

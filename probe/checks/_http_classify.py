@@ -69,6 +69,8 @@ def timed_out(target: Target, probe: Progress) -> tuple[Failure, str]:
         return Failure.DNS, f"{probe.where.rpartition(':')[0]} did not resolve {within}"
     if stage == "tls":
         return Failure.CONNECT_TIMEOUT, f"TLS handshake with {probe.where} not complete {within}"
+    if stage == "tunnel":
+        return Failure.CONNECT_TIMEOUT, f"{probe.where} opened no tunnel {within}"
     if stage in ("start", "connect"):
         return Failure.CONNECT_TIMEOUT, f"no TCP connection to {probe.where} {within}"
     if stage == "body":

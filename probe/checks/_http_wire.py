@@ -5,15 +5,16 @@ a stream reader for every probe, ~30% of a probe's CPU. Here one Protocol object
 by the transport and llhttp (httptools' HttpResponseParser, the parser aiohttp itself uses) does
 all the parsing; the check only awaits "headers in" and "message complete".
 
-The phases are measured where they happen: `connect` around create_connection, `tls` around
-start_tls (two steps, so no hook inside the handshake is needed), `processing` from the request
-written to the headers parsed (taken in the parser callback, not when the coroutine wakes).
+The phases are measured where they happen: `connect` around the TCP connect and `tls` around
+start_tls (_http_dial.connect: two steps, so no hook inside the handshake is needed),
+`processing` from the request written to the headers parsed (taken in the parser callback, not
+when the coroutine wakes). To a proxy, plain HTTP requests are sent in absolute form (`via`).
 
 Bounds against a hostile peer: the response head (status line, headers, any 1xx interim
 answers) must end within its first MAX_HEAD bytes, however TCP segments them (any number of
 lines: only the bytes are bounded, as in curl; a segment is fed up to the cap first and the
-rest only once the head has ended); the body is counted as it
-arrives and reading stops at the body limit, decompressed output included (zlib max_length).
+rest only once the head has ended); the body is counted as it arrives and reading stops at
+the body limit, decompressed output included (_http_decode).
 The head cap also covers what a chunked body carries besides its data: every byte received that
 is not body data (the head, chunk-size lines and their extensions, trailers) counts, with
 CHUNK_FRAMING bytes of allowance per chunk for the size line's own digits and CRLFs. Without it
@@ -26,13 +27,9 @@ drops the parser and buffers, so nothing of a probe waits for the cyclic GC.
 from __future__ import annotations
 
 import asyncio
-import socket
-import ssl
 import time
-from functools import lru_cache
 from typing import Any
 
-from cryptography import x509
 from httptools import HttpParserError, HttpParserUpgrade, HttpResponseParser
 from multidict import CIMultiDict, CIMultiDictProxy
 
@@ -40,100 +37,15 @@ from probe.checks import Fail
 from probe.checks._http_classify import Progress, disconnected
 from probe.checks._http_decode import decoder_for
 from probe.checks._http_expect import Plan, quote, size
-from probe.checks._http_request import REDIRECTS, Hop
+from probe.checks._http_request import REDIRECTS
 from probe.outcome import Failure
 
-_DER = 2  # _ssl.ENCODING_DER, for the internals' Certificate.public_bytes
 MAX_HEAD = 64 * 1024
 MAX_HEADERS = 128
 CHUNK_FRAMING = 32  # bytes per chunk for its size line (16 hex digits at most) and CRLFs
 _NO_HEADERS: CIMultiDictProxy[str] = CIMultiDictProxy(CIMultiDict())
 _BODYLESS = frozenset({204, 304})
 _WATCHED = frozenset({b"content-length", b"content-encoding", b"content-type", b"location"})
-
-
-@lru_cache(maxsize=256)
-def _not_after(der: bytes) -> float | None:
-    try:
-        return x509.load_der_x509_certificate(der).not_valid_after_utc.timestamp()
-    except ValueError:
-        return None
-
-
-def _chain(ssl_object: Any) -> list[bytes]:
-    """The DER certificates of the verified chain (leaf first, the trusted root last), else
-    of the chain the server sent (tls_verify off: nothing was verified). Python 3.13 has it
-    public; 3.10-3.12 have it on the SSLObject's _ssl internals."""
-    for holder in (ssl_object, getattr(ssl_object, "_sslobj", None)):
-        for name in ("get_verified_chain", "get_unverified_chain"):
-            get = getattr(holder, name, None)
-            chain = get() if get is not None else None
-            if chain:
-                return [c if isinstance(c, bytes) else c.public_bytes(_DER) for c in chain]
-    return []
-
-
-def _note_expiry(probe: Progress, ssl_object: Any) -> None:
-    """probe.cert_expiry: the earliest notAfter of the chain, as blackbox_exporter's
-    probe_ssl_earliest_cert_expiry (an intermediate expiring first is what breaks clients);
-    probe.leaf_expiry: the server's own certificate's."""
-    if ssl_object is None:
-        return
-    leaf = ssl_object.getpeercert(binary_form=True)
-    chain = _chain(ssl_object) or ([leaf] if leaf else [])
-    dates = [d for d in map(_not_after, chain) if d is not None]
-    if dates:
-        probe.cert_expiry = min(*dates, probe.cert_expiry or dates[0])
-    expiry = _not_after(leaf) if leaf else None
-    if expiry is not None:
-        probe.leaf_expiry = min(expiry, probe.leaf_expiry or expiry)
-
-
-async def connect(
-    loop: asyncio.AbstractEventLoop, wire: Wire, hop: Hop, tls: ssl.SSLContext | None,
-    probe: Progress, handshake_timeout: float,
-) -> None:
-    """Resolve (unless an IP literal), connect (addresses in order, as aiohttp tries them) and
-    start TLS, timing each; OSError / ssl.SSLError escape for the classifier, `probe.stage`
-    telling how far it got."""
-    probe.where = hop.where
-    probe.mark = time.perf_counter()
-    if hop.literal:
-        hosts = [hop.host]
-    else:
-        probe.stage = "resolve"
-        infos = await loop.getaddrinfo(hop.host, hop.port, type=socket.SOCK_STREAM)
-        probe.close_phase("resolve", time.perf_counter())
-        hosts = list(dict.fromkeys(info[4][0] for info in infos))
-        if not hosts:
-            raise socket.gaierror(socket.EAI_NONAME, "no address")
-    probe.stage = "connect"
-    errors: list[OSError] = []
-    for host in hosts:
-        try:
-            transport, _ = await loop.create_connection(wire, host, hop.port)
-            break
-        except OSError as exc:
-            errors.append(exc)
-    else:
-        refused = [e for e in errors if isinstance(e, ConnectionRefusedError)]
-        try:
-            raise (refused or errors)[0]
-        finally:  # the lists hold the error, its traceback this frame: no cycle left behind
-            errors = refused = []
-    probe.close_phase("connect", time.perf_counter())
-    if tls is not None:
-        probe.stage = "tls"
-        transport = await loop.start_tls(
-            transport, wire, tls, server_hostname=wire.plan.sni(hop),
-            ssl_handshake_timeout=handshake_timeout,
-        )
-        probe.close_phase("tls", time.perf_counter())
-        if transport is None:  # typed Optional by asyncio; treated as a hang-up mid-handshake
-            raise ConnectionResetError()
-        wire.transport = transport
-        _note_expiry(probe, transport.get_extra_info("ssl_object"))
-    probe.stage = "request"
 
 
 class Wire(asyncio.Protocol):
@@ -144,7 +56,7 @@ class Wire(asyncio.Protocol):
         "body_raw", "chunks", "chunks_seen", "ctype", "decoded", "decoder", "done", "encoding",
         "error", "first", "follow", "head_bytes", "head_done", "head_only", "headers", "length",
         "limit", "location", "parser", "plan", "probe", "received", "status", "t_done",
-        "t_head", "trailers", "transport", "waiter",
+        "t_head", "trailers", "transport", "via", "waiter",
     )
 
     def __init__(self, plan: Plan, head_only: bool, limit: int, probe: Progress) -> None:
@@ -168,6 +80,7 @@ class Wire(asyncio.Protocol):
         self.decoder: Any = None
         self.decoded = 0
         self.t_head = self.t_done = 0.0
+        self.via: tuple[bytes, bytes] | None = None  # to a proxy: (origin, Proxy-Authorization)
 
     def __call__(self) -> Wire:  # the protocol factory create_connection wants
         return self
@@ -176,6 +89,11 @@ class Wire(asyncio.Protocol):
 
     def send(self, data: bytes) -> None:
         assert self.transport is not None
+        if self.via is not None:  # GET http://host:port/path HTTP/1.1, as a proxy wants it
+            origin, auth = self.via
+            end = data.index(b"\r\n")
+            method, _, rest = data[:end].partition(b" ")
+            data = b"".join((method, b" ", origin, rest, b"\r\n", auth, data[end + 2:]))
         self.transport.write(data)
         self.probe.t_sent = time.perf_counter()
 

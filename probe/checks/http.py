@@ -25,9 +25,10 @@ import time
 from probe.checks import CheckContext, Fail, clip, scrub, target_secrets, tls_context, tls_files
 from probe.checks._http_classify import Progress, classify, os_text, timed_out
 from probe.checks._http_cookies import Jar
+from probe.checks._http_dial import connect, proxy_for
 from probe.checks._http_expect import Plan, answer_failure, evaluate, plan_for, regex_failed
 from probe.checks._http_request import BadRedirect, Hop, redirect_hop
-from probe.checks._http_wire import Wire, connect
+from probe.checks._http_wire import Wire
 from probe.checks._trace import new_trace_id, traceparent
 from probe.config import Target
 from probe.credentials import Attached, CredentialError, attach
@@ -133,7 +134,8 @@ async def _run(
     while True:
         wire = Wire(plan, hop.method == "HEAD", target.body_limit, probe)
         try:
-            await connect(loop, wire, hop, tls if hop.tls else None, probe, target.timeout + 1)
+            await connect(loop, wire, hop, tls if hop.tls else None, probe, target.timeout + 1,
+                          proxy_for(hop.url, target.proxy_url))
             wire.send(request)
             await wire.head()
             status = wire.status
