@@ -127,6 +127,7 @@ async def test_an_extracted_id_goes_into_the_websocket_url_and_message() -> None
                     "thread": b.thread_id, "n": 7}  # a lone placeholder keeps the JSON number
     assert {"create-thread", "chat", "agent-reply", "total"} <= out.latency.keys()
     assert out.latency["total"] >= out.latency["create-thread"] + out.latency["chat"]
+    assert out.latency["total"] < out.duration  # the session's linger is not in it
 
 
 async def test_a_flow_whose_first_step_fails_names_it_and_stops() -> None:

@@ -10,9 +10,10 @@ hold rules of a session, secret scrubbing) applies to a step exactly as to a tar
   whichever is less; a step that gets less and runs out says so.
 - A failure is the step's own failure with its detail, prefixed by the step's name
   (`step create-thread: HTTP 500 (expected 201)`); later steps do not run.
-- Latency (on success): `total` is the whole flow; each step's time is a measure under its
-  name (its check's `total`: a session's linger after its steps is not in it), and a named
-  WebSocket step inside a step is a measure under its own name.
+- Latency (on success): `total` is the whole flow and each step's time is a measure under its
+  name (its check's `total`), both without the linger a WebSocket session has after its steps
+  (see _ws_steps: the probe's wait, not the server's); a named WebSocket step inside a step is
+  a measure under its own name.
 - `extract` reads a successful HTTP answer (`json.PATH` from the JSON body, `header:NAME`);
   extracted values are secrets for the rest of the probe: every later detail is masked with
   them (probe.redact, so an id echoed in a body or clipped in a reason is masked too), and the
@@ -68,6 +69,7 @@ async def check(target: Target, ctx: CheckContext) -> Outcome:
     run = _Probe()
     latency: dict[str, float] = {}
     version: str | None = None
+    lingered = 0.0  # the WebSocket steps' linger after their messages: no one's latency
 
     def failed(failure: Failure, detail: str, last: Outcome | None = None) -> Outcome:
         return Outcome.failed(
@@ -94,6 +96,7 @@ async def check(target: Target, ctx: CheckContext) -> Outcome:
                 detail += f" (what was left of the flow's {fmt(target.timeout)} timeout)"
             return failed(out.failure, detail, out)
         latency[step.name] = out.latency.get("total", out.duration)
+        lingered += max(0.0, out.duration - latency[step.name])
         latency.update((k, v) for k, v in out.latency.items() if k not in MEASURES)
         version = out.version or version
         if step.extract:
@@ -102,7 +105,7 @@ async def check(target: Target, ctx: CheckContext) -> Outcome:
                 return failed(Failure.ASSERTION, f"step {step.name}: {got}", out)
             run.keep(got)
     duration = time.perf_counter() - start
-    latency["total"] = duration
+    latency["total"] = duration - lingered
     return Outcome(target=target.name, kind="flow", success=True, duration=duration,
                    version=version, latency=latency, started_at=started_at)
 
