@@ -142,7 +142,7 @@ class _Fetched(Provider):
 
     async def _fetch(self) -> str:
         if self._session is None or self._session.closed:
-            self._session = aiohttp.ClientSession()
+            self._session = aiohttp.ClientSession(trust_env=True)  # proxies from the env
         what, at = self.what, self._where
         try:
             async with asyncio.timeout(self._timeout):

@@ -139,7 +139,7 @@ async def run_gate(fetch: Fetch, wait: float | None, progress: Progress | None =
     loop = asyncio.get_running_loop()
     start = loop.time()
     deadline = start + (wait or 0.0)
-    async with aiohttp.ClientSession() as session:
+    async with aiohttp.ClientSession(trust_env=True) as session:  # proxies from the env
         try:
             while True:
                 remaining = deadline - loop.time()

@@ -7,21 +7,22 @@ the real environment, as curl does.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import socket
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from faults import FaultServer
 from faults.certs import TestCerts
 from forward_proxy import tinyproxy
-from helpers import refused_port
+from helpers import StartDaemon, refused_port, run_cli
 from http_servers import serve_app
 from test_http_wire import failed, ok, probe
 from yarl import URL
 
 from probe.checks._http_dial import dial, proxy_for
+from probe.config import parse_config
 from probe.outcome import Failure
+from probe.twin import Twin
 
 _PROXY_VARS = ("http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY", "all_proxy",
                "ALL_PROXY", "no_proxy", "NO_PROXY")
@@ -110,30 +111,20 @@ def test_proxy_for_reads_the_variables_as_curl() -> None:
 # --- Happy Eyeballs ------------------------------------------------------------------------------
 
 
-@contextlib.contextmanager
-def blackhole(host: str) -> Iterator[int]:
-    """A port on `host` whose SYNs go unanswered: a listener with a full backlog that never
-    accepts (one connection fills it), as a route that drops packets looks to a client."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family) as srv, socket.socket(family) as filler:
-        srv.bind((host, 0))
-        srv.listen(0)
-        port = srv.getsockname()[1]
-        filler.connect((host, port))
-        yield port
-
-
 async def test_a_hanging_address_gives_way_to_the_next() -> None:
     """::1 drops the SYN, 127.0.0.1 answers: the second attempt starts after 250 ms and wins,
     well inside the probe's timeout, where trying the addresses in turn hung to the deadline."""
-    with blackhole("::1") as port, socket.socket() as good:
-        good.bind(("127.0.0.1", port))
-        good.listen(8)
-        loop = asyncio.get_running_loop()
-        async with asyncio.timeout(2):
-            sock = await dial(loop, ["::1", "127.0.0.1"], port)
-        with sock:
-            assert sock.getpeername() == ("127.0.0.1", port)
+    hole = FaultServer("blackhole", host="::1").start()  # SYNs to [::1]:port go unanswered
+    try:
+        with socket.socket() as good:
+            good.bind(("127.0.0.1", hole.port))
+            good.listen(8)
+            async with asyncio.timeout(2):
+                sock = await dial(asyncio.get_running_loop(), ["::1", "127.0.0.1"], hole.port)
+            with sock:
+                assert sock.getpeername() == ("127.0.0.1", hole.port)
+    finally:
+        hole.stop()
 
 
 async def test_when_every_address_fails_the_refusal_is_named() -> None:
@@ -141,3 +132,19 @@ async def test_when_every_address_fails_the_refusal_is_named() -> None:
         loop = asyncio.get_running_loop()
         with pytest.raises(ConnectionRefusedError):
             await dial(loop, ["::1", "127.0.0.1"], port)
+
+
+async def test_probe_gate_goes_through_the_environments_proxy(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, twin: Twin,
+        start_daemon: StartDaemon, capsys: pytest.CaptureFixture[str]) -> None:
+    """`probe gate` (and the credential fetches, the same aiohttp client) trust the
+    environment's proxy variables, as the HTTP check does."""
+    daemon = await start_daemon(parse_config(f"""
+targets:
+  - {{name: backend-health, url: "{twin.url}/health"}}
+""", env={}))
+    async with tinyproxy(tmp_path) as proxy:
+        monkeypatch.setenv("http_proxy", proxy.url)
+        await run_cli("gate", daemon.url)  # ready or not: the request is what is looked at
+    capsys.readouterr()
+    assert any(r.startswith(f"GET {daemon.url}/readyz ") for r in proxy.requests())

@@ -137,13 +137,14 @@ class FaultServer:
         Linux drops a SYN when the listener's accept queue is full, so the next client's connect
         neither succeeds nor is refused: it times out, all on loopback.
         """
-        lsock = socket.socket()
+        family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
+        lsock = socket.socket(family)
         lsock.bind((self.host, 0))
         lsock.listen(0)
         self._socks.append(lsock)
         self.port = lsock.getsockname()[1]
         for _ in range(64):  # bounded: the queue holds backlog+1 on Linux
-            s = socket.socket()
+            s = socket.socket(family)
             s.setblocking(False)
             self._socks.append(s)
             with contextlib.suppress(BlockingIOError):
