@@ -45,7 +45,8 @@ def steps(start_timeout: str = "2s") -> list[dict[str, Any]]:
 
 
 async def test_named_steps_are_measures_and_a_breach_names_the_step() -> None:
-    latency = {"measure": "agent-start", "p95": "50ms", "min_samples": 2, "window": 10}
+    latency = [{"measure": "total", "p95": "10s", "min_samples": 2},  # within: not named
+               {"measure": "agent-start", "p95": "50ms", "min_samples": 2, "window": 10}]
     async with websockets_server(agent(AGENT_DELAY)) as url:
         target, ctx = setup({"url": url, "messages": steps(), "latency": latency,
                              "success_threshold": 1})
@@ -63,7 +64,7 @@ async def test_named_steps_are_measures_and_a_breach_names_the_step() -> None:
         readiness.observe(out, float(i))
     (t,) = readiness.verdict(1.0).targets
     assert (t.ready, t.failure) == (False, "latency")
-    assert "agent-start" in t.detail
+    assert t.detail.startswith("agent-start p95 ") and "> 50ms" in t.detail, t.detail
 
 
 async def test_a_named_step_that_gets_no_reply_is_named() -> None:
