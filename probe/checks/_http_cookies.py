@@ -11,11 +11,12 @@ Expires in the past deletes. Bounded: at most MAX_COOKIES, each at most MAX_COOK
 
 from __future__ import annotations
 
-import ipaddress
 import time
 from email.utils import parsedate_to_datetime
 
 from yarl import URL
+
+from probe.checks._http_request import is_ip
 
 MAX_COOKIES = 50
 MAX_COOKIE = 4096
@@ -70,7 +71,7 @@ class Jar:
             elif key == "expires" and not gone:
                 gone = _past(val)
         if domain:
-            if _is_ip(host) or not (host == domain or host.endswith("." + domain)):
+            if is_ip(host) or not (host == domain or host.endswith("." + domain)):
                 return  # a Domain the host is not inside: refused, as curl does
         if not path:  # default-path: the request path up to its last /
             path = request_path[: request_path.rfind("/")] or "/"
@@ -93,11 +94,3 @@ def _past(date: str) -> bool:
         return parsedate_to_datetime(date).timestamp() <= time.time()
     except (TypeError, ValueError, IndexError, OverflowError):
         return False
-
-
-def _is_ip(host: str) -> bool:
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    return True

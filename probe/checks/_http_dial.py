@@ -38,7 +38,7 @@ from yarl import URL
 
 from probe.checks import Fail, clip, host_port
 from probe.checks._http_classify import Progress
-from probe.checks._http_request import Hop
+from probe.checks._http_request import Hop, is_ip
 from probe.outcome import Failure
 
 if TYPE_CHECKING:
@@ -82,7 +82,7 @@ def _proxy(text: str) -> Proxy:
     if url.raw_user is not None:
         pair = f"{unquote(url.raw_user)}:{unquote(url.raw_password or '')}".encode()
         auth = b"Proxy-Authorization: Basic " + base64.b64encode(pair) + b"\r\n"
-    return Proxy(host, port, _is_ip(host), "proxy " + host_port(url.host, port), auth)
+    return Proxy(host, port, is_ip(host), "proxy " + host_port(url.host, port), auth)
 
 
 def _no_proxy(host: str, no_proxy: str | None) -> bool:
@@ -92,19 +92,11 @@ def _no_proxy(host: str, no_proxy: str | None) -> bool:
     for entry in (e.strip().lower().lstrip(".").rstrip(".") for e in no_proxy.split(",")):
         if entry == "*" or entry == host or (entry and host.endswith("." + entry)):
             return True
-        if "/" in entry and _is_ip(host):
+        if "/" in entry and is_ip(host):
             with contextlib.suppress(ValueError):
                 if ipaddress.ip_address(host) in ipaddress.ip_network(entry, strict=False):
                     return True
     return False
-
-
-def _is_ip(host: str) -> bool:
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    return True
 
 
 async def dial(loop: asyncio.AbstractEventLoop, hosts: list[str], port: int,

@@ -117,16 +117,20 @@ def build_hop(method: str, url: URL, headers: Iterable[tuple[str, str]], data: b
     lines.append("Connection: close")
     line = f"{method} {url.raw_path_qs or '/'}".encode("ascii")
     rest = (" HTTP/1.1\r\n" + "".join(f"{h}\r\n" for h in lines)).encode("utf-8")
-    try:
-        ipaddress.ip_address(host)
-        literal = True
-    except ValueError:
-        literal = False
     return Hop(
         url=url, method=method, host=host, port=port, tls=url.scheme == "https",
-        literal=literal, where=host_port(url.host, port), origin=(url.scheme, host, port),
+        literal=is_ip(host), where=host_port(url.host, port), origin=(url.scheme, host, port),
         line=line, rest=rest, body=body, whole=b"".join((line, rest, b"\r\n", body)),
     )
+
+
+def is_ip(host: str) -> bool:
+    """An IP address (nothing to resolve, and no cookie Domain applies to it)."""
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
 
 
 def _checked(headers: Iterable[tuple[str, str]]) -> Iterable[tuple[str, str]]:

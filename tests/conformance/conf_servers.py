@@ -34,7 +34,8 @@ _PROXY_HEADERS = """
       proxy_set_header Upgrade $http_upgrade;
       proxy_set_header Connection "upgrade";"""
 
-_NGINX_CONF = """\
+# Every path of nginx's under the prefix directory `dir` (also test_http_curl's nginx).
+NGINX_HEAD = """\
 {user}worker_processes 1;
 pid {dir}/nginx.pid;
 error_log {dir}/error.log warn;
@@ -46,6 +47,9 @@ http {{
   fastcgi_temp_path {dir}/fastcgi;
   uwsgi_temp_path {dir}/uwsgi;
   scgi_temp_path {dir}/scgi;
+"""
+
+_NGINX_CONF = NGINX_HEAD + """\
   server {{
     listen 127.0.0.1:{port};
     location / {{

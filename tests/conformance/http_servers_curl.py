@@ -16,25 +16,14 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from conf_servers import NODE, _process
+from conf_servers import NGINX_HEAD, NODE, _process
 from faults.certs import Chain, make_chain
 from forward_proxy import ForwardProxy, tinyproxy
 from helpers import free_port
 
 MANY = 150  # nginx add_header lines on /many-headers
 
-_NGINX = """\
-{user}worker_processes 1;
-pid {dir}/nginx.pid;
-error_log {dir}/error.log warn;
-events {{ worker_connections 64; }}
-http {{
-  access_log off;
-  client_body_temp_path {dir}/body;
-  proxy_temp_path {dir}/proxy;
-  fastcgi_temp_path {dir}/fastcgi;
-  uwsgi_temp_path {dir}/uwsgi;
-  scgi_temp_path {dir}/scgi;
+_NGINX = NGINX_HEAD + """\
   default_type application/json;
   server {{
     listen 127.0.0.1:{port};
