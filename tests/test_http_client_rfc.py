@@ -153,6 +153,7 @@ async def test_cookies_set_on_a_redirect_go_on_the_next_hops_of_that_probe_only(
                             "Set-Cookie: other=x; Path=/admin",  # not for /app
                             "Set-Cookie: tls=y; Secure",  # plain http: not sent
                             "Set-Cookie: gone=z; Max-Age=0",
+                            "Set-Cookie: bad=a\x01b",  # a control byte: dropped
                             status="302 Found")
         ok = b"session=s3cr3t" in head
         return response(b"in" if ok else b"out", "Content-Length: 2" if ok else "Content-Length: 3")

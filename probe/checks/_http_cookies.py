@@ -11,6 +11,7 @@ Expires in the past deletes. Bounded: at most MAX_COOKIES, each at most MAX_COOK
 
 from __future__ import annotations
 
+import re
 import time
 from email.utils import parsedate_to_datetime
 
@@ -19,6 +20,7 @@ from yarl import URL
 from probe.checks._http_request import is_ip
 
 MAX_COOKIES = 50
+_PRINTABLE = re.compile(r"[\x20-\x7e]*")
 MAX_COOKIE = 4096
 
 
@@ -54,8 +56,8 @@ class Jar:
         first, *attrs = line.split(";")
         name, eq, value = first.partition("=")
         name, value = name.strip(), value.strip()
-        if not eq or not name:
-            return
+        if not eq or not name or not _PRINTABLE.fullmatch(name + value):
+            return  # nothing that could break the Cookie line (the head parser is lenient)
         domain, path, secure, gone = "", "", False, False
         for attr in attrs:
             key, _, val = attr.partition("=")
