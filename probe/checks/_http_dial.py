@@ -261,3 +261,27 @@ async def connect(
         wire.transport = transport
         _note_expiry(probe, transport.get_extra_info("ssl_object"))
     probe.stage = "request"
+
+
+@lru_cache(maxsize=1)
+def _h2_context() -> ssl.SSLContext:
+    ctx = ssl.create_default_context()
+    ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE  # only the ALPN answer matters
+    ctx.set_alpn_protocols(["h2"])
+    return ctx
+
+
+async def h2_only(loop: asyncio.AbstractEventLoop, hop: Hop) -> bool:
+    """Whether `hop`'s server, which hung up on an HTTP/1.1 request without a byte, selects h2
+    when a handshake offers it (nghttpd, a gRPC or Cloud Run end-to-end HTTP/2 service): one
+    more handshake, on that failure only, inside the probe's remaining time."""
+    try:
+        transport, _ = await loop.create_connection(
+            asyncio.Protocol, hop.host, hop.port, ssl=_h2_context(), server_hostname=hop.host)
+    except (OSError, ssl.SSLError):
+        return False
+    try:
+        ssl_object = transport.get_extra_info("ssl_object")
+        return bool(ssl_object is not None and ssl_object.selected_alpn_protocol() == "h2")
+    finally:
+        transport.abort()

@@ -25,7 +25,7 @@ import time
 from probe.checks import CheckContext, Fail, clip, scrub, target_secrets, tls_context, tls_files
 from probe.checks._http_classify import Progress, classify, os_text, timed_out
 from probe.checks._http_cookies import Jar
-from probe.checks._http_dial import connect, proxy_for
+from probe.checks._http_dial import connect, h2_only, proxy_for
 from probe.checks._http_expect import Plan, answer_failure, evaluate, plan_for, regex_failed
 from probe.checks._http_request import BadRedirect, Hop, redirect_hop
 from probe.checks._http_wire import Wire
@@ -134,10 +134,19 @@ async def _run(
     while True:
         wire = Wire(plan, hop.method == "HEAD", target.body_limit, probe)
         try:
+            proxy = proxy_for(hop.url, target.proxy_url)
             await connect(loop, wire, hop, tls if hop.tls else None, probe, target.timeout + 1,
-                          proxy_for(hop.url, target.proxy_url))
+                          proxy)
             wire.send(request)
-            await wire.head()
+            try:
+                await wire.head()
+            except Fail as exc:  # hung up on an HTTP/1.1 request unanswered: HTTP/2 only?
+                if (exc.failure is Failure.DISCONNECTED and hop.tls and proxy is None
+                        and not wire.received and await h2_only(loop, hop)):
+                    raise Fail(Failure.PROTOCOL, f"{hop.where} refuses HTTP/1.1: it speaks"
+                                                 " HTTP/2 only (TLS ALPN h2), which stageprobe"
+                                                 " does not probe yet") from None
+                raise
             status = wire.status
             seen.answered(wire, hop.tls, redirects)
             if wire.follow:

@@ -1,10 +1,10 @@
 """The servers of test_http_curl.py, started once for the module and stopped after it: nginx
 (Debian's, in the foreground with its own prefix: a TLS server sending a private chain whose
-intermediate expires before the leaf, and 150 add_header lines), node (node/http_server.js: its
-http server and a raw `net` one), uvicorn (http_app.py) and tinyproxy (tests/forward_proxy.py,
-tunnelling to nginx's TLS port only, so a tunnel elsewhere is refused as a corporate proxy does).
-Each is a child process on a free loopback port (conf_servers._process: waited for, logged,
-stopped).
+intermediate expires before the leaf, and 150 add_header lines), nghttpd (HTTP/2 only, the same
+chain), node (node/http_server.js: its http server and a raw `net` one), uvicorn (http_app.py)
+and tinyproxy (tests/forward_proxy.py, tunnelling to nginx's TLS port only, so a tunnel
+elsewhere is refused as a corporate proxy does). Each is a child process on a free loopback port
+(conf_servers._process: waited for, logged, stopped).
 """
 
 from __future__ import annotations
@@ -47,6 +47,7 @@ class Servers:
     node: str
     node_raw: str
     uvicorn: str
+    nghttpd_tls: str  # https://127.0.0.1:port: HTTP/2 only
     proxy: ForwardProxy
     chain: Chain
 
@@ -57,7 +58,7 @@ class Servers:
 @contextlib.asynccontextmanager
 async def started(tmp: Path) -> AsyncIterator[Servers]:
     chain = make_chain(tmp / "chain", intermediate_days=5, leaf_days=20)
-    ports = {n: free_port() for n in ("nginx", "tls", "node", "raw", "uvicorn")}
+    ports = {n: free_port() for n in ("nginx", "tls", "node", "raw", "uvicorn", "h2")}
     prefix = tmp / "nginx"
     prefix.mkdir()
     conf = prefix / "nginx.conf"
@@ -71,7 +72,12 @@ async def started(tmp: Path) -> AsyncIterator[Servers]:
     node = ["node", str(NODE / "http_server.js"), str(ports["node"]), str(ports["raw"])]
     uvicorn = [sys.executable, "-m", "uvicorn", "http_app:app", "--host", "127.0.0.1",
                "--port", str(ports["uvicorn"]), "--log-level", "warning"]
+    (tmp / "h2").mkdir()
+    (tmp / "h2" / "ok").write_text('{"status": "healthy"}', encoding="utf-8")
+    nghttpd = ["nghttpd", "-d", str(tmp / "h2"), str(ports["h2"]), str(chain.server.key),
+               str(chain.server.cert)]
     async with _process("nginx", nginx, ports["nginx"], tmp), \
+            _process("nghttpd", nghttpd, ports["h2"], tmp), \
             _process("node-http", node, ports["raw"], tmp), \
             _process("uvicorn-http", uvicorn, ports["uvicorn"], tmp), \
             tinyproxy(tmp / "tinyproxy", connect_ports=(ports["tls"],)) as proxy:
@@ -81,5 +87,6 @@ async def started(tmp: Path) -> AsyncIterator[Servers]:
             node=f"http://127.0.0.1:{ports['node']}",
             node_raw=f"http://127.0.0.1:{ports['raw']}",
             uvicorn=f"http://127.0.0.1:{ports['uvicorn']}",
+            nghttpd_tls=f"https://127.0.0.1:{ports['h2']}",
             proxy=proxy, chain=chain,
         )

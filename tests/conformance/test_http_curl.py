@@ -7,8 +7,8 @@ by the same rule the target sets (status 2xx, a body regex, a header's full matc
 verdicts, success or failure, must agree, and stageprobe's failure must be the one the case
 names. A case that disagrees by design says why (`known`). Servers: http_servers_curl.py.
 
-Run: python3 -m pytest -q tests/conformance/test_http_curl.py (needs nginx, node, curl and
-tinyproxy: `.ci/run` installs them; outside CI a missing one skips the module).
+Run: python3 -m pytest -q tests/conformance/test_http_curl.py (needs nginx, node, curl,
+tinyproxy and nghttpd: `.ci/run` installs them; outside CI a missing one skips the module).
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ BROTLI = find_spec("brotli") is not None
 @dataclass(frozen=True)
 class HttpCase:
     id: str
-    server: str  # a Servers field: nginx, nginx-tls, node, node-raw, uvicorn
+    server: str  # a Servers field: nginx, nginx-tls, nghttpd-tls, node, node-raw, uvicorn
     path: str
     target: dict[str, Any] = field(default_factory=dict)  # more Target keys
     curl: tuple[str, ...] = ()  # curl's options for the same request
@@ -73,6 +73,7 @@ CASES = [
              curl=("-L", "-b", ""), body_regex="in"),
     HttpCase("url-as-written", "uvicorn", "/files/a%2Fb/%7Euser"),
     HttpCase("signed-query", "uvicorn", "/signed?" + SIGNED.decode()),
+    HttpCase("h2-only", "nghttpd-tls", "/ok", curl=("--http1.1",), ours=Failure.PROTOCOL),
     HttpCase("proxy-plain", "nginx", "/ok", target={"proxy_url": "PROXY"}, curl=("-x", "PROXY")),
     HttpCase("proxy-connect", "nginx-tls", "/ok", target={"proxy_url": "PROXY"},
              curl=("-x", "PROXY")),
@@ -90,7 +91,8 @@ class Curl:
 
 @pytest.fixture(scope="module")
 def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Servers]:
-    missing = [b for b in ("nginx", "node", "curl", "tinyproxy") if shutil.which(b) is None]
+    missing = [b for b in ("nginx", "node", "curl", "tinyproxy", "nghttpd")
+               if shutil.which(b) is None]
     if missing and not os.environ.get("CI"):
         pytest.skip(f"not installed: {', '.join(missing)} (.ci/run installs them)")
     tmp = tmp_path_factory.mktemp("http-curl")
@@ -162,6 +164,8 @@ async def test_stageprobe_agrees_with_curl(case: HttpCase, servers: Servers,
         assert ours.success == curl.ok, (
             f"stageprobe {'ok' if ours.success else ours.detail!r} vs curl"
             f" {'ok' if curl.ok else curl.why!r}")
+    if case.id == "h2-only":  # the cause named, not "connection reset"
+        assert "speaks HTTP/2 only" in ours.detail, ours.detail
     if case.server == "nginx-tls" and curl.ok:  # both read the chain: the intermediate's date
         assert ours.cert_expiry == _earliest_expiry(curl.certs)
         assert ours.cert_expiry == servers.chain.intermediate_not_after
