@@ -274,7 +274,9 @@ def collector_off() -> Iterator[None]:
 
 
 def alive(cls: type) -> int:
-    return sum(1 for o in gc.get_objects() if isinstance(o, cls))
+    """How many `cls` objects exist. type(), not isinstance(): isinstance asks an object for its
+    __class__, which a weakref.proxy whose referent is gone answers with ReferenceError."""
+    return sum(1 for o in gc.get_objects() if issubclass(type(o), cls))
 
 
 class Fuzzer:

@@ -151,7 +151,7 @@ async def test_a_flood_of_idle_connections_leaves_health_endpoints_and_probes_wo
         assert got is not None
         assert _results(got[1], "healthy").get("failure", 0) == 0, run.log_text()[-2000:]
         await until(lambda: _hung_up(socks) == len(socks),
-                    "the daemon to close every idle connection (keep-alive timeout)", within=10,
+                    "the daemon to close every idle connection (keep-alive timeout)", within=30,
                     detail=lambda: f"{_hung_up(socks)} of {len(socks)} closed")
     finally:
         for s in socks:

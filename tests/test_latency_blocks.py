@@ -85,7 +85,8 @@ def test_a_time_window_drops_old_samples_by_time() -> None:
     assert not counted.verdict(40.0).ready
 
 
-def test_the_log_says_when_a_latency_verdict_turns_and_turns_back() -> None:
+def test_the_log_says_when_a_latency_verdict_turns_and_turns_back(restore_logging: None) -> None:
+    structlog.reset_defaults()  # a CLI run before this one may have left a WARNING level filter
     r = Readiness(config({"measure": "handshake", "p95": "50ms", "min_samples": 1,
                           "window": 2}))
     states = StateLog()
