@@ -16,11 +16,13 @@ from faults.certs import TestCerts
 from forward_proxy import tinyproxy
 from helpers import StartDaemon, refused_port, run_cli
 from http_servers import serve_app
-from test_http_wire import failed, ok, probe
+from test_http_wire import failed, ok, probe, target
 from yarl import URL
 
+from probe.checks import scrub, target_secrets
 from probe.checks._http_dial import dial, proxy_for
 from probe.config import parse_config
+from probe.credentials import Credentials
 from probe.outcome import Failure
 from probe.twin import Twin
 
@@ -148,3 +150,12 @@ targets:
         await run_cli("gate", daemon.url)  # ready or not: the request is what is looked at
     capsys.readouterr()
     assert any(r.startswith(f"GET {daemon.url}/readyz ") for r in proxy.requests())
+
+
+def test_a_proxy_password_is_a_secret(monkeypatch: pytest.MonkeyPatch) -> None:
+    """From proxy_url or the environment: masked in details and logs like a target's own."""
+    monkeypatch.setenv("https_proxy", "http://ops:env-pass-123456@proxy.corp:3128")
+    t = target("https://api.example/", proxy_url="http://u:cfg-pass-987654@proxy.corp:3128")
+    masked = scrub("env-pass-123456 cfg-pass-987654 dTpjZmctcGFzcy05ODc2NTQ=",
+                   target_secrets(t, Credentials()))
+    assert "pass" not in masked and "dTpj" not in masked, masked

@@ -9,6 +9,7 @@ Failure from the closed vocabulary. Checks know nothing of metrics or readiness.
 from __future__ import annotations
 
 import base64
+import os
 import re
 import ssl
 import weakref
@@ -185,6 +186,15 @@ def _configured(target: Target, credentials: Credentials) -> list[str]:
         user, password = unquote(parts.username or ""), unquote(parts.password or "")
         basic = base64.b64encode(f"{user}:{password}".encode()).decode()
         values += [user, password, f"{user}:{password}", basic, f"Basic {basic}"]
+    for proxy in (getattr(target, "proxy_url", None), *map(os.environ.get, _PROXY_VARS)):
+        parts = urlsplit(proxy if proxy and "://" in proxy else "")
+        if parts.password is not None:  # a proxy's user:password (its Proxy-Authorization)
+            pair = f"{unquote(parts.username or '')}:{unquote(parts.password)}"
+            values += [unquote(parts.password), pair, base64.b64encode(pair.encode()).decode()]
     if target.credential is not None:
         values += credentials.secrets(target.credential)
     return values
+
+
+_PROXY_VARS = ("http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY", "all_proxy",
+               "ALL_PROXY")
