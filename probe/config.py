@@ -28,7 +28,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from probe.config_base import FROM_TEXT, Duration, Strict, parse_duration
 from probe.config_credentials import BearerSpec, CredentialSpec, JwtSpec, LoginSpec, OAuth2Spec
-from probe.config_errors import expand, pydantic_errors
+from probe.config_errors import expand, pydantic_errors, with_names
 from probe.config_http import HttpVersion, TlsVersion, one_or_more
 from probe.config_steps import check_extract, scenario_errors
 from probe.redact import redact_urls
@@ -206,6 +206,8 @@ class TargetDefaults(Strict):
     # a forward proxy for http(s) targets (http://[user:pass@]host[:port]; ws ones go direct),
     # instead of the environment's http_proxy / HTTPS_PROXY / NO_PROXY; "none": direct
     proxy_url: str | None = Field(default=None, pattern=r"^(none|http://\S+|[^\s/:]+:\d+)$")
+    # "2": HTTP/2 (TLS ALPN h2 only; h2c with prior knowledge on http://), else HTTP/1.1
+    http_version: Literal["1.1", "2"] = "1.1"
 
 
 CredentialIn = Literal["header", "query", "subprotocol"]
@@ -510,11 +512,11 @@ def parse_config(text: str, source: str = "<config>", env: dict[str, str] | None
         raise ConfigError(source, ["(top level): expected a mapping with a targets list"])
     data, errors = expand(data, dict(os.environ) if env is None else env)
     if errors:
-        raise ConfigError(source, errors)
+        raise ConfigError(source, with_names(errors, data))
     try:  # FROM_TEXT: a bare number is no duration in a file (`p95: 400`: 400 what?)
         return Config.model_validate(data, context=FROM_TEXT)
     except ValidationError as exc:
-        raise ConfigError(source, pydantic_errors(exc)) from None
+        raise ConfigError(source, with_names(pydantic_errors(exc), data)) from None
 
 
 def load_config(path: str | Path, env: dict[str, str] | None = None) -> Config:

@@ -122,6 +122,25 @@ def message(err: Any) -> str:
     return msg.replace("Input should be", "expected")
 
 
+_TARGET_PLACE = re.compile(r"\btargets\[(\d+)\](?! \()")
+
+
+def with_names(lines: list[str], data: Any) -> list[str]:
+    """Each `targets[N]` in `lines` followed by that target's name, `targets[3] (chat-ws)`, so
+    an error in a long file is found by the name a person gave it, not by counting."""
+    targets = data.get("targets") if isinstance(data, dict) else None
+    if not isinstance(targets, list):
+        return lines
+
+    def named(m: re.Match[str]) -> str:
+        i = int(m.group(1))
+        item = targets[i] if i < len(targets) else None
+        name = item.get("name") if isinstance(item, dict) else None
+        return f"{m.group(0)} ({name})" if isinstance(name, str) and name.strip() else m.group(0)
+
+    return [_TARGET_PLACE.sub(named, line) for line in lines]
+
+
 def pydantic_errors(exc: ValidationError) -> list[str]:
     lines = []
     for err in exc.errors(include_url=False, include_input=True):

@@ -12,6 +12,7 @@ import contextlib
 import inspect
 import json
 import os
+import re
 import signal
 import socket
 import ssl
@@ -374,3 +375,9 @@ class Prometheus:
 
     def stop(self) -> None:
         stop_process(self.proc)
+
+
+def unnamed(errors: list[str]) -> list[str]:
+    """Config error lines without the target names after their places (`targets[3] (chat-ws)`
+    -> `targets[3]`), for tests about the places and wording themselves."""
+    return [re.sub(r"(targets\[\d+\]) \([^)]*\)", r"\1", e) for e in errors]

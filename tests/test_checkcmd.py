@@ -149,7 +149,7 @@ async def test_bad_config_exits_2_naming_the_place(tmp_path: Path,
     cfg = tmp_path / "bad.yaml"
     cfg.write_text("targets:\n  - name: x\n    url: http://127.0.0.1:1/\n    timout: 1s\n")
     assert await run("check", "-c", str(cfg)) == 2
-    assert "targets[0].timout" in capsys.readouterr().err
+    assert "targets[0] (x).timout" in capsys.readouterr().err
 
 
 SHA = "9aca97a0f3c1b2d4e5f60718293a4b5c6d7e8f90"

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from helpers import unnamed
 
 from probe.config import ConfigError, Settings, load_config, parse_config, parse_duration
 
@@ -28,7 +29,7 @@ def test_bad_durations_are_rejected(bad: object) -> None:
 def _errors(text: str, env: dict[str, str] | None = None) -> list[str]:
     with pytest.raises(ConfigError) as info:
         parse_config(text, env=env or {})
-    return info.value.errors
+    return unnamed(info.value.errors)
 
 
 def test_design_example_parses_with_inherited_defaults() -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from helpers import unnamed
 
 from probe.cli import main as cli
 from probe.config import Config, ConfigError, parse_config, parse_duration
@@ -13,7 +14,7 @@ from probe.config import Config, ConfigError, parse_config, parse_duration
 def errors(text: str, env: dict[str, str] | None = None) -> list[str]:
     with pytest.raises(ConfigError) as info:
         parse_config(text, env=env or {})
-    return info.value.errors
+    return unnamed(info.value.errors)
 
 
 def test_a_bad_default_is_reported_once_at_defaults() -> None:
@@ -88,5 +89,21 @@ def test_probe_validate_says_it(tmp_path: Path, capsys: pytest.CaptureFixture[st
                     "expect: {status: 200}}\n", encoding="utf-8")
     assert cli(["validate", "-c", str(path)]) == 2
     err = capsys.readouterr().err
-    assert "targets[0].timeout: give a unit: 3 is 3ms or 3s?" in err
+    assert "targets[0] (a).timeout: give a unit: 3 is 3ms or 3s?" in err
     assert "such as [200]" in err
+
+
+def test_an_error_names_the_target_by_its_name_too() -> None:
+    """`targets[1] (chat-ws).timeout`: found by the name a person gave it, not by counting."""
+    with pytest.raises(ConfigError) as info:
+        parse_config("targets:\n  - {name: api, url: 'http://x/'}\n  - {name: chat-ws, "
+                     "url: 'ws://x/', timeout: soon, headers: {X: '${NOPE}'}}\n", env={})
+    assert info.value.errors == [
+        "targets[1] (chat-ws).headers.X: environment variable NOPE is not set"]
+    with pytest.raises(ConfigError) as info:
+        parse_config("targets:\n  - {name: api, url: 'http://x/'}\n"
+                     "  - {name: chat-ws, url: 'ws://x/', timeout: soon}\n  - {url: 'http://y/'}\n",
+                     env={})
+    got = info.value.errors
+    assert any(e.startswith("targets[1] (chat-ws).timeout: expected a duration") for e in got), got
+    assert any(e.startswith("targets[2].name: ") for e in got), got  # no name to show

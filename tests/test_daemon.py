@@ -21,7 +21,7 @@ from typing import Any
 import aiohttp
 import pytest
 import yaml
-from helpers import ProbeRun, StartDaemon, until
+from helpers import ProbeRun, StartDaemon, unnamed, until
 
 from probe.config import parse_config
 from probe.twin import DEV_JWT_SECRET, Twin
@@ -194,7 +194,7 @@ async def test_sighup_reload_add_remove_and_invalid(
 
     failed = (await until(rejected, "the invalid file to be logged"))[0]
     assert failed["severity"] == "ERROR"
-    assert any("targets[0].expect.status" in e for e in failed["errors"])
+    assert any("targets[0].expect.status" in e for e in unnamed(failed["errors"]))
 
     async def still_probing() -> bool:
         text = await get_text(http, f"{p.url}/metrics")
@@ -212,7 +212,7 @@ async def test_bad_config_and_busy_port_exit_2(tmp_path: Path) -> None:
     bad.write_text("targets:\n  - name: a\n    url: ftp://x/\n")
     run = ProbeRun(bad, tmp_path)
     assert await run.wait(30) == 2
-    assert "targets[0].url" in run.log_text() and "Traceback" not in run.log_text()
+    assert "targets[0] (a).url" in run.log_text() and "Traceback" not in run.log_text()
 
     good = tmp_path / "good.yaml"
     good.write_text("targets:\n  - {name: a, url: 'http://127.0.0.1:1/'}\n")

@@ -9,6 +9,7 @@ import json
 from typing import Any
 
 import pytest
+from helpers import unnamed
 from websockets.asyncio.server import ServerConnection
 from ws_servers import probe, setup, websockets_server
 
@@ -115,5 +116,5 @@ def _errors(messages: list[dict[str, Any]], latency: dict[str, Any] | None = Non
 ])
 def test_step_names_are_checked_with_their_place(
         messages: list[dict[str, Any]], latency: dict[str, Any] | None, expected: str) -> None:
-    (error,) = _errors(messages, latency)
+    (error,) = unnamed(_errors(messages, latency))
     assert error.startswith(expected), error

@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from helpers import unnamed
 
 from probe.cli import main
 
@@ -44,7 +45,7 @@ def test_invalid_file_is_rejected_naming_its_place(
     assert out.out == ""
     lines = out.err.splitlines()
     assert lines[0].startswith(f"{path}: invalid configuration"), lines
-    errors = [line.strip() for line in lines[1:]]
+    errors = unnamed([line.strip() for line in lines[1:]])
     assert any(e.startswith(f"{place}:") or e.startswith(f"{place},") for e in errors), (
         f"no error names {place!r}: {errors}")
     assert all(": " in e and len(e) > len(place) + 3 for e in errors)  # place: message
@@ -69,7 +70,7 @@ def test_all_errors_are_listed_not_just_the_first(capsys: pytest.CaptureFixture[
                  "  - {name: b, url: 'http://x/', expect: {status: [0]}}\n")
     assert main(["validate", "-c", str(f)]) == 2
     err = capsys.readouterr().err
-    for place in ("targets[0].url", "targets[0].timout", "targets[1].expect.status"):
+    for place in ("targets[0] (a).url", "targets[0] (a).timout", "targets[1] (b).expect.status"):
         assert f"  {place}:" in err
 
 
