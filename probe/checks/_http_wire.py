@@ -34,6 +34,7 @@ from httptools import HttpParserError, HttpParserUpgrade, HttpResponseParser
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from probe.checks import Fail
+from probe.checks._http2 import H2Parser
 from probe.checks._http_classify import Progress, disconnected
 from probe.checks._http_decode import decoder_for
 from probe.checks._http_expect import Plan, quote, size
@@ -206,7 +207,8 @@ class Wire(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         if self.done or self.error is not None:
             return
-        if exc is None and self.head_done and self.length is None and not self.chunked():
+        if (exc is None and self.head_done and self.length is None and not self.chunked()
+                and not isinstance(self.parser, H2Parser)):  # HTTP/2 ends by END_STREAM only
             self._complete()  # a body delimited by the end of the connection
             return
         self._fail(Fail(*disconnected(exc, self.probe)))

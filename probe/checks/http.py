@@ -23,6 +23,7 @@ import ssl
 import time
 
 from probe.checks import CheckContext, Fail, clip, scrub, target_secrets, tls_context, tls_files
+from probe.checks._http2 import H2Parser, h2_tls, negotiated
 from probe.checks._http_classify import Progress, classify, os_text, timed_out
 from probe.checks._http_cookies import Jar
 from probe.checks._http_dial import connect, h2_only, proxy_for
@@ -135,17 +136,21 @@ async def _run(
         wire = Wire(plan, hop.method == "HEAD", target.body_limit, probe)
         try:
             proxy = proxy_for(hop.url, target.proxy_url)
-            await connect(loop, wire, hop, tls if hop.tls else None, probe, target.timeout + 1,
-                          proxy)
-            wire.send(request)
+            h2p = _http2(wire, hop, proxy) if target.http_version == "2" else None
+            await connect(loop, wire, hop, (h2_tls(target) if h2p else tls) if hop.tls else None,
+                          probe, target.timeout + 1, proxy)
+            if h2p is not None and hop.tls:
+                negotiated(wire)
+            wire.send(h2p.request(request) if h2p is not None else request)
             try:
                 await wire.head()
             except Fail as exc:  # hung up on an HTTP/1.1 request unanswered: HTTP/2 only?
                 if (exc.failure is Failure.DISCONNECTED and hop.tls and proxy is None
+                        and h2p is None
                         and not wire.received and await h2_only(loop, hop)):
                     raise Fail(Failure.PROTOCOL, f"{hop.where} refuses HTTP/1.1: it speaks"
-                                                 " HTTP/2 only (TLS ALPN h2), which stageprobe"
-                                                 " does not probe yet") from None
+                                                 " HTTP/2 only (TLS ALPN h2); set http_version:"
+                                                 " \"2\"") from None
                 raise
             status = wire.status
             seen.answered(wire, hop.tls, redirects)
@@ -214,6 +219,14 @@ class _Seen:
             tls_version=self.tls_version, content_length=self.length, body_length=self.body,
             failed_regex=regex_failed(failure, detail),
         )
+
+
+def _http2(wire: Wire, hop: Hop, proxy: object) -> H2Parser:
+    """The HTTP/2 stand-in for the wire's parser (h2c cannot go through an HTTP proxy)."""
+    if proxy is not None and not hop.tls:
+        raise Fail(Failure.PROTOCOL, "http_version 2 on http:// (h2c) cannot go through a proxy")
+    wire.parser = h2p = H2Parser(wire, b"https" if hop.tls else b"http")
+    return h2p
 
 
 def _cookie(headers: dict[str, str] | None, jar: Jar, hop: Hop) -> dict[str, str] | None:

@@ -1,10 +1,10 @@
 """The servers of test_http_curl.py, started once for the module and stopped after it: nginx
-(Debian's, in the foreground with its own prefix: a TLS server sending a private chain whose
-intermediate expires before the leaf, and 150 add_header lines), nghttpd (HTTP/2 only, the same
-chain), node (node/http_server.js: its http server and a raw `net` one), uvicorn (http_app.py)
-and tinyproxy (tests/forward_proxy.py, tunnelling to nginx's TLS port only, so a tunnel
-elsewhere is refused as a corporate proxy does). Each is a child process on a free loopback port
-(conf_servers._process: waited for, logged, stopped).
+(Debian's, in the foreground with its own prefix: a TLS server, HTTP/2 too, sending a private
+chain whose intermediate expires before the leaf, and 150 add_header lines), nghttpd (HTTP/2
+only: TLS with the same chain, and h2c), node (node/http_server.js: its http server and a raw
+`net` one), uvicorn (http_app.py) and tinyproxy (tests/forward_proxy.py, tunnelling to nginx's
+TLS port only, so a tunnel elsewhere is refused as a corporate proxy does). Each is a child
+process on a free loopback port (conf_servers._process: waited for, logged, stopped).
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ _NGINX = NGINX_HEAD + """\
   default_type application/json;
   server {{
     listen 127.0.0.1:{port};
-    listen 127.0.0.1:{tls_port} ssl;
+    listen 127.0.0.1:{tls_port} ssl http2;
     ssl_certificate {cert};
     ssl_certificate_key {key};
     location = /ok {{ return 200 '{{"status": "healthy"}}'; }}
@@ -48,6 +48,7 @@ class Servers:
     node_raw: str
     uvicorn: str
     nghttpd_tls: str  # https://127.0.0.1:port: HTTP/2 only
+    nghttpd_h2c: str  # http://127.0.0.1:port: HTTP/2 with prior knowledge only
     proxy: ForwardProxy
     chain: Chain
 
@@ -58,7 +59,7 @@ class Servers:
 @contextlib.asynccontextmanager
 async def started(tmp: Path) -> AsyncIterator[Servers]:
     chain = make_chain(tmp / "chain", intermediate_days=5, leaf_days=20)
-    ports = {n: free_port() for n in ("nginx", "tls", "node", "raw", "uvicorn", "h2")}
+    ports = {n: free_port() for n in ("nginx", "tls", "node", "raw", "uvicorn", "h2", "h2c")}
     prefix = tmp / "nginx"
     prefix.mkdir()
     conf = prefix / "nginx.conf"
@@ -78,6 +79,8 @@ async def started(tmp: Path) -> AsyncIterator[Servers]:
                str(chain.server.cert)]
     async with _process("nginx", nginx, ports["nginx"], tmp), \
             _process("nghttpd", nghttpd, ports["h2"], tmp), \
+            _process("nghttpd-h2c", ["nghttpd", "--no-tls", "-d", str(tmp / "h2"),
+                                     str(ports["h2c"])], ports["h2c"], tmp), \
             _process("node-http", node, ports["raw"], tmp), \
             _process("uvicorn-http", uvicorn, ports["uvicorn"], tmp), \
             tinyproxy(tmp / "tinyproxy", connect_ports=(ports["tls"],)) as proxy:
@@ -88,5 +91,6 @@ async def started(tmp: Path) -> AsyncIterator[Servers]:
             node_raw=f"http://127.0.0.1:{ports['raw']}",
             uvicorn=f"http://127.0.0.1:{ports['uvicorn']}",
             nghttpd_tls=f"https://127.0.0.1:{ports['h2']}",
+            nghttpd_h2c=f"http://127.0.0.1:{ports['h2c']}",
             proxy=proxy, chain=chain,
         )

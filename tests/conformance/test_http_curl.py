@@ -42,7 +42,7 @@ BROTLI = find_spec("brotli") is not None
 @dataclass(frozen=True)
 class HttpCase:
     id: str
-    server: str  # a Servers field: nginx, nginx-tls, nghttpd-tls, node, node-raw, uvicorn
+    server: str  # a Servers field: nginx(-tls), nghttpd-tls / -h2c, node(-raw), uvicorn
     path: str
     target: dict[str, Any] = field(default_factory=dict)  # more Target keys
     curl: tuple[str, ...] = ()  # curl's options for the same request
@@ -74,6 +74,13 @@ CASES = [
     HttpCase("url-as-written", "uvicorn", "/files/a%2Fb/%7Euser"),
     HttpCase("signed-query", "uvicorn", "/signed?" + SIGNED.decode()),
     HttpCase("h2-only", "nghttpd-tls", "/ok", curl=("--http1.1",), ours=Failure.PROTOCOL),
+    HttpCase("h2-tls", "nghttpd-tls", "/ok", target={"http_version": "2"}, curl=("--http2",),
+             body_regex="healthy"),
+    HttpCase("h2c-prior-knowledge", "nghttpd-h2c", "/ok", target={"http_version": "2"},
+             curl=("--http2-prior-knowledge",), body_regex="healthy"),
+    HttpCase("h2-nginx-many-headers", "nginx-tls", "/many-headers",
+             target={"http_version": "2"}, curl=("--http2",),
+             header=(f"X-Pad-{MANY - 1}", str(MANY - 1))),
     HttpCase("proxy-plain", "nginx", "/ok", target={"proxy_url": "PROXY"}, curl=("-x", "PROXY")),
     HttpCase("proxy-connect", "nginx-tls", "/ok", target={"proxy_url": "PROXY"},
              curl=("-x", "PROXY")),
@@ -166,6 +173,8 @@ async def test_stageprobe_agrees_with_curl(case: HttpCase, servers: Servers,
             f" {'ok' if curl.ok else curl.why!r}")
     if case.id == "h2-only":  # the cause named, not "connection reset"
         assert "speaks HTTP/2 only" in ours.detail, ours.detail
+    if case.target.get("http_version") == "2":
+        assert ours.http is not None and ours.http.version == 2.0
     if case.server == "nginx-tls" and curl.ok:  # both read the chain: the intermediate's date
         assert ours.cert_expiry == _earliest_expiry(curl.certs)
         assert ours.cert_expiry == servers.chain.intermediate_not_after
