@@ -75,6 +75,7 @@ async def started(tmp: Path) -> AsyncIterator[Servers]:
                "--port", str(ports["uvicorn"]), "--log-level", "warning"]
     (tmp / "h2").mkdir()
     (tmp / "h2" / "ok").write_text('{"status": "healthy"}', encoding="utf-8")
+    (tmp / "h2" / "big").write_bytes(b"x" * (2 << 20))  # over the 1 MiB body_limit
     nghttpd = ["nghttpd", "-d", str(tmp / "h2"), str(ports["h2"]), str(chain.server.key),
                str(chain.server.cert)]
     async with _process("nginx", nginx, ports["nginx"], tmp), \
