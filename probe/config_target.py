@@ -1,9 +1,10 @@
 """The targets' shape in the config: what to probe (Target, a flow's FlowStep), what the answer
 must look like (Expect, a WebSocket message's Match, a Step), and the `defaults:` keys.
 
-Kept apart from probe.config (loading the file, the whole Config, the environment) so the checks,
-which need a target's fields and not how a file is read, import only this; probe.config
-re-exports every name, so `from probe.config import Target` keeps working.
+Kept apart from probe.config (loading the file, the whole Config, the environment) because
+it is a different job: what one target may say, checked per target, not how a file is read or
+how targets refer to each other. probe.config re-exports every name, and the package imports
+them from there (`from probe.config import Target`).
 """
 
 from __future__ import annotations

@@ -1,9 +1,10 @@
 """The gate's answer as data: per-target TargetVerdicts, the whole Verdict, and the Transition
 logged when a target's state changes.
 
-Kept apart from probe.readiness (which computes them from probe results) because the clients
-of `/readyz` (`probe gate`, the CI reports, the Prometheus gate) only parse and print these:
-they need neither the config nor the latency windows. probe.readiness re-exports every name.
+Kept apart from probe.readiness (which computes them from probe results) because it is a
+different job: parsing and printing a verdict, as the clients of `/readyz` do (`probe gate`, the
+CI reports, the Prometheus gate), needs neither the config nor the latency windows.
+probe.readiness re-exports every name.
 """
 
 from __future__ import annotations
