@@ -6,12 +6,13 @@ slow, hanging, dropping connections, speaking garbage, serving the wrong build. 
 part of stageprobe be exercised over real sockets without a real staging environment.
 
 The auth service's login is there too (POST /auth/login, see probe.twin_auth), signing with
-the backend's secret or, switched, with another one.
+the backend's secret or, switched, with another one; so is the chat backend's thread creation
+(POST /api/threads, see probe.twin_threads), whose id /ws?thread=ID takes.
 
 Control API (JSON):
     GET  /_twin/state                     current faults and per-path request counts
     POST /_twin/fault {"health": "503"}   change any fields of TwinState (others are kept)
-    POST /_twin/reset                     back to healthy, counts kept
+    POST /_twin/reset                     back to healthy (version, token_ttl_s and counts kept)
 
 Run standalone: `python -m probe.twin --port 8080` (serves config/example.yaml's targets).
 """
@@ -24,7 +25,7 @@ import contextlib
 import os
 import signal
 import ssl
-from collections import Counter
+from collections import Counter, OrderedDict
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any, Literal, get_args
 
@@ -32,6 +33,7 @@ import jwt
 from aiohttp import web
 
 from probe.twin_auth import DEV_E2E_PASSWORD, E2E_EMAIL, add_auth_routes
+from probe.twin_threads import add_thread_routes
 from probe.twin_ws import add_ws_routes
 
 HttpFault = Literal[
@@ -56,6 +58,11 @@ class TwinState:
       another secret than the backend checks) | reject (401) | 503 (see probe.twin_auth).
     delay_ms: added before every answer, for latency targets.
     token_ttl_s: how long a token from /auth/login lives.
+    agent_start_delay_ms / agent_done_delay_ms: how long the agent takes, after a user message,
+      to send agent_started / then agent_completed (the seeds' agent start and processing).
+    ws_cut_after_s: a load balancer's cut: a WebSocket session opened while it is set is cut
+      (TCP closed, no close frame) this many seconds after its upgrade; 0: never.
+    version and token_ttl_s are the deployment's settings rather than faults: a reset keeps them.
     """
 
     health: HttpFault = "ok"
@@ -66,6 +73,9 @@ class TwinState:
     version: str = "twin-1"
     auth: AuthFault = "ok"
     token_ttl_s: int = 300
+    agent_start_delay_ms: int = 0
+    agent_done_delay_ms: int = 0
+    ws_cut_after_s: int = 0
 
     def changed(self, changes: dict[str, Any]) -> TwinState:
         """A copy with `changes` applied, or ValueError naming the bad field and what is allowed."""
@@ -78,17 +88,22 @@ class TwinState:
                 allowed = get_args(kinds.get(key, HttpFault))
                 if value not in allowed:
                     raise ValueError(f"{key}: {value!r} is not one of {', '.join(allowed)}")
-            elif key in ("delay_ms", "slow_ms", "token_ttl_s"):
+            elif key != "version":
                 ms = value if isinstance(value, int) and not isinstance(value, bool) else -1
                 if not 0 <= ms <= 600_000:
-                    unit = "seconds" if key == "token_ttl_s" else "milliseconds"
+                    unit = "milliseconds" if key.endswith("_ms") else "seconds"
                     raise ValueError(f"{key}: expected {unit} 0..600000, got {value!r}")
             elif not isinstance(value, str) or not value:
                 raise ValueError(f"version: expected a non-empty string, got {value!r}")
         return replace(self, **changes)
 
+    def reset(self) -> TwinState:
+        """Healthy again, with this state's deployment settings (version, token_ttl_s)."""
+        return TwinState(version=self.version, token_ttl_s=self.token_ttl_s)
 
-STATE = web.AppKey("twin_state", dict)  # {"state": TwinState, "counts": Counter, "release": Event}
+
+# {"state": TwinState, "counts": Counter, "release": Event, "threads": the threads created}
+STATE = web.AppKey("twin_state", dict)
 JWT_SECRET = web.AppKey("twin_jwt_secret", str)
 
 
@@ -219,7 +234,7 @@ async def _set_fault(request: web.Request) -> web.StreamResponse:
 
 async def _reset(request: web.Request) -> web.StreamResponse:
     shared = request.app[STATE]
-    shared["state"] = TwinState(version=shared["state"].version)
+    shared["state"] = shared["state"].reset()
     return web.json_response(_state_json(request.app))
 
 
@@ -228,7 +243,8 @@ def make_app(state: TwinState | None = None, jwt_secret: str | None = None,
     """The twin's aiohttp app. With `jwt_secret`, /api/agents/stop (and /ws) need a valid JWT;
     /auth/login issues one to `accounts` (email -> password; default the E2E account)."""
     app = web.Application()
-    app[STATE] = {"state": state or TwinState(), "counts": Counter(), "release": asyncio.Event()}
+    app[STATE] = {"state": state or TwinState(), "counts": Counter(), "release": asyncio.Event(),
+                  "threads": OrderedDict()}
     if jwt_secret:
         app[JWT_SECRET] = jwt_secret
     app.router.add_get("/health", _health)
@@ -239,6 +255,7 @@ def make_app(state: TwinState | None = None, jwt_secret: str | None = None,
     app.router.add_post("/_twin/reset", _reset)
     add_ws_routes(app, STATE, verify_bearer)  # /ws: JWT-checked chat session; follows .ws
     add_auth_routes(app, STATE, lambda a: a.get(JWT_SECRET), accounts)  # follows .auth
+    add_thread_routes(app, STATE, verify_bearer, _misbehave)  # POST /api/threads; follows .api
 
     async def _release_hung(app: web.Application) -> None:
         app[STATE]["release"].set()
@@ -286,7 +303,7 @@ class Twin:
         return self.state
 
     def reset(self) -> TwinState:
-        self.app[STATE]["state"] = TwinState(version=self.state.version)
+        self.app[STATE]["state"] = self.state.reset()
         return self.state
 
     async def start(

@@ -4,7 +4,10 @@ It behaves like the staging chat backend the probes were written for: the upgrad
 HS256 bearer JWT (Authorization header or `access_token` query parameter, checked by the twin's
 own `verify_bearer`, so /api/* and /ws agree), optionally an audience and required headers such
 as `X-Test-Type: E2E`. After the upgrade, `{"type": "ping"}` is answered with `{"type": "pong"}`
-and `{"type": "user_message"}` with agent_started, agent_thinking and agent_completed events.
+and `{"type": "user_message"}` with the agent's events: agent_started after the twin's
+`agent_start_delay_ms`, agent_thinking, then agent_completed after `agent_done_delay_ms`.
+`/ws?thread=ID` joins a thread POST /api/threads created (its events carry `thread`); an id the
+twin never created closes the session with 4004 "thread not found".
 
 Faults follow the twin's `ws` switch (POST /_twin/fault {"ws": "crash"}), read per message, so a
 switch reaches open sessions too:
@@ -13,6 +16,8 @@ switch reaches open sessions too:
             as a backend that crashes in its message handler would)
     drop    a user message makes the server cut the TCP connection, no close frame
     silent  the session opens, then nothing is ever answered
+and its `ws_cut_after_s` switch (read at the upgrade) cuts a session that many seconds after it
+opened, without a close frame, as a load balancer's timeout does.
 """
 
 from __future__ import annotations
@@ -23,6 +28,8 @@ from collections.abc import Callable
 from typing import Any
 
 from aiohttp import WSMsgType, web
+
+from probe.twin_threads import known_thread
 
 # audience, required_headers, open, peak, and the twin's own state key and token check
 WS_CONFIG = web.AppKey("twin_ws_config", dict)
@@ -99,20 +106,31 @@ async def _handle(request: web.Request) -> web.StreamResponse:
         return web.json_response({"error": why}, status=403)
     ws = web.WebSocketResponse(heartbeat=None, max_msg_size=1 << 20)
     await ws.prepare(request)
+    thread = request.query.get("thread")
+    if thread is not None and not known_thread(_twin(request), thread):
+        await ws.close(code=4004, message=b"thread not found")
+        return ws
+    cut_after = _twin(request)["state"].ws_cut_after_s
+    cut = None
+    if cut_after and request.transport is not None:
+        cut = asyncio.get_running_loop().call_later(cut_after, request.transport.abort)
     cfg["open"] += 1
     cfg["peak"] = max(cfg["peak"], cfg["open"])
     try:
         async for msg in ws:
             if msg.type != WSMsgType.TEXT:
                 continue
-            if not await _answer(request, ws, msg.data):
+            if not await _answer(request, ws, msg.data, thread):
                 break
     finally:
         cfg["open"] -= 1
+        if cut is not None:
+            cut.cancel()
     return ws
 
 
-async def _answer(request: web.Request, ws: web.WebSocketResponse, text: str) -> bool:
+async def _answer(request: web.Request, ws: web.WebSocketResponse, text: str,
+                  thread: str | None) -> bool:
     """Answer one message; False when the session is over (crashed or dropped)."""
     state = _twin(request)["state"]
     if state.ws == "silent":
@@ -136,11 +154,17 @@ async def _answer(request: web.Request, ws: web.WebSocketResponse, text: str) ->
         return False
     if kind == "user_message":
         assert isinstance(message, dict)
-        run = f"run-{_twin(request)['counts'][request.path]}"
-        await ws.send_json({"type": "agent_started", "run_id": run})
-        await ws.send_json({"type": "agent_thinking", "run_id": run})
+        run = {"run_id": f"run-{_twin(request)['counts'][request.path]}"}
+        if thread is not None:
+            run["thread"] = thread
+        if state.agent_start_delay_ms:
+            await asyncio.sleep(state.agent_start_delay_ms / 1000)
+        await ws.send_json({"type": "agent_started", **run})
+        await ws.send_json({"type": "agent_thinking", **run})
+        if state.agent_done_delay_ms:
+            await asyncio.sleep(state.agent_done_delay_ms / 1000)
         reply = f"echo: {str(message.get('text', ''))[:200]}"
-        await ws.send_json({"type": "agent_completed", "run_id": run, "text": reply})
+        await ws.send_json({"type": "agent_completed", **run, "text": reply})
         return True
     await ws.send_json({"type": "error", "error": "unknown message type"})
     return True

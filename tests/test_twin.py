@@ -14,7 +14,7 @@ import jwt
 import pytest
 from helpers import free_port, until
 
-from probe.twin import Twin, TwinState
+from probe.twin import STATE, Twin, TwinState
 
 SECRET = "a-test-secret-that-is-long-enough-for-hs256"
 
@@ -197,3 +197,83 @@ def test_standalone_module(sig: signal.Signals, ignored: bool) -> None:
             pytest.fail(f"the twin did not stop within 10 s of {sig.name}; stderr: {err[-500:]}")
     assert proc.returncode == 0, err[-500:]
     assert "Traceback" not in err
+
+
+# --- the chat loop: threads, agent events, the load balancer's cut -------------------------------
+
+
+def bearer(secret: str = SECRET) -> dict[str, str]:
+    token = jwt.encode({"sub": "e2e", "exp": int(time.time()) + 60}, secret, algorithm="HS256")
+    return {"Authorization": f"Bearer {token}"}
+
+
+async def test_threads_need_the_backends_token_and_join_the_websocket(
+    twin: Twin, http: aiohttp.ClientSession
+) -> None:
+    url = f"{twin.url}/api/threads"
+    async with http.post(url, json={"title": "t"}) as r:
+        assert r.status == 401
+    async with http.post(url, json={"title": "t"},
+                         headers=bearer("another-secret-that-is-long-enough-xx")) as r:
+        assert r.status == 401
+    async with http.post(url, json={"title": "t"}, headers=bearer()) as r:
+        assert r.status == 201
+        thread = (await r.json())["id"]
+        assert r.headers["X-Thread-Id"] == thread
+    async with http.ws_connect(f"{twin.url}/ws?thread={thread}", headers=bearer()) as ws:
+        await ws.send_json({"type": "user_message", "text": "hi"})
+        events = [await ws.receive_json(timeout=5) for _ in range(3)]
+    assert [e["type"] for e in events] == ["agent_started", "agent_thinking", "agent_completed"]
+    assert {e["thread"] for e in events} == {thread}
+    async with http.ws_connect(f"{twin.url}/ws?thread=thr-never-made", headers=bearer()) as ws:
+        msg = await ws.receive(timeout=5)
+    assert msg.type is aiohttp.WSMsgType.CLOSE and msg.data == 4004
+    twin.set_fault(api="503")
+    async with http.post(url, json={}, headers=bearer()) as r:
+        assert r.status == 503
+
+
+async def test_remembered_threads_are_bounded(twin: Twin, http: aiohttp.ClientSession) -> None:
+    from probe.twin_threads import MAX_THREADS
+
+    for _ in range(MAX_THREADS + 5):
+        async with http.post(f"{twin.url}/api/threads", headers=bearer()) as r:
+            assert r.status == 201
+    assert twin.requests("/api/threads") == MAX_THREADS + 5
+    assert len(twin.app[STATE]["threads"]) == MAX_THREADS
+
+
+async def test_agent_events_follow_their_delays(twin: Twin, http: aiohttp.ClientSession) -> None:
+    twin.set_fault(agent_start_delay_ms=150, agent_done_delay_ms=100)
+    async with http.ws_connect(f"{twin.url}/ws", headers=bearer()) as ws:
+        t0 = time.perf_counter()
+        await ws.send_json({"type": "user_message", "text": "hi"})
+        assert (await ws.receive_json(timeout=5))["type"] == "agent_started"
+        started = time.perf_counter()
+        assert (await ws.receive_json(timeout=5))["type"] == "agent_thinking"
+        assert (await ws.receive_json(timeout=5))["type"] == "agent_completed"
+        done = time.perf_counter()
+    assert started - t0 >= 0.15 and done - started >= 0.1
+
+
+async def test_the_load_balancer_cuts_sessions_opened_while_switched(
+    twin: Twin, http: aiohttp.ClientSession
+) -> None:
+    twin.set_fault(ws_cut_after_s=1)
+    async with http.ws_connect(f"{twin.url}/ws", headers=bearer()) as ws:
+        msg = await ws.receive(timeout=10)  # nothing sent: the cut is all that comes
+        assert msg.type in (aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.ERROR)
+        assert ws.close_code != 1000
+    twin.set_fault(ws_cut_after_s=0)
+    async with http.ws_connect(f"{twin.url}/ws", headers=bearer()) as ws:
+        await ws.send_json({"type": "ping"})
+        assert (await ws.receive_json(timeout=5)) == {"type": "pong"}
+
+
+def test_reset_keeps_the_deployments_settings() -> None:
+    state = TwinState(version="v2", token_ttl_s=5, ws="crash", agent_start_delay_ms=900)
+    assert state.reset() == TwinState(version="v2", token_ttl_s=5)
+    with pytest.raises(ValueError, match="agent_done_delay_ms: expected milliseconds"):
+        state.changed({"agent_done_delay_ms": -5})
+    with pytest.raises(ValueError, match="ws_cut_after_s: expected seconds"):
+        state.changed({"ws_cut_after_s": "soon"})
