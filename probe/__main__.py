@@ -1,3 +1,6 @@
+"""`python -m probe`: the same CLI as the `probe` console script."""
+
 from probe.cli import main
 
-raise SystemExit(main())
+if __name__ == "__main__":  # importing the module (tools that walk the package) runs nothing
+    raise SystemExit(main())
