@@ -112,6 +112,10 @@ class TargetDefaults(Strict):
     tls_min_version: TlsVersion | None = None
     cert_file: Path | None = None  # a client certificate (mTLS), PEM; its key too, or key_file
     key_file: Path | None = None
+    # blackbox's preferred_ip_protocol / ip_protocol_fallback: which family's addresses are
+    # dialled first (None: the resolver's order), and whether the other family is tried at all
+    ip_protocol: Literal["ip4", "ip6"] | None = None
+    ip_protocol_fallback: bool = True
     body_limit: int = Field(default=1 << 20, ge=1)  # bytes; also the WebSocket message cap
     # a forward proxy for http(s) targets (http://[user:pass@]host[:port]; ws ones go direct),
     # instead of the environment's http_proxy / HTTPS_PROXY / NO_PROXY; "none": direct

@@ -41,8 +41,6 @@ _TLS = {"insecure_skip_verify": "tls_verify", "ca_file": "ca_file", "cert_file":
         "key_file": "key_file", "server_name": "tls_server_name", "min_version": "tls_min_version"}
 # Keys whose absence is fine and whose presence needs a word: key -> why it does not map.
 _UNMAPPED = {
-    "preferred_ip_protocol": "the address order is the resolver's (ip_protocol is not supported)",
-    "ip_protocol_fallback": "every resolved address is tried in order",
     "compression": "Accept-Encoding is always gzip, deflate (decoded)",
     "body_file": "put the body inline as body:",
     "basic_auth": "a secret: put the user and password in the URL from the environment, "
@@ -108,6 +106,11 @@ def _module(module: str, spec: dict[str, Any], notes: list[str]) -> dict[str, An
         fields["headers"] = _headers(http["headers"], note)
     if http.get("body") is not None:
         fields["body"] = str(http["body"])
+    if str(http.get("preferred_ip_protocol", "")).lower() in ("ip4", "ip6"):
+        fields["ip_protocol"] = str(http["preferred_ip_protocol"]).lower()
+        fields["ip_protocol_fallback"] = bool(http.get("ip_protocol_fallback", True))
+    elif "preferred_ip_protocol" in http:
+        note("http.preferred_ip_protocol", "ip4 or ip6 only")
     if "body_size_limit" in http and (limit := _bytes(http["body_size_limit"])):
         fields["body_limit"] = limit
     tls = {**((http.get("http_client_config") or {}).get("tls_config") or {}),
@@ -214,7 +217,7 @@ _KNOWN = {"valid_status_codes", "valid_http_versions", "method", "headers", "bod
           "follow_redirects", "no_follow_redirects", "fail_if_ssl", "fail_if_not_ssl",
           "fail_if_body_matches_regexp", "fail_if_body_not_matches_regexp",
           "fail_if_header_matches", "fail_if_header_not_matches", "tls_config",
-          "body_size_limit"}
+          "body_size_limit", "preferred_ip_protocol", "ip_protocol_fallback"}
 
 
 def _name(url: str, taken: set[str]) -> str:

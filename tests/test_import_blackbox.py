@@ -43,6 +43,7 @@ async def test_the_module_file_converts_and_names_what_it_could_not_map(
     assert www["headers"] == {"Host": "vhost.example.com", "Accept-Language": "en-US",
                               "Authorization": "${BLACKBOX_HEADER_AUTHORIZATION}"}
     assert (www["tls_server_name"], www["tls_min_version"]) == ("vhost.example.com", "TLS12")
+    assert (www["ip_protocol"], www["ip_protocol_fallback"]) == ("ip4", False)
     assert www["expect"] == {
         "http_versions": ["HTTP/1.1", "HTTP/2.0"], "tls": True,
         "body_regex": "Download the latest version here",
@@ -55,8 +56,6 @@ async def test_the_module_file_converts_and_names_what_it_could_not_map(
     assert post["interval"] == "15s", "a timeout over the default interval brings its interval"
     assert "&" not in text, "no YAML anchors: each target stands alone"
     expected = [
-        "module http_2xx: http.ip_protocol_fallback: not mapped",
-        "module http_2xx: http.preferred_ip_protocol: not mapped",
         "module http_2xx: http.headers.Authorization: value not copied,"
         " ${BLACKBOX_HEADER_AUTHORIZATION} instead",
         "module http_basic_auth_example: http.basic_auth: not mapped (a secret",

@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import os
 import re
+import socket
 import ssl
 import weakref
 from collections.abc import Awaitable, Callable
@@ -198,3 +199,19 @@ def _configured(target: Target, credentials: Credentials) -> list[str]:
 
 _PROXY_VARS = ("http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY", "all_proxy",
                "ALL_PROXY")
+
+
+def by_protocol(hosts: list[str], ip_protocol: str | None, fallback: bool, name: str
+                ) -> list[str]:
+    """`hosts` with the preferred family's addresses first (`ip_protocol`), the other family's
+    after them only with `fallback`; a resolver answer with none left is a `dns` failure."""
+    if ip_protocol is None:
+        return hosts
+    want6 = ip_protocol == "ip6"
+    preferred = [h for h in hosts if (":" in h) == want6]
+    out = preferred + ([h for h in hosts if (":" in h) != want6] if fallback else [])
+    if not out:
+        family = "IPv6" if want6 else "IPv4"
+        raise socket.gaierror(socket.EAI_NONAME, f"no {family} address for {name} "
+                              f"(ip_protocol: {ip_protocol}, ip_protocol_fallback: false)")
+    return out

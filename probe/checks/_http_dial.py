@@ -36,7 +36,7 @@ from urllib.parse import unquote
 from cryptography import x509
 from yarl import URL
 
-from probe.checks import Fail, clip, host_port
+from probe.checks import Fail, by_protocol, clip, host_port
 from probe.checks._http_classify import Progress
 from probe.checks._http_request import Hop, is_ip
 from probe.outcome import Failure
@@ -234,6 +234,8 @@ async def connect(
         hosts = list(dict.fromkeys(info[4][0] for info in infos))
         if not hosts:
             raise socket.gaierror(socket.EAI_NONAME, "no address")
+        plan = wire.plan
+        hosts = by_protocol(hosts, plan.ip_protocol, plan.ip_fallback, host)
     probe.stage = "connect"
     sock = await dial(loop, hosts, port)
     try:

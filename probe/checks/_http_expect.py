@@ -63,6 +63,8 @@ class Plan:
     tls: bool | None = None  # expect.tls: the final answer over TLS (True) or not (False)
     http_versions: frozenset[str] | None = None  # expect.http_versions ("1.1", "2")
     server_name: str | None = None  # tls_server_name, for the target's own origin
+    ip_protocol: str | None = None  # the address family dialled first (checks.by_protocol)
+    ip_fallback: bool = True  # the other family is dialled too
 
     def sni(self, hop: Hop) -> str:
         """The TLS server name for `hop`: tls_server_name on the target's own origin (a
@@ -140,6 +142,8 @@ def _build(t: Target) -> Plan:
         tls=expect.tls,
         http_versions=frozenset(expect.http_versions) if expect.http_versions else None,
         server_name=t.tls_server_name,
+        ip_protocol=t.ip_protocol,
+        ip_fallback=t.ip_protocol_fallback,
         body_re=re.compile(expect.body_regex) if expect.body_regex is not None else None,
         version_path=t.version_path,
         version_keys=tuple(t.version_path.split(".")) if t.version_path else None,

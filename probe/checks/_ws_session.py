@@ -35,7 +35,7 @@ from websockets.exceptions import InvalidHandshake, InvalidMessage, InvalidStatu
 from websockets.typing import Origin, Subprotocol
 from websockets.uri import WebSocketURI
 
-from probe.checks import USER_AGENT, Fail, clip, host_port, tls_context
+from probe.checks import USER_AGENT, Fail, by_protocol, clip, host_port, tls_context
 from probe.checks._trace import HEADER, traceparent
 from probe.checks._ws_conn import BoundedConnection, BoundedProtocol
 from probe.config import Target
@@ -68,6 +68,8 @@ class Plan:
     infos: list[Any] | None = None  # an IP literal's address: no resolver needed
     payloads: tuple[str | None, ...] = ()  # what each step sends, encoded once
     offered: str = ""  # the subprotocols offered, as a detail names them (no token)
+    ip_protocol: str | None = None  # the address family dialled first (checks.by_protocol)
+    ip_fallback: bool = True
 
     @property
     def where(self) -> str:
@@ -107,7 +109,12 @@ async def resolve(plan: Plan) -> list[Any]:
         return plan.infos
     loop = asyncio.get_running_loop()
     try:
-        return await loop.getaddrinfo(plan.host, plan.port, type=socket.SOCK_STREAM)
+        infos = await loop.getaddrinfo(plan.host, plan.port, type=socket.SOCK_STREAM)
+        if plan.ip_protocol is None:
+            return infos
+        order = by_protocol([i[4][0] for i in infos], plan.ip_protocol, plan.ip_fallback,
+                            plan.host)
+        return sorted((i for i in infos if i[4][0] in order), key=lambda i: order.index(i[4][0]))
     except socket.gaierror as exc:
         raise Fail(Failure.DNS, f"cannot resolve {plan.host}: {exc.strerror}") from None
 

@@ -109,6 +109,8 @@ def _plan(target: Target, attached: Attached) -> Plan:
         origin=Origin(target.origin) if target.origin else None,
         infos=infos,
         payloads=tuple(None if m.send is None else payload(m.send) for m in target.messages),
+        ip_protocol=target.ip_protocol,
+        ip_fallback=target.ip_protocol_fallback,
     )
 
 
