@@ -12,9 +12,12 @@ the first thing the demo shows is a target going from pending/failing to ready.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import secrets
 import sys
+from dataclasses import dataclass
+from typing import Any
 
 from probe.config import Config, parse_config
 from probe.daemon import Daemon, serve
@@ -25,9 +28,43 @@ from probe.twin_auth import E2E_EMAIL
 
 BOOT_SECONDS = 4.0
 VERSION = "demo-1"  # what the twin serves and the daemon expects; switch it to see a mismatch
+TOKEN_TTL_S = 10  # the auth service's tokens live this long, so a switched secret shows soon
 
+
+@dataclass(frozen=True)
+class SeedFailure:
+    """One of the seeds' staging incidents as a twin switch, and what /status then says.
+
+    The banner lists them; tests/test_demo_loop.py switches each on against config/example.yaml
+    (the same targets as the demo's) and checks /api/v1/status names it so."""
+
+    what: str  # the incident, as the team would say it
+    switch: dict[str, Any]  # the body of POST /_twin/fault
+    target: str  # the target that fails
+    failure: str  # its failure, from the closed vocabulary
+    says: tuple[str, ...]  # words of the detail that name the cause
+
+
+SEED_FAILURES: tuple[SeedFailure, ...] = (
+    SeedFailure("the backend is still starting", {"health": "starting"}, "backend-health",
+                "http_status", ("HTTP 503",)),
+    SeedFailure("the auth service signs with another secret", {"auth": "other_secret"},
+                "chat-ws", "ws_auth", ("HTTP 403", "credential e2e-login, from the login at")),
+    SeedFailure("the backend crashes after the first message", {"ws": "crash"}, "chat-ws",
+                "ws_closed", ('1011 "Internal error"', "step agent-start")),
+    SeedFailure("the agent starts late", {"agent_start_delay_ms": 700}, "chat-ws", "latency",
+                ("agent-start p95", "> 500ms")),
+    SeedFailure("message processing is slow", {"agent_done_delay_ms": 400}, "chat-ws",
+                "latency", ("agent-done p95", "> 200ms")),
+    SeedFailure("a load balancer cuts sessions after 1 s", {"ws_cut_after_s": 1}, "chat-hold",
+                "ws_dropped", ("connection lost", "while held")),
+    SeedFailure("an old revision still serves", {"version": "old-revision"}, "backend-health",
+                "version_mismatch", ("serving build old-revision",)),
+)
+
+# config/example.yaml's targets (tests/test_demo_loop.py keeps them the same), at a demo's pace.
 _CONFIG = """\
-defaults: {{interval: 2s, timeout: 1s, success_threshold: 2, failure_threshold: 2}}
+defaults: {{interval: 2s, timeout: 1500ms, success_threshold: 2, failure_threshold: 2}}
 expect_version: {version}
 credentials:
   e2e-user:
@@ -55,9 +92,35 @@ targets:
     url: {ws}/ws
     credential: e2e-login
     messages:
-      - send: {{type: ping}}
-        expect: {{json: {{type: pong}}}}
-        timeout: 1s
+      - {{send: {{type: ping}}, expect: {{json: {{type: pong}}}}, timeout: 1s}}
+      - {{name: agent-start, send: {{type: user_message, text: hello}},
+         until: {{json: {{type: agent_started}}}}, timeout: 1s}}
+      - {{name: agent-done, until: {{json: {{type: agent_completed}}}}, timeout: 1s}}
+    latency:
+      - {{measure: rtt, p95: 50ms, window: 30s, min_samples: 3}}
+      - {{measure: agent-start, p95: 500ms, window: 30s, min_samples: 3}}
+      - {{measure: agent-done, p95: 200ms, window: 30s, min_samples: 3}}
+      - {{measure: total, p95: 1s, window: 30s, min_samples: 3}}
+  - name: thread-roundtrip
+    steps:
+      - {{name: create-thread, url: "{base}/api/threads", method: POST, credential: e2e-login,
+         json_body: {{title: demo}}, expect: {{status: [201]}}, extract: {{thread_id: json.id}}}}
+      - name: chat
+        url: "{ws}/ws?thread={{{{thread_id}}}}"
+        credential: e2e-login
+        messages:
+          - {{send: {{type: user_message, text: "hello {{{{thread_id}}}}"}},
+             until: {{json: {{type: agent_completed, thread: "{{{{thread_id}}}}"}}}}}}
+    latency: {{measure: create-thread, p95: 100ms, window: 30s, min_samples: 3}}
+  - name: chat-hold
+    url: {ws}/ws
+    credential: e2e-login
+    messages:
+      - {{send: {{type: ping}}, expect: {{json: {{type: pong}}}}, timeout: 1s}}
+    hold: 3s
+    keepalive: 1s
+    interval: 5s
+    timeout: 5s
 """
 
 
@@ -70,27 +133,35 @@ def demo_config(base: str, secret: str, password: str = "") -> Config:
 
 def _banner(daemon: Daemon, twin: Twin) -> str:
     d, t = daemon.url, twin.url
-    return "\n".join([
+    lines = [
         "",
         "stageprobe demo — a simulated staging backend (the twin) and the prober, on loopback",
-        f"  status page   {d}/status",
+        f"  status page   {d}/status      (JSON: {d}/api/v1/status)",
         f"  metrics       {d}/metrics",
         f"  gate          {d}/readyz      (or: probe gate {d})",
         f"  the twin      {t}/health   (boots 'starting' for {BOOT_SECONDS:g}s)",
+        "The loop: login at the auth service -> POST /api/threads -> WebSocket /ws?thread=ID ->"
+        " agent_started, agent_completed (targets chat-ws, thread-roundtrip, chat-hold).",
         "",
-        "Switch a fault on, watch /status and /readyz name it, then switch it off:",
-        f"  curl -X POST {t}/_twin/fault -d '{{\"health\": \"503\"}}'",
-        f"  curl -X POST {t}/_twin/fault -d '{{\"delay_ms\": 150}}'      # latency target",
-        f"  curl -X POST {t}/_twin/fault -d '{{\"version\": \"demo-2\"}}'  # wrong build",
-        f"  curl -X POST {t}/_twin/fault -d '{{\"auth\": \"other_secret\"}}'"
-        "  # the auth service signs with another secret",
-        f"  curl -X POST {t}/_twin/reset",
-        "Faults: health|api = ok starting 503 500 slow hang drop garbage degraded big,"
-        " ws = ok reject crash drop silent, auth = ok other_secret reject 503",
+        "Switch one of the seeds' failures on, watch /status name it, then switch it off:",
+    ]
+    for seed in SEED_FAILURES:
+        lines.append(f"  {seed.what}:")
+        lines.append(f"    curl -X POST {t}/_twin/fault -d '{json.dumps(seed.switch)}'")
+        says = " and ".join(f'"{words}"' for words in seed.says)
+        lines.append(f"    -> {seed.target}  {seed.failure}, the detail saying {says}")
+    lines += [
+        f"Off again: curl -X POST {t}/_twin/reset   (the version: -d '{{\"version\": "
+        f"\"{VERSION}\"}}' to /_twin/fault)",
+        f"Tokens live {TOKEN_TTL_S}s, so a switched auth secret shows at the next login; a latency"
+        " verdict clears 30 s after the slow answers stop.",
+        "More switches: health|api = ok starting 503 500 slow hang drop garbage degraded big,"
+        " ws = ok reject crash drop silent, auth = ok other_secret reject 503, delay_ms, slow_ms",
         f"State: curl {t}/_twin/state",
         "Ctrl-C stops the demo.",
         "",
-    ])
+    ]
+    return "\n".join(lines)
 
 
 def demo_port(arg: int | None) -> int:
@@ -108,6 +179,7 @@ async def _run(args: argparse.Namespace) -> int:
     secret, password = secrets.token_urlsafe(32), secrets.token_urlsafe(16)
     twin = Twin(version=VERSION, jwt_secret=secret, starting=BOOT_SECONDS,
                 accounts={E2E_EMAIL: password})
+    twin.set_fault(token_ttl_s=TOKEN_TTL_S)
     try:
         base = await twin.start("127.0.0.1", args.twin_port)
     except OSError as exc:

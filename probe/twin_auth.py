@@ -14,6 +14,7 @@ The token lives `token_ttl_s` seconds (a twin switch too). A login never echoes 
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 from typing import Any
@@ -72,8 +73,12 @@ async def _login(request: web.Request) -> web.StreamResponse:
     key = cfg["secret"](request.app) or _UNCHECKED_SECRET
     if state.auth == "other_secret":
         key += _OTHER
-    now = int(time.time())
-    ttl = state.token_ttl_s
-    token = jwt.encode({"sub": email, "aud": "staging", "iat": now, "exp": now + ttl}, key,
+    now = time.time()
+    exp = int(now) + state.token_ttl_s
+    token = jwt.encode({"sub": email, "aud": "staging", "iat": int(now), "exp": exp}, key,
                        algorithm="HS256")
-    return web.json_response({"access_token": token, "token_type": "bearer", "expires_in": ttl})
+    # The whole seconds the token still lives: `exp` is whole seconds, so saying token_ttl_s
+    # would let a client keep it up to a second past its expiry (a short-lived token's refusal).
+    expires_in = max(0, exp - math.ceil(now))
+    return web.json_response({"access_token": token, "token_type": "bearer",
+                              "expires_in": expires_in})

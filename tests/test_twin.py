@@ -277,3 +277,21 @@ def test_reset_keeps_the_deployments_settings() -> None:
         state.changed({"agent_done_delay_ms": -5})
     with pytest.raises(ValueError, match="ws_cut_after_s: expected seconds"):
         state.changed({"ws_cut_after_s": "soon"})
+
+
+async def test_a_login_never_says_its_token_lives_longer_than_it_does(
+    twin: Twin, http: aiohttp.ClientSession
+) -> None:
+    """expires_in is what is left of the JWT's whole-second exp, so a client refreshing by it
+    never sends an expired token (with a 2 s token it otherwise would, every other probe)."""
+    from probe.twin_auth import DEV_E2E_PASSWORD, E2E_EMAIL
+
+    twin.set_fault(token_ttl_s=2)
+    before = time.time()
+    async with http.post(f"{twin.url}/auth/login",
+                         json={"email": E2E_EMAIL, "password": DEV_E2E_PASSWORD}) as r:
+        answer = await r.json()
+    claims = jwt.decode(answer["access_token"], SECRET, algorithms=["HS256"],
+                        options={"verify_aud": False})
+    assert 1 <= answer["expires_in"] <= 2
+    assert before + answer["expires_in"] <= claims["exp"]
