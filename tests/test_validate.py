@@ -86,7 +86,7 @@ def test_secret_values_are_not_echoed(capsys: pytest.CaptureFixture[str], tmp_pa
 @pytest.mark.parametrize("name", ["example.yaml", "staging.yaml"])
 def test_shipped_configs_validate(name: str) -> None:
     env = {**os.environ, "STAGING_HOST": "api.staging.example.com", "JWT_SECRET": "s" * 32,
-           "OAUTH_CLIENT_SECRET": "o"}
+           "OAUTH_CLIENT_SECRET": "o", "E2E_PASSWORD": "p"}
     run = subprocess.run([sys.executable, "-m", "probe", "validate", "-c",
                           str(ROOT / "config" / name)], capture_output=True, text=True,
                          timeout=60, env=env)
@@ -96,10 +96,10 @@ def test_shipped_configs_validate(name: str) -> None:
 
 def test_staging_without_its_env_names_each_missing_variable() -> None:
     env = {k: v for k, v in os.environ.items()
-           if k not in ("STAGING_HOST", "JWT_SECRET", "OAUTH_CLIENT_SECRET")}
+           if k not in ("STAGING_HOST", "JWT_SECRET", "OAUTH_CLIENT_SECRET", "E2E_PASSWORD")}
     run = subprocess.run([sys.executable, "-m", "probe", "validate", "-c",
                           str(ROOT / "config" / "staging.yaml")], capture_output=True, text=True,
                          timeout=60, env=env)
     assert run.returncode == 2
-    for var in ("STAGING_HOST", "JWT_SECRET", "OAUTH_CLIENT_SECRET"):
+    for var in ("STAGING_HOST", "JWT_SECRET", "OAUTH_CLIENT_SECRET", "E2E_PASSWORD"):
         assert f"environment variable {var} is not set" in run.stderr
