@@ -172,14 +172,18 @@ class Procs:
         return path.read_text(errors="replace") if path.exists() else ""
 
 
-def nginx(procs: Procs, cpu: str | None = "1", access_log: Path | None = None) -> int:
+def nginx(procs: Procs, cpu: str | None = "1", access_log: Path | None = None,
+          tls: tuple[Path, Path] | None = None) -> int:
     """A Debian nginx on loopback answering `200 ok` to any path; returns its port.
 
     One worker, no access log unless asked for (`$msec $uri` lines, buffered): the target must
-    be cheap so that it is never the bottleneck.
+    be cheap so that it is never the bottleneck. With `tls` (certificate chain file, key file)
+    it speaks HTTPS only, with no session cache and no session tickets, so that every probe of
+    every prober pays a full handshake, as a fresh connection to a real server does at first.
     """
     port = free_port()
-    prefix = procs.tmp / "nginx"
+    name = "nginx-tls" if tls else "nginx"
+    prefix = procs.tmp / name
     (prefix / "logs").mkdir(parents=True, exist_ok=True)
     conf = prefix / "nginx.conf"
     log_line = f"{access_log} arrival buffer=256k flush=1s" if access_log else "off"
@@ -200,34 +204,47 @@ http {{
   uwsgi_temp_path {prefix}/uwsgi;
   scgi_temp_path {prefix}/scgi;
   server {{
-    listen {HOST}:{port} backlog=4096;
-    location / {{ default_type text/plain; return 200 "ok\\n"; }}
+    listen {HOST}:{port}{" ssl" if tls else ""} backlog=4096;
+{_nginx_tls(tls)}    location / {{ default_type text/plain; return 200 "ok\\n"; }}
   }}
 }}
 """)
     if access_log is not None and not Path(NGINX).exists():
         raise SystemExit("this benchmark needs nginx: apt-get install nginx-light")
     if Path(NGINX).exists():
-        procs.start([NGINX, "-p", str(prefix), "-c", str(conf)], "nginx", cpu=cpu)
+        procs.start([NGINX, "-p", str(prefix), "-c", str(conf)], name, cpu=cpu)
+    elif tls:
+        raise SystemExit("the TLS benchmark needs nginx: apt-get install nginx-light")
     else:  # fallback: an aiohttp server in its own process
         procs.start([PY, str(BENCH / "_servers.py"), "http", "--port", str(port)], "nginx", cpu=cpu)
     wait_until(lambda: port_open(port), 10, "the HTTP target server")
     return port
 
 
+def _nginx_tls(tls: tuple[Path, Path] | None) -> str:
+    if tls is None:
+        return ""
+    cert, key = tls
+    return (f"    ssl_certificate {cert};\n    ssl_certificate_key {key};\n"
+            "    ssl_protocols TLSv1.2 TLSv1.3;\n"
+            "    ssl_session_cache off;\n    ssl_session_tickets off;\n")
+
+
 def target_server_name() -> str:
     return "nginx (Debian)" if Path(NGINX).exists() else "aiohttp server"
 
 
-def blackbox(procs: Procs, cpu: str | None = None) -> int:
-    """blackbox_exporter with an http_2xx module (IPv4 first: the targets are 127.0.0.1)."""
+def blackbox(procs: Procs, cpu: str | None = None, ca_file: Path | None = None) -> int:
+    """blackbox_exporter with an http_2xx module (IPv4 first: the targets are 127.0.0.1),
+    trusting `ca_file` for https:// targets when given."""
     if not Path(BLACKBOX).exists():
         raise SystemExit(f"{BLACKBOX} not found: apt-get install prometheus-blackbox-exporter")
     port = free_port()
     conf = procs.tmp / "blackbox.yml"
+    trust = f"      tls_config:\n        ca_file: {ca_file}\n" if ca_file else ""
     conf.write_text(
         "modules:\n  http_2xx:\n    prober: http\n    timeout: 5s\n"
-        "    http:\n      preferred_ip_protocol: ip4\n"
+        "    http:\n      preferred_ip_protocol: ip4\n" + trust
     )
     procs.start(
         [BLACKBOX, f"--config.file={conf}", f"--web.listen-address={HOST}:{port}",

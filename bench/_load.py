@@ -114,7 +114,7 @@ async def floor(urls: list[str], args: argparse.Namespace) -> dict:
                 raise RuntimeError(f"HTTP {r.status}")
 
     if args.raw:
-        return await drive(urls, _raw_get(urls), args, os.getpid())
+        return await drive(urls, _raw_get(urls, args.ca_file), args, os.getpid())
     if not args.shared:
         return await drive(urls, fresh, args, os.getpid())
 
@@ -130,14 +130,18 @@ async def floor(urls: list[str], args: argparse.Namespace) -> dict:
         return await drive(urls, shared, args, os.getpid())
 
 
-def _raw_get(urls: list[str]) -> Probe:
+def _raw_get(urls: list[str], ca_file: str | None = None) -> Probe:
     """GET over a bare asyncio Protocol: connect, write, read to EOF, check the status line.
 
     No HTTP library at all: a lower bound for what one fresh-connection probe costs in
-    Python on this event loop (the kernel's TCP work plus a few loop callbacks)."""
+    Python on this event loop (the kernel's TCP work plus a few loop callbacks). https://
+    URLs go through the loop's own TLS (create_connection(ssl=), one SSLContext trusting
+    `ca_file`, the chain and host verified): the same bound with a full handshake."""
+    import ssl
     from urllib.parse import urlsplit
 
     parts = [urlsplit(u) for u in urls]
+    tls = ssl.create_default_context(cafile=ca_file)
     requests = [f"GET {p.path or '/'} HTTP/1.1\r\nHost: {p.netloc}\r\nConnection: close\r\n"
                 "\r\n".encode() for p in parts]
 
@@ -159,8 +163,10 @@ def _raw_get(urls: list[str]) -> Probe:
         i = slot % len(urls)
         loop = asyncio.get_running_loop()
         done: asyncio.Future[bytes] = loop.create_future()
+        secure = parts[i].scheme == "https"
         transport, _ = await loop.create_connection(
-            lambda: Get(requests[i], done), parts[i].hostname, parts[i].port)
+            lambda: Get(requests[i], done), parts[i].hostname, parts[i].port,
+            ssl=tls if secure else None, server_hostname=parts[i].hostname if secure else None)
         try:
             answer = await done
         finally:
@@ -230,6 +236,7 @@ def main() -> None:
     p.add_argument("--no-uvloop", action="store_true")
     p.add_argument("--shared", action="store_true", help="floor: one session, fresh connections")
     p.add_argument("--raw", action="store_true", help="floor: bare asyncio protocol, no library")
+    p.add_argument("--ca-file", default=None, help="raw floor: the CA https:// URLs are trusted by")
     a = p.parse_args()
     if not a.no_uvloop:
         try:

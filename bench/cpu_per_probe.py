@@ -57,9 +57,11 @@ from _common import (
 SCRAPE_INTERVAL = 15.0  # seconds; the daemon's CPU includes one /metrics scrape this often
 
 
-def measure_daemon(procs: Procs, urls: list[str], warmup: float, window: float) -> dict:
+def measure_daemon(procs: Procs, urls: list[str], warmup: float, window: float,
+                   ca_file: Path | None = None) -> dict:
+    extra = f", ca_file: '{ca_file}'" if ca_file else ""
     cfg = write_config(procs, f"cpu-{len(urls)}",
-                       (http_target(f"t{i}", u) for i, u in enumerate(urls)))
+                       (http_target(f"t{i}", u, extra=extra) for i, u in enumerate(urls)))
     pid, port = daemon(procs, cfg)
     time.sleep(warmup)
     prefixes = ("probe_results_total", "probe_failures_total")
@@ -97,17 +99,19 @@ NAMES = {"daemon": "stageprobe daemon", "blackbox": "blackbox_exporter (exporter
 
 
 def measure(procs: Procs, key: str, urls: list[str], url_file: Path, warmup: float,
-            window: float) -> dict:
+            window: float, ca_file: Path | None = None) -> dict:
+    """One prober's CPU per 1000 probes of `urls` (https:// ones trusting `ca_file`)."""
     if key == "daemon":
-        r = measure_daemon(procs, urls, warmup, window)
+        r = measure_daemon(procs, urls, warmup, window, ca_file)
     elif key == "blackbox":
-        bb_port = blackbox(procs)
+        bb_port = blackbox(procs, ca_file=ca_file)
         bb = procs.started[-1]
         r = run_load(procs, "blackbox", url_file,
                      ["--bb-port", str(bb_port), "--bb-pid", str(bb.pid)], window, warmup)
         procs.stop(bb)
     else:
         flag = {"floor": [], "floor_shared": ["--shared"], "floor_raw": ["--raw"]}[key]
+        flag += ["--ca-file", str(ca_file)] if ca_file else []
         r = run_load(procs, "floor", url_file, flag, window, warmup)
     r.pop("recorded", None)
     r["cpu_per_1000"] = 1000 * r["cpu"] / r["probes"] if r["probes"] else float("nan")

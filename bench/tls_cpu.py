@@ -1,0 +1,177 @@
+"""CPU per HTTPS probe, full handshakes, side by side with blackbox_exporter; plain HTTP beside it.
+
+    python bench/tls_cpu.py [--targets 200] [--rounds 2] [--window 10]
+    python bench/tls_cpu.py --inprocess 2000 [--profile]     # no daemon, no blackbox
+
+Setup (issue 17's "Performance over TLS"): a private CA (root -> intermediate -> leaf for
+127.0.0.1, made at start-up by tests/faults/certs.make_chain, as a staging PKI would be), one
+Debian nginx serving the leaf and the intermediate with no session cache and no session tickets
+(every probe a full handshake: neither prober resumes sessions anyway), and a second nginx for
+plain HTTP. Both probers trust the root only (`ca_file`; blackbox: `tls_config.ca_file`) and
+verify the chain and the host. For each of plain and TLS, in interleaved rounds, the daemon
+(`probe run`, K targets at 1 s) and blackbox_exporter (module http_2xx, driven at the same rate)
+are measured exactly as bench/cpu_per_probe.py measures them (its `measure`): CPU from
+/proc/PID/stat over the window, the daemon's including one /metrics scrape per 15 s.
+The reference: a GET over a bare asyncio Protocol on uvloop (bench/_load.py --raw; over TLS
+the loop's own create_connection(ssl=)), what the kernel, the loop and OpenSSL's handshake cost
+with no HTTP client at all: the bound any Python prober on this loop approaches.
+Printed: each prober's CPU per 1000 probes (median of the rounds, and each round), and the
+daemon/blackbox ratio against issue 17's goals (<= 0.5 over TLS, <= 0.3 plain).
+
+--inprocess N: N probes of one TLS target through probe.checks.http.check in this process
+(uvloop, 20 at a time), CPU per probe from process_time; with --profile, cProfile's top
+functions by own time too (where a TLS probe's Python goes: the handshake, the SSL transport,
+the chain's expiry). Cheap and quiet enough for A/B of one change.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import cProfile
+import pstats
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # faults.certs
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import ROOT, Procs, emit, fmt, machine, nginx, other_load, table, write_urls
+from cpu_per_probe import NAMES, measure
+from faults.certs import make_chain
+
+GOALS = {"plain": 0.3, "tls": 0.5}  # daemon / blackbox_exporter, issue 17
+KEYS = ("daemon", "blackbox", "floor_raw")
+
+
+def run(targets: int, warmup: float, window: float, rounds: int) -> dict:
+    """Interleaved rounds (plain daemon, plain blackbox, TLS daemon, TLS blackbox, again ...):
+    a disturbance from outside hits one round of each, and the medians shrug it off."""
+    per: dict[tuple[str, str], list[dict]] = {(m, k): [] for m in GOALS for k in KEYS}
+    with Procs() as procs:
+        chain = make_chain(procs.tmp / "pki", intermediate_days=30, leaf_days=60)
+        ports = {"plain": nginx(procs), "tls": nginx(procs, tls=(chain.server.cert,
+                                                                  chain.server.key))}
+        urls = {m: [f"{'https' if m == 'tls' else 'http'}://127.0.0.1:{ports[m]}/t/{i}"
+                    for i in range(targets)] for m in GOALS}
+        files = {m: write_urls(procs, m, urls[m]) for m in GOALS}
+        for _ in range(rounds):
+            for mode in GOALS:
+                ca = chain.ca_file if mode == "tls" else None
+                for key in KEYS:
+                    per[mode, key].append(measure(procs, key, urls[mode], files[mode], warmup,
+                                                  window, ca))
+    out: dict[str, object] = {"targets": targets, "window": window, "rounds": rounds}
+    for mode in GOALS:
+        res: dict[str, object] = {}
+        for key in KEYS:
+            runs = per[mode, key]
+            costs = [r["cpu_per_1000"] for r in runs]
+            res[key] = {"cpu_per_1000": statistics.median(costs), "each": costs,
+                        "probes": sum(r["probes"] for r in runs),
+                        "errors": sum(r["errors"] for r in runs),
+                        "failures": runs[-1].get("failures", {})}
+        res["ratio_each"] = [d["cpu_per_1000"] / b["cpu_per_1000"] for d, b in
+                             zip(per[mode, "daemon"], per[mode, "blackbox"], strict=True)]
+        res["ratio"] = (res["daemon"]["cpu_per_1000"]  # type: ignore[index]
+                        / res["blackbox"]["cpu_per_1000"])  # type: ignore[index]
+        out[mode] = res
+    return out
+
+
+def report(res: dict) -> None:
+    rows = []
+    for mode in GOALS:
+        bb = res[mode]["blackbox"]["cpu_per_1000"]
+        for key in KEYS:
+            r = res[mode][key]
+            rows.append([mode, NAMES[key], f"{r['probes']:.0f}", f"{r['errors']:.0f}",
+                         fmt(r["cpu_per_1000"], 3), "/".join(fmt(x, 3) for x in r["each"]),
+                         fmt(r["cpu_per_1000"] / bb)])
+    print(table(f"CPU s per 1000 probes at {res['targets']}/s (fresh connection each; TLS: full"
+                " handshake, private CA chain verified)", rows,
+                ["", "prober", "probes", "errors", "CPU s/1000 (median)", "each round",
+                 "x blackbox"]))
+    for mode in GOALS:
+        r = res[mode]
+        each = "/".join(fmt(x) for x in r["ratio_each"])
+        print(f"{mode}: daemon/blackbox = {fmt(r['ratio'])} (per round {each}; goal <= "
+              f"{GOALS[mode]:g}: {'met' if r['ratio'] <= GOALS[mode] else 'not met'})"
+              + (f"; daemon failures: {r['daemon']['failures']}"
+                 if r["daemon"]["failures"] else ""))
+
+
+async def _inprocess(url: str, ca_file: Path, n: int, profile: bool) -> tuple[float, str]:
+    from probe.checks import CheckContext
+    from probe.checks.http import check
+    from probe.config import parse_config
+
+    cfg = parse_config(f"targets:\n  - {{name: t, url: '{url}', ca_file: '{ca_file}'}}\n")
+    target, ctx = cfg.targets[0], CheckContext()
+    sem = asyncio.Semaphore(20)
+    failed: list[str] = []
+
+    async def one() -> None:
+        async with sem:
+            out = await check(target, ctx)
+            if not out.success and len(failed) < 3:
+                failed.append(out.detail)
+
+    await asyncio.gather(*(one() for _ in range(50)))  # warm: contexts, plans, code paths
+    prof = cProfile.Profile() if profile else None
+    c0 = time.process_time()
+    if prof is not None:
+        prof.enable()
+    await asyncio.gather(*(one() for _ in range(n)))
+    if prof is not None:
+        prof.disable()
+    cpu = (time.process_time() - c0) / n
+    if failed:
+        raise SystemExit(f"probes failed: {failed}")
+    text = ""
+    if prof is not None:
+        import io
+
+        buf = io.StringIO()
+        pstats.Stats(prof, stream=buf).sort_stats("tottime").print_stats(25)
+        text = buf.getvalue()
+    return cpu, text
+
+
+def inprocess(n: int, profile: bool) -> None:
+    import uvloop
+
+    with Procs() as procs:
+        chain = make_chain(procs.tmp / "pki", intermediate_days=30, leaf_days=60)
+        port = nginx(procs, tls=(chain.server.cert, chain.server.key))
+        cpu, text = uvloop.run(_inprocess(f"https://127.0.0.1:{port}/t", chain.ca_file, n,
+                                          profile))
+    print(f"in-process, {n} TLS probes: {cpu * 1000:.3f} ms CPU per probe"
+          + (" (cProfile on: slower)" if profile else ""))
+    if text:
+        print(text)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--targets", type=int, default=200, help="probes per second (K targets)")
+    p.add_argument("--warmup", type=float, default=4.0)
+    p.add_argument("--window", type=float, default=10.0)
+    p.add_argument("--rounds", type=int, default=2, help="interleaved rounds; medians reported")
+    p.add_argument("--inprocess", type=int, default=0, metavar="N",
+                   help="only N TLS probes in this process (CPU per probe; A/B of a change)")
+    p.add_argument("--profile", action="store_true", help="with --inprocess: cProfile them")
+    p.add_argument("--json", type=Path, default=None, help="also write the results here")
+    a = p.parse_args()
+    print(f"machine: {machine()}; load average {other_load():.2f}; tree {ROOT}")
+    if a.inprocess:
+        inprocess(a.inprocess, a.profile)
+        return
+    res = run(a.targets, a.warmup, a.window, a.rounds)
+    report(res)
+    emit({"machine": machine(), "results": res}, a.json)
+
+
+if __name__ == "__main__":
+    main()
