@@ -76,7 +76,7 @@ class Stack:
 def probe_config(healthy: str, rejecting: str, crashing: str, tls: str, ca_file: Path) -> str:
     ws = lambda base: "ws" + base.removeprefix("http")  # noqa: E731
     ping = {"send": {"type": "ping"}, "expect": {"json": {"type": "pong"}}, "timeout": "500ms"}
-    chat = {"send": {"type": "user_message", "text": "hello"},
+    chat = {"name": "agent-reply", "send": {"type": "user_message", "text": "hello"},
             "until": {"json": {"type": "agent_completed"}}, "timeout": "500ms"}
     config = {
         "defaults": {"interval": "1s", "timeout": "900ms", "success_threshold": 1,
@@ -89,7 +89,9 @@ def probe_config(healthy: str, rejecting: str, crashing: str, tls: str, ca_file:
              "latency": {"p50": "1s", "p95": "2s", "p99": "3s", "window": 20, "min_samples": 3}},
             {"name": "chat-ws", "url": f"{ws(healthy)}/ws", "credential": "e2e-user",
              "messages": [ping, chat],
-             "latency": {"measure": "rtt", "p95": "2s", "window": 20, "min_samples": 3}},
+             "latency": [{"measure": "rtt", "p95": "2s", "window": 20, "min_samples": 3},
+                         {"measure": "agent-reply", "p95": "2s", "window": 20,
+                          "min_samples": 3}]},
             # Answers 60 ms late against a 10 ms p95 bound: StagingLatencyTargetBreached.
             {"name": "slow-health", "url": f"{rejecting}/health",
              "latency": {"p95": "10ms", "window": 20, "min_samples": 3}},
@@ -227,6 +229,13 @@ async def test_every_dashboard_expression_returns_data(stack: Stack) -> None:
     p95 = results["Latency percentiles against targets [B]"]
     measures = {r["metric"].get("measure") for r in p95}
     assert {"total", "rtt"} <= measures
+    steps = {(r["metric"]["target"], r["metric"]["measure"])
+             for r in results["Step latency p95 by measure [A]"]}
+    assert ("chat-ws", "agent-reply") in steps
+    assert {m for _, m in steps} == {"agent-reply"}, "only named steps, not the built-ins"
+    bound = results["Step latency p95 by measure [B]"]
+    assert {(r["metric"]["target"], r["metric"]["measure"]) for r in bound} == {
+        ("chat-ws", "agent-reply")}
 
 
 async def test_every_alert_expression_returns_data(stack: Stack) -> None:
