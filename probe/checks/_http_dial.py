@@ -197,18 +197,30 @@ def _chain(ssl_object: Any) -> list[bytes]:
     return []
 
 
+@lru_cache(maxsize=256)
+def _expiries(chain: tuple[bytes, ...]) -> tuple[float | None, float | None]:
+    """(the earliest notAfter of `chain`, its first certificate's), from the DER bytes: parsed
+    once per distinct chain, as a server presents the same one on every probe."""
+    dates = [d for d in map(_not_after, chain) if d is not None]
+    return (min(dates) if dates else None), _not_after(chain[0])
+
+
 def _note_expiry(probe: Progress, ssl_object: Any) -> None:
     """probe.cert_expiry: the earliest notAfter of the chain, as blackbox_exporter's
     probe_ssl_earliest_cert_expiry (an intermediate expiring first is what breaks clients);
-    probe.leaf_expiry: the server's own certificate's."""
+    probe.leaf_expiry: the server's own certificate's (the chain's first, both for the
+    verified chain and for the one the server sent)."""
     if ssl_object is None:
         return
-    leaf = ssl_object.getpeercert(binary_form=True)
-    chain = _chain(ssl_object) or ([leaf] if leaf else [])
-    dates = [d for d in map(_not_after, chain) if d is not None]
-    if dates:
-        probe.cert_expiry = min(*dates, probe.cert_expiry or dates[0])
-    expiry = _not_after(leaf) if leaf else None
+    chain = _chain(ssl_object)
+    if not chain:
+        leaf = ssl_object.getpeercert(binary_form=True)
+        chain = [leaf] if leaf else []
+    if not chain:
+        return
+    earliest, expiry = _expiries(tuple(chain))
+    if earliest is not None:
+        probe.cert_expiry = min(earliest, probe.cert_expiry or earliest)
     if expiry is not None:
         probe.leaf_expiry = min(expiry, probe.leaf_expiry or expiry)
 
