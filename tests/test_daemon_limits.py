@@ -150,9 +150,15 @@ async def test_a_flood_of_idle_connections_leaves_health_endpoints_and_probes_wo
         got = await http_get(f"{run.url}/metrics")
         assert got is not None
         assert _results(got[1], "healthy").get("failure", 0) == 0, run.log_text()[-2000:]
-        await until(lambda: _hung_up(socks) == len(socks),
+        # Every connection the daemon took is closed once idle: its descriptors go back to
+        # where they were. Not every client socket sees the hang-up: a flood overflows the
+        # listen backlog, and a connection whose final ACK the kernel dropped there is open
+        # on the client's side only (the daemon never had it), so most, not all, are counted.
+        await until(lambda: _fds(run.proc.pid) <= base_fds + 8 and
+                    _hung_up(socks) >= len(socks) * 0.9,
                     "the daemon to close every idle connection (keep-alive timeout)", within=30,
-                    detail=lambda: f"{_hung_up(socks)} of {len(socks)} closed")
+                    detail=lambda: f"{_hung_up(socks)} of {len(socks)} closed, daemon fds "
+                                   f"{_fds(run.proc.pid)} (from {base_fds})")
     finally:
         for s in socks:
             s.close()
