@@ -26,8 +26,8 @@ import aiohttp
 import jwt
 import structlog
 
-from probe.config_base import fmt
-from probe.config_credentials import LoginSpec, OAuth2Spec
+from probe.config.base import fmt
+from probe.config.credentials import LoginSpec, OAuth2Spec
 from probe.redact import KNOWN, Secrets, clip
 
 log = structlog.get_logger(__name__)

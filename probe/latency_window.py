@@ -31,8 +31,8 @@ from bisect import bisect_left, insort
 from collections import deque
 from collections.abc import Iterable, Sequence
 
-from probe.config_base import fmt
-from probe.config_latency import MAX_TIMED_WINDOW, LatencyTarget
+from probe.config.base import fmt
+from probe.config.latency import MAX_TIMED_WINDOW, LatencyTarget
 from probe.outcome import Outcome
 
 QUANTILES = (("p50", 50.0), ("p95", 95.0), ("p99", 99.0))

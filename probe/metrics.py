@@ -26,7 +26,7 @@ was 90):
   stay: histogram_quantile interpolates within a bucket, and the alert compares that estimate
   with bounds from 10 ms to seconds. Every named step (a flow's steps, a WebSocket target's
   named steps) has its histogram too, `measure` its name: the labels come from the file and
-  are bounded there (config_steps.MAX_STEP_MEASURES per target).
+  are bounded there (probe.config.steps.MAX_STEP_MEASURES per target).
 - probe_scheduler_lag_seconds is a histogram, not a summary: dashboards want a p99 and
   `histogram_quantile(0.99, sum by (le) (rate(probe_scheduler_lag_seconds_bucket[5m])))` also
   aggregates across replicas, which summary quantiles cannot.
@@ -49,7 +49,7 @@ from prometheus_client import CollectorRegistry, Gauge, Histogram, disable_creat
 
 from probe import __version__
 from probe.config import Target
-from probe.config_steps import measure_names
+from probe.config.steps import measure_names
 from probe.exposition import (
     DURATION,
     FAILURES,

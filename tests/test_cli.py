@@ -168,7 +168,7 @@ def test_help_names_every_variable_the_code_reads_and_the_readme_s_exit_codes() 
 
     text = _parser().format_help()
     read = set()
-    for source in (ROOT / "probe").glob("*.py"):
+    for source in (ROOT / "probe").rglob("*.py"):
         read |= set(re.findall(r"\bPROBE_[A-Z_]+[A-Z]\b", source.read_text(encoding="utf-8")))
     read |= {f"PROBE_{name.upper()}" for name in Settings.model_fields if name != "port"}
     read |= {"PORT", "NO_COLOR", "GITHUB_STEP_SUMMARY"}

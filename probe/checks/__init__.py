@@ -24,7 +24,7 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 
 from probe import __version__
 from probe.config import Target
-from probe.config_http import TLS_VERSIONS
+from probe.config.http import TLS_VERSIONS
 from probe.credentials import Attached, Credentials
 from probe.outcome import Failure, Outcome
 from probe.redact import KNOWN, Secrets, clip

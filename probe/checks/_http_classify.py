@@ -18,7 +18,7 @@ import structlog
 
 from probe.checks import clip
 from probe.config import Target
-from probe.config_base import fmt
+from probe.config.base import fmt
 from probe.outcome import Failure
 from probe.redact import NONE, Secrets
 

@@ -39,7 +39,7 @@ from probe.checks import USER_AGENT, Fail, by_protocol, clip, host_port, tls_con
 from probe.checks._trace import HEADER, traceparent
 from probe.checks._ws_conn import BoundedConnection, BoundedProtocol
 from probe.config import Target
-from probe.config_base import fmt
+from probe.config.base import fmt
 from probe.outcome import Failure
 
 CLOSE_TIMEOUT = 1.0  # the closing handshake after the steps; a slow close is not a failure

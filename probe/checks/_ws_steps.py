@@ -32,7 +32,7 @@ from probe.checks._ws_conn import BoundedConnection, PingFlood
 from probe.checks._ws_session import CLOSE_TIMEOUT, Plan, Session, open_failure, open_session
 from probe.checks.messages import mismatch
 from probe.config import Target
-from probe.config_base import fmt
+from probe.config.base import fmt
 from probe.outcome import Failure
 
 SETTLE = 0.25  # the linger after the steps without a hold (node's ws needs as long to see it)

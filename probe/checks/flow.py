@@ -31,8 +31,8 @@ from typing import Any
 from probe.checks import CheckContext, checker_for, scrub
 from probe.checks._http_expect import MISSING, resolve
 from probe.config import MEASURES, FlowStep, Match, Step, Target
-from probe.config_base import fmt
-from probe.config_steps import fill, fill_url, has_placeholder, text
+from probe.config.base import fmt
+from probe.config.steps import fill, fill_url, has_placeholder, text
 from probe.outcome import Failure, Outcome
 from probe.redact import KNOWN, NONE, Secrets
 

@@ -65,7 +65,7 @@ from probe.checks._ws_session import CLOSE_TIMEOUT, Plan, Session, resolve
 from probe.checks._ws_steps import finish, run_session, timed_out
 from probe.checks.messages import payload
 from probe.config import Target
-from probe.config_base import fmt
+from probe.config.base import fmt
 from probe.credentials import Attached, CredentialError, attach
 from probe.outcome import Failure, Outcome
 from probe.redact import Secrets

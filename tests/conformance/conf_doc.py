@@ -50,7 +50,7 @@ def _cell(text: str) -> str:
 
 
 # What the WebSocket check's verdicts depend on, under probe/
-_CHECK_FILES = ("checks", "config.py", "config_base.py", "config_credentials.py",
+_CHECK_FILES = ("checks", "config/__init__.py", "config/base.py", "config/credentials.py",
                 "credentials.py", "outcome.py", "redact.py")
 
 

@@ -1,7 +1,7 @@
 """Config types of the HTTP check's blackbox_exporter-parity keys (see README, "Coming from
 blackbox_exporter"): what a module's `valid_http_versions`, `fail_if_*` and `tls_config` map to.
 
-Kept out of probe/config_target.py so that module stays the targets' shape; these are the value
+Kept out of probe/config/target.py so that module stays the targets' shape; these are the value
 types.
 """
 

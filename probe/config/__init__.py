@@ -5,7 +5,7 @@ ignored line. Errors are reported with their place in the file (`targets[1].expe
 
 This module loads the file and holds the whole Config (defaults copied into targets, references
 between targets and credentials) and the environment's Settings; a target's own shape is in
-probe.config_target and latency blocks in probe.config_latency, each with one job. Every public
+probe.config.target and latency blocks in probe.config.latency, each with one job. Every public
 name of those is re-exported here, so `from probe.config import Target` keeps working.
 """
 
@@ -26,12 +26,12 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from probe.config_base import FROM_TEXT, Duration, Strict, parse_duration
-from probe.config_credentials import BearerSpec, CredentialSpec, JwtSpec, LoginSpec, OAuth2Spec
-from probe.config_errors import expand, pydantic_errors, with_names
-from probe.config_latency import MAX_TIMED_WINDOW, MAX_WINDOW, MEASURES, LatencyTarget, Measure
-from probe.config_steps import scenario_errors
-from probe.config_target import (
+from probe.config.base import FROM_TEXT, Duration, Strict, parse_duration
+from probe.config.credentials import BearerSpec, CredentialSpec, JwtSpec, LoginSpec, OAuth2Spec
+from probe.config.errors import expand, pydantic_errors, with_names
+from probe.config.latency import MAX_TIMED_WINDOW, MAX_WINDOW, MEASURES, LatencyTarget, Measure
+from probe.config.steps import scenario_errors
+from probe.config.target import (
     MAX_FLOW_STEPS,
     NAME,
     WS_CLOSE_ALLOWANCE,

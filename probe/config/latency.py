@@ -1,6 +1,6 @@
 """Latency targets in the config: `latency:` bounds on a measure's quantiles over a window.
 
-Kept apart from the target's shape (probe.config_target) so probe.latency_window, which keeps
+Kept apart from the target's shape (probe.config.target) so probe.latency_window, which keeps
 the windows these blocks describe, depends on this small module and not on the whole config.
 """
 
@@ -10,7 +10,7 @@ from typing import Annotated, Any, Literal, get_args
 
 from pydantic import Discriminator, Field, Tag, field_validator, model_validator
 
-from probe.config_base import Duration, Strict, parse_duration
+from probe.config.base import Duration, Strict, parse_duration
 
 __all__ = ["MAX_TIMED_WINDOW", "MAX_WINDOW", "MEASURES", "Latency", "LatencyTarget", "Measure",
            "latency_blocks"]

@@ -12,7 +12,7 @@ from urllib.parse import urlsplit
 
 from pydantic import AfterValidator, Field, SecretStr, model_validator
 
-from probe.config_base import Duration, Strict
+from probe.config.base import Duration, Strict
 
 
 def _http_url(v: str) -> str:

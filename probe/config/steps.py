@@ -1,7 +1,7 @@
 """Named steps and flows in the config: step names as latency measures, `extract:` and
 `{{name}}` placeholders, checked once when the file loads and filled at probe time.
 
-Kept apart from probe.config_target (which only declares the fields) and free of its imports, so the
+Kept apart from probe.config.target (which only declares the fields) and free of its imports, so the
 flow check can fill placeholders with the same rules `probe validate` checked them by.
 
 Why the checks are here and not per field: a `{{thread_id}}` is wrong only in relation to the

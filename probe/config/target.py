@@ -16,10 +16,10 @@ from urllib.parse import urlsplit
 
 from pydantic import BeforeValidator, Field, field_validator, model_validator
 
-from probe.config_base import Duration, Strict
-from probe.config_http import HttpVersion, TlsVersion, one_or_more
-from probe.config_latency import Latency, LatencyTarget, latency_blocks
-from probe.config_steps import check_extract
+from probe.config.base import Duration, Strict
+from probe.config.http import HttpVersion, TlsVersion, one_or_more
+from probe.config.latency import Latency, LatencyTarget, latency_blocks
+from probe.config.steps import check_extract
 
 __all__ = ["MAX_FLOW_STEPS", "NAME", "WS_CLOSE_ALLOWANCE", "CredentialIn", "Expect", "FlowStep",
            "Match", "Regex", "Step", "Target", "TargetDefaults", "inherited"]
@@ -42,7 +42,7 @@ class Expect(Strict):
     headers: dict[str, Regex] = Field(default_factory=dict)  # name -> regex (full match)
     body_regex: Regex | None = None
     # blackbox_exporter's fail_if_body_matches_regexp / fail_if_header_matches / fail_if_ssl,
-    # fail_if_not_ssl and valid_http_versions (probe/config_http.py)
+    # fail_if_not_ssl and valid_http_versions (probe/config/http.py)
     body_not_regex: Annotated[list[Regex], BeforeValidator(one_or_more)] = Field(
         default_factory=list)  # none may be found in the body (re.search)
     headers_not: dict[str, Regex] = Field(default_factory=dict)  # no value may fully match
