@@ -24,7 +24,7 @@ from probe.daemon import Daemon, serve
 from probe.logging import configure
 from probe.loop import run_loop
 from probe.twin import Twin
-from probe.twin_auth import E2E_EMAIL
+from probe.twin.auth import E2E_EMAIL
 
 BOOT_SECONDS = 4.0
 VERSION = "demo-1"  # what the twin serves and the daemon expects; switch it to see a mismatch

@@ -21,7 +21,7 @@ from helpers import ProbeRun, http_get, until
 
 from probe.demo import SEED_FAILURES, SeedFailure, _banner, demo_config
 from probe.twin import DEV_JWT_SECRET, Twin
-from probe.twin_auth import DEV_E2E_PASSWORD
+from probe.twin.auth import DEV_E2E_PASSWORD
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "config" / "example.yaml"

@@ -20,7 +20,7 @@ from probe.config import Config, Target, parse_config
 from probe.credentials import CredentialError, Credentials
 from probe.outcome import Failure, Outcome
 from probe.twin import Twin
-from probe.twin_auth import DEV_E2E_PASSWORD, E2E_EMAIL
+from probe.twin.auth import DEV_E2E_PASSWORD, E2E_EMAIL
 
 SECRET = "login-test-backend-secret-0123456789abcdef"
 LOGIN = "/auth/login"

@@ -234,7 +234,7 @@ async def test_threads_need_the_backends_token_and_join_the_websocket(
 
 
 async def test_remembered_threads_are_bounded(twin: Twin, http: aiohttp.ClientSession) -> None:
-    from probe.twin_threads import MAX_THREADS
+    from probe.twin.threads import MAX_THREADS
 
     for _ in range(MAX_THREADS + 5):
         async with http.post(f"{twin.url}/api/threads", headers=bearer()) as r:
@@ -284,7 +284,7 @@ async def test_a_login_never_says_its_token_lives_longer_than_it_does(
 ) -> None:
     """expires_in is what is left of the JWT's whole-second exp, so a client refreshing by it
     never sends an expired token (with a 2 s token it otherwise would, every other probe)."""
-    from probe.twin_auth import DEV_E2E_PASSWORD, E2E_EMAIL
+    from probe.twin.auth import DEV_E2E_PASSWORD, E2E_EMAIL
 
     twin.set_fault(token_ttl_s=2)
     before = time.time()

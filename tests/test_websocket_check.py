@@ -34,7 +34,7 @@ from probe.config import Config, Match, Target
 from probe.credentials import Credentials
 from probe.outcome import Failure, Outcome
 from probe.twin import Twin
-from probe.twin_ws import configure_ws, ws_sessions
+from probe.twin.ws import configure_ws, ws_sessions
 
 SECRET = "ws-test-secret-0123456789abcdef0123456789"
 MARGIN = 1.5  # seconds past a timeout a probe may take (the CI machine has 2 cores)

@@ -34,7 +34,7 @@ def add_thread_routes(
     path: str = "/api/threads",
 ) -> None:
     """Serve thread creation at `path`. The twin passes its state key, token check and fault
-    behaviour in rather than this module importing them (see probe.twin_ws.add_ws_routes)."""
+    behaviour in rather than this module importing them (see probe.twin.ws.add_ws_routes)."""
     app[THREADS_CONFIG] = {"state_key": state_key, "verify": verify, "misbehave": misbehave}
     app.router.add_post(path, _create)
 

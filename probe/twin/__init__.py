@@ -5,9 +5,9 @@ from Python — to misbehave the ways a staging deployment does: still starting 
 slow, hanging, dropping connections, speaking garbage, serving the wrong build. That lets every
 part of stageprobe be exercised over real sockets without a real staging environment.
 
-The auth service's login is there too (POST /auth/login, see probe.twin_auth), signing with
+The auth service's login is there too (POST /auth/login, see probe.twin.auth), signing with
 the backend's secret or, switched, with another one; so is the chat backend's thread creation
-(POST /api/threads, see probe.twin_threads), whose id /ws?thread=ID takes.
+(POST /api/threads, see probe.twin.threads), whose id /ws?thread=ID takes.
 
 Control API (JSON):
     GET  /_twin/state                     current faults and per-path request counts
@@ -32,9 +32,9 @@ from typing import Any, Literal, get_args
 import jwt
 from aiohttp import web
 
-from probe.twin_auth import DEV_E2E_PASSWORD, E2E_EMAIL, add_auth_routes
-from probe.twin_threads import add_thread_routes
-from probe.twin_ws import add_ws_routes
+from probe.twin.auth import DEV_E2E_PASSWORD, E2E_EMAIL, add_auth_routes
+from probe.twin.threads import add_thread_routes
+from probe.twin.ws import add_ws_routes
 
 HttpFault = Literal[
     "ok", "starting", "503", "500", "slow", "hang", "drop", "garbage", "degraded", "big"
@@ -53,9 +53,9 @@ class TwinState:
       ok | starting (503 {"status":"starting"}) | 503 | 500 | slow (after slow_ms) |
       hang (never answers) | drop (closes the connection unanswered) | garbage (not HTTP) |
       degraded (200 {"status":"degraded"}) | big (a 2 MiB body).
-    ws: how the WebSocket endpoint behaves (see probe.twin_ws).
+    ws: how the WebSocket endpoint behaves (see probe.twin.ws).
     auth: how the auth service's POST /auth/login answers — ok | other_secret (signs with
-      another secret than the backend checks) | reject (401) | 503 (see probe.twin_auth).
+      another secret than the backend checks) | reject (401) | 503 (see probe.twin.auth).
     delay_ms: added before every answer, for latency targets.
     token_ttl_s: how long a token from /auth/login lives.
     agent_start_delay_ms / agent_done_delay_ms: how long the agent takes, after a user message,
@@ -369,6 +369,3 @@ def main(argv: list[str] | None = None) -> int:
     asyncio.run(_serve(args))
     return 0
 
-
-if __name__ == "__main__":
-    raise SystemExit(main())

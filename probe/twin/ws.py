@@ -29,7 +29,7 @@ from typing import Any
 
 from aiohttp import WSMsgType, web
 
-from probe.twin_threads import known_thread
+from probe.twin.threads import known_thread
 
 # audience, required_headers, open, peak, and the twin's own state key and token check
 WS_CONFIG = web.AppKey("twin_ws_config", dict)
@@ -48,8 +48,7 @@ def add_ws_routes(
     """Serve the endpoint at `path`. required_headers: name -> exact value, or None for any.
 
     The twin passes its state key and token check in, rather than this module importing them:
-    under `python -m probe.twin` the twin runs as `__main__`, and an import would load a second
-    copy of it whose AppKey is not the one the app was built with.
+    probe.twin imports this module, so importing it back would make a cycle.
     """
     app[WS_CONFIG] = {"audience": audience, "required_headers": dict(required_headers or {}),
                       "open": 0, "peak": 0, "state_key": state_key, "verify": verify}

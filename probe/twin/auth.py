@@ -43,7 +43,7 @@ def add_auth_routes(
     """Serve the login at `path`; `accounts`: email -> password (default: the E2E account).
 
     As for the WebSocket routes, the twin passes its state key and its backend's secret in
-    rather than this module importing them (see probe.twin_ws.add_ws_routes)."""
+    rather than this module importing them (see probe.twin.ws.add_ws_routes)."""
     app[AUTH_CONFIG] = {"state_key": state_key, "secret": secret,
                         "accounts": dict(accounts or {E2E_EMAIL: DEV_E2E_PASSWORD})}
     app.router.add_post(path, _login)
