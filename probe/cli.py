@@ -189,7 +189,7 @@ _COMMANDS = {
     "run": "probe.daemon",
     "check": "probe.checkcmd",
     "gate": "probe.gate",
-    "gate --prometheus": "probe.gate_prometheus",
+    "gate --prometheus": "probe.gate.prometheus",
     "demo": "probe.demo",
     "init": "probe.initcmd",
     "reload": "probe.reloadcmd",

@@ -15,7 +15,7 @@ import pytest
 from helpers import Prometheus, refused_port, until, until_stderr
 from helpers import run_cli as run
 
-from probe.gate_prometheus import (
+from probe.gate.prometheus import (
     NO_C_NOTE,
     Expected,
     Observed,

@@ -286,7 +286,7 @@ async def test_killing_the_shard_that_probes_a_failing_target_is_not_ready(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """Two shards; the one probing the failing critical target dies. Prometheus then holds no
     failing series at all, and a gate that takes whatever series exist says ready (as it did
-    before probe_shard_info and -c: run this with the old probe/gate.py to see it)."""
+    before probe_shard_info and -c: run this with an older probe gate to see it)."""
     names = NAMES[:8]
     bad = "t04"
     owner = owners(bad, 2)[0]
@@ -382,7 +382,7 @@ def test_shards_manifests_are_wired_together(tmp_path: Path,
     config = tmp_path / "config.yaml"
     config.write_text(configmap["data"]["config.yaml"], encoding="utf-8")
     monkeypatch.delenv("JWT_SECRET", raising=False)
-    from probe.gate_prometheus import expected_targets  # here: the old-gate check needs none
+    from probe.gate.prometheus import expected_targets  # here: the old-gate check needs none
 
     expected = expected_targets(config)
     assert expected and any(e.kind == "websocket" for e in expected)

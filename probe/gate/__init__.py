@@ -6,7 +6,7 @@ are not followed, so the token never travels to another host. Answers that waiti
 are usage errors (exit 2) at once: HTTP 404 (not the daemon's URL), 401/403, and a daemon that
 withholds its details because the token is missing or wrong (never "READY 0/0").
 
-`probe gate --prometheus URL` asks Prometheus instead: see probe.gate_prometheus, which
+`probe gate --prometheus URL` asks Prometheus instead: see probe.gate.prometheus, which
 shares this module's polling and connection handling.
 
 With --wait, both poll until ready or the deadline; an unreachable daemon meanwhile is "not ready
@@ -158,7 +158,7 @@ async def run_gate(fetch: Fetch, wait: float | None, progress: Progress | None =
 
 
 def main(args: argparse.Namespace) -> int:
-    """`probe gate URL` (cli.py sends `probe gate --prometheus URL` to probe.gate_prometheus)."""
+    """`probe gate URL` (cli.py sends `probe gate --prometheus URL` to probe.gate.prometheus)."""
     if args.url is None or args.prometheus is not None:
         print("probe gate: give the daemon's URL or --prometheus URL (one of them)",
               file=sys.stderr)
