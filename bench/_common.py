@@ -173,16 +173,18 @@ class Procs:
 
 
 def nginx(procs: Procs, cpu: str | None = "1", access_log: Path | None = None,
-          tls: tuple[Path, Path] | None = None) -> int:
+          tls: tuple[Path, Path] | None = None, tickets: bool = False) -> int:
     """A Debian nginx on loopback answering `200 ok` to any path; returns its port.
 
     One worker, no access log unless asked for (`$msec $uri` lines, buffered): the target must
     be cheap so that it is never the bottleneck. With `tls` (certificate chain file, key file)
     it speaks HTTPS only, with no session cache and no session tickets, so that every probe of
-    every prober pays a full handshake, as a fresh connection to a real server does at first.
+    every prober pays a full handshake, as a fresh connection to a real server does at first;
+    with `tickets` it issues TLS session tickets, as most servers and load balancers do, so a
+    prober that resumes sessions can.
     """
     port = free_port()
-    name = "nginx-tls" if tls else "nginx"
+    name = ("nginx-tickets" if tickets else "nginx-tls") if tls else "nginx"
     prefix = procs.tmp / name
     (prefix / "logs").mkdir(parents=True, exist_ok=True)
     conf = prefix / "nginx.conf"
@@ -205,7 +207,7 @@ http {{
   scgi_temp_path {prefix}/scgi;
   server {{
     listen {HOST}:{port}{" ssl" if tls else ""} backlog=4096;
-{_nginx_tls(tls)}    location / {{ default_type text/plain; return 200 "ok\\n"; }}
+{_nginx_tls(tls, tickets)}    location / {{ default_type text/plain; return 200 "ok\\n"; }}
   }}
 }}
 """)
@@ -221,13 +223,13 @@ http {{
     return port
 
 
-def _nginx_tls(tls: tuple[Path, Path] | None) -> str:
+def _nginx_tls(tls: tuple[Path, Path] | None, tickets: bool) -> str:
     if tls is None:
         return ""
     cert, key = tls
     return (f"    ssl_certificate {cert};\n    ssl_certificate_key {key};\n"
-            "    ssl_protocols TLSv1.2 TLSv1.3;\n"
-            "    ssl_session_cache off;\n    ssl_session_tickets off;\n")
+            "    ssl_protocols TLSv1.2 TLSv1.3;\n    ssl_session_cache off;\n"
+            f"    ssl_session_tickets {'on' if tickets else 'off'};\n")
 
 
 def target_server_name() -> str:
@@ -458,4 +460,4 @@ def uses_uvloop(pid: int) -> bool:
 
 
 def daemon_available() -> bool:
-    return (ROOT / "probe" / "daemon.py").exists()
+    return (ROOT / "probe" / "daemon" / "run.py").exists()

@@ -41,29 +41,34 @@ from _common import ROOT, Procs, emit, fmt, machine, nginx, other_load, table, w
 from cpu_per_probe import NAMES, measure
 from faults.certs import make_chain
 
-GOALS = {"plain": 0.3, "tls": 0.5}  # daemon / blackbox_exporter, issue 17
+# daemon / blackbox_exporter, issue 17. "tls": a server without session tickets (every probe a
+# full handshake); "tickets": the same server issuing tickets, as most do: the daemon resumes
+# (tls_resume, probe.checks._tls_sessions), blackbox_exporter and the reference do not.
+GOALS = {"plain": 0.3, "tls": 0.5, "tickets": 0.5}
 KEYS = ("daemon", "blackbox", "floor_raw")
 
 
-def run(targets: int, warmup: float, window: float, rounds: int) -> dict:
+def run(targets: int, warmup: float, window: float, rounds: int, modes: list[str]) -> dict:
     """Interleaved rounds (plain daemon, plain blackbox, TLS daemon, TLS blackbox, again ...):
     a disturbance from outside hits one round of each, and the medians shrug it off."""
-    per: dict[tuple[str, str], list[dict]] = {(m, k): [] for m in GOALS for k in KEYS}
+    per: dict[tuple[str, str], list[dict]] = {(m, k): [] for m in modes for k in KEYS}
     with Procs() as procs:
         chain = make_chain(procs.tmp / "pki", intermediate_days=30, leaf_days=60)
-        ports = {"plain": nginx(procs), "tls": nginx(procs, tls=(chain.server.cert,
-                                                                  chain.server.key))}
-        urls = {m: [f"{'https' if m == 'tls' else 'http'}://127.0.0.1:{ports[m]}/t/{i}"
-                    for i in range(targets)] for m in GOALS}
-        files = {m: write_urls(procs, m, urls[m]) for m in GOALS}
+        pair = (chain.server.cert, chain.server.key)
+        ports = {"plain": nginx(procs), "tls": nginx(procs, tls=pair),
+                 "tickets": nginx(procs, tls=pair, tickets=True)}
+        urls = {m: [f"{'http' if m == 'plain' else 'https'}://127.0.0.1:{ports[m]}/t/{i}"
+                    for i in range(targets)] for m in modes}
+        files = {m: write_urls(procs, m, urls[m]) for m in modes}
         for _ in range(rounds):
-            for mode in GOALS:
-                ca = chain.ca_file if mode == "tls" else None
+            for mode in modes:
+                ca = chain.ca_file if mode != "plain" else None
                 for key in KEYS:
                     per[mode, key].append(measure(procs, key, urls[mode], files[mode], warmup,
                                                   window, ca))
-    out: dict[str, object] = {"targets": targets, "window": window, "rounds": rounds}
-    for mode in GOALS:
+    out: dict[str, object] = {"targets": targets, "window": window, "rounds": rounds,
+                              "modes": modes}
+    for mode in modes:
         res: dict[str, object] = {}
         for key in KEYS:
             runs = per[mode, key]
@@ -82,7 +87,7 @@ def run(targets: int, warmup: float, window: float, rounds: int) -> dict:
 
 def report(res: dict) -> None:
     rows = []
-    for mode in GOALS:
+    for mode in res["modes"]:
         bb = res[mode]["blackbox"]["cpu_per_1000"]
         for key in KEYS:
             r = res[mode][key]
@@ -93,7 +98,7 @@ def report(res: dict) -> None:
                 " handshake, private CA chain verified)", rows,
                 ["", "prober", "probes", "errors", "CPU s/1000 (median)", "each round",
                  "x blackbox"]))
-    for mode in GOALS:
+    for mode in res["modes"]:
         r = res[mode]
         each = "/".join(fmt(x) for x in r["ratio_each"])
         print(f"{mode}: daemon/blackbox = {fmt(r['ratio'])} (per round {each}; goal <= "
@@ -102,12 +107,14 @@ def report(res: dict) -> None:
                  if r["daemon"]["failures"] else ""))
 
 
-async def _inprocess(url: str, ca_file: Path, n: int, profile: bool) -> tuple[float, str]:
+async def _inprocess(url: str, ca_file: Path, n: int, profile: bool, resume: bool
+                     ) -> tuple[float, str]:
     from probe.checks import CheckContext
     from probe.checks.http import check
     from probe.config import parse_config
 
-    cfg = parse_config(f"targets:\n  - {{name: t, url: '{url}', ca_file: '{ca_file}'}}\n")
+    extra = "" if resume else ", tls_resume: false"  # the default, and older trees lack it
+    cfg = parse_config(f"targets:\n  - {{name: t, url: '{url}', ca_file: '{ca_file}'{extra}}}\n")
     target, ctx = cfg.targets[0], CheckContext()
     sem = asyncio.Semaphore(20)
     failed: list[str] = []
@@ -139,15 +146,20 @@ async def _inprocess(url: str, ca_file: Path, n: int, profile: bool) -> tuple[fl
     return cpu, text
 
 
-def inprocess(n: int, profile: bool) -> None:
+def inprocess(n: int, profile: bool, tickets: bool, resume: bool, plain: bool) -> None:
     import uvloop
 
     with Procs() as procs:
         chain = make_chain(procs.tmp / "pki", intermediate_days=30, leaf_days=60)
-        port = nginx(procs, tls=(chain.server.cert, chain.server.key))
-        cpu, text = uvloop.run(_inprocess(f"https://127.0.0.1:{port}/t", chain.ca_file, n,
-                                          profile))
-    print(f"in-process, {n} TLS probes: {cpu * 1000:.3f} ms CPU per probe"
+        if plain:
+            url, what = f"http://127.0.0.1:{nginx(procs)}/t", "plain HTTP"
+        else:
+            port = nginx(procs, tls=(chain.server.cert, chain.server.key), tickets=tickets)
+            url = f"https://127.0.0.1:{port}/t"
+            what = (f"TLS (server tickets {'on' if tickets else 'off'}, tls_resume"
+                    f" {str(resume).lower()})")
+        cpu, text = uvloop.run(_inprocess(url, chain.ca_file, n, profile, resume))
+    print(f"in-process, {n} {what} probes: {cpu * 1000:.3f} ms CPU per probe"
           + (" (cProfile on: slower)" if profile else ""))
     if text:
         print(text)
@@ -159,16 +171,27 @@ def main() -> None:
     p.add_argument("--warmup", type=float, default=4.0)
     p.add_argument("--window", type=float, default=10.0)
     p.add_argument("--rounds", type=int, default=2, help="interleaved rounds; medians reported")
+    p.add_argument("--modes", default=",".join(GOALS),
+                   help=f"which of {', '.join(GOALS)} to measure (comma-separated)")
     p.add_argument("--inprocess", type=int, default=0, metavar="N",
                    help="only N TLS probes in this process (CPU per probe; A/B of a change)")
     p.add_argument("--profile", action="store_true", help="with --inprocess: cProfile them")
+    p.add_argument("--tickets", action="store_true",
+                   help="with --inprocess: the server issues session tickets")
+    p.add_argument("--plain", action="store_true",
+                   help="with --inprocess: a plain HTTP target instead")
+    p.add_argument("--no-resume", action="store_true",
+                   help="with --inprocess: the target has tls_resume: false")
     p.add_argument("--json", type=Path, default=None, help="also write the results here")
     a = p.parse_args()
     print(f"machine: {machine()}; load average {other_load():.2f}; tree {ROOT}")
     if a.inprocess:
-        inprocess(a.inprocess, a.profile)
+        inprocess(a.inprocess, a.profile, a.tickets, not a.no_resume, a.plain)
         return
-    res = run(a.targets, a.warmup, a.window, a.rounds)
+    modes = [m for m in a.modes.split(",") if m]
+    if not modes or set(modes) - set(GOALS):
+        raise SystemExit(f"--modes: choose from {', '.join(GOALS)}")
+    res = run(a.targets, a.warmup, a.window, a.rounds, modes)
     report(res)
     emit({"machine": machine(), "results": res}, a.json)
 

@@ -23,6 +23,7 @@ from typing import Any, TypeVar
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 from probe import __version__
+from probe.checks._tls_sessions import TlsSessions, resumable
 from probe.config import Target
 from probe.config.http import TLS_VERSIONS
 from probe.credentials import Attached, Credentials
@@ -40,6 +41,18 @@ _MODULES = {"http": "probe.checks.http", "websocket": "probe.checks.websocket",
 Answer = Callable[[list[tuple[bytes, bytes]], bytes], None]  # an HTTP answer's headers, body
 
 
+PROXY_VARIABLES = ("http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY", "all_proxy",
+                   "ALL_PROXY", "no_proxy", "NO_PROXY")
+
+
+def proxy_environ() -> dict[str, str]:
+    """The proxy variables the process has (probe.checks._http_dial.proxy_for reads them), taken
+    once per CheckContext (a daemon's start or reload, one `probe check`): the environment of a
+    running process does not change, and reading it per probe is a visible share of a plain
+    probe's CPU (bench/profile_daemon.py)."""
+    return {name: os.environ[name] for name in PROXY_VARIABLES if os.environ.get(name)}
+
+
 @dataclass
 class CheckContext:
     """What a check needs beyond its target: credentials and the expected build, if any."""
@@ -47,6 +60,8 @@ class CheckContext:
     credentials: Credentials = field(default_factory=Credentials)
     expect_version: str | None = None
     answer: Answer | None = None  # handed a successful HTTP answer (a flow step's extract)
+    tls_sessions: TlsSessions = field(default_factory=TlsSessions)  # resumption, per daemon
+    proxy_env: dict[str, str] = field(default_factory=proxy_environ)
 
 
 def checker_for(target: Target) -> Check:
@@ -69,7 +84,7 @@ def ssl_context(verify: bool, ca_file: Path | None, min_version: str | None = No
         ctx.minimum_version = TLS_VERSIONS[min_version]
     if cert_file is not None:  # mTLS: the client certificate a server asks for
         ctx.load_cert_chain(cert_file, key_file)
-    return ctx
+    return resumable(ctx)
 
 
 def tls_context(target: Target) -> ssl.SSLContext:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import re
 import ssl
+from typing import TYPE_CHECKING
 
 import structlog
 
@@ -22,6 +23,9 @@ from probe.config.base import fmt
 from probe.outcome import Failure
 from probe.redact import NONE, Secrets
 
+if TYPE_CHECKING:
+    from probe.checks._tls_sessions import Handshake
+
 log = structlog.get_logger("probe.checks.http")
 
 
@@ -30,8 +34,8 @@ class Progress:
     callbacks and check() itself; `stage` is how far it got, for naming a failure."""
 
     __slots__ = (
-        "bytes_read", "cert_expiry", "foreign", "leaf_expiry", "mark", "phases", "secrets",
-        "stage", "status", "t_headers", "t_sent", "where",
+        "bytes_read", "cert_expiry", "foreign", "handshakes", "leaf_expiry", "mark", "phases",
+        "secrets", "stage", "status", "t_headers", "t_sent", "where",
     )
 
     def __init__(self, t0: float, where: str, secrets: Secrets = NONE) -> None:
@@ -47,6 +51,7 @@ class Progress:
         self.bytes_read = 0
         self.secrets = secrets  # what the detail must not quote (probe.checks.target_secrets)
         self.foreign = False  # the hop in progress is one whose answer a detail must not quote
+        self.handshakes: list[Handshake] = []  # each hop's TLS handshake (_tls_sessions)
 
     def close_phase(self, phase: str, now: float) -> None:
         self.phases[phase] = self.phases.get(phase, 0.0) + (now - self.mark)

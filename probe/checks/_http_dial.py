@@ -22,7 +22,6 @@ import asyncio
 import base64
 import contextlib
 import ipaddress
-import os
 import socket
 import ssl
 import time
@@ -43,6 +42,7 @@ from probe.outcome import Failure
 
 if TYPE_CHECKING:
     from probe.checks._http_wire import Wire
+    from probe.checks._tls_sessions import Handshake
 
 HAPPY_EYEBALLS_DELAY = 0.25  # curl's and RFC 8305's connection attempt delay
 MAX_TUNNEL_HEAD = 16 * 1024  # a CONNECT answer's head
@@ -58,11 +58,13 @@ class Proxy:
     authorization: bytes  # a Proxy-Authorization header line from the URL's user:password, or b""
 
 
-def proxy_for(url: URL, configured: str | None, env: Mapping[str, str] = os.environ
-              ) -> Proxy | None:
-    """The proxy a request to `url` goes through (None: direct)."""
+def proxy_for(url: URL, configured: str | None, env: Mapping[str, str]) -> Proxy | None:
+    """The proxy a request to `url` goes through (None: direct); `env` the proxy variables
+    (probe.checks.proxy_environ)."""
     if configured is not None:
         return None if configured.lower() in ("", "none") else _proxy(configured)
+    if not env:
+        return None
     scheme = url.scheme
     names = ("http_proxy", "HTTP_PROXY") if scheme == "http" else ("https_proxy", "HTTPS_PROXY")
     value = next((env[n] for n in (*names, "all_proxy", "ALL_PROXY") if env.get(n)), None)
@@ -205,34 +207,60 @@ def _expiries(chain: tuple[bytes, ...]) -> tuple[float | None, float | None]:
     return (min(dates) if dates else None), _not_after(chain[0])
 
 
-def _note_expiry(probe: Progress, ssl_object: Any) -> None:
-    """probe.cert_expiry: the earliest notAfter of the chain, as blackbox_exporter's
-    probe_ssl_earliest_cert_expiry (an intermediate expiring first is what breaks clients);
-    probe.leaf_expiry: the server's own certificate's (the chain's first, both for the
-    verified chain and for the one the server sent)."""
+def _chain_expiries(ssl_object: Any) -> tuple[float | None, float | None]:
+    """(the earliest notAfter of the chain, as blackbox_exporter's
+    probe_ssl_earliest_cert_expiry: an intermediate expiring first is what breaks clients;
+    the server's own certificate's: the chain's first, both for the verified chain and for the
+    one the server sent)."""
     if ssl_object is None:
-        return
+        return None, None
     chain = _chain(ssl_object)
     if not chain:
         leaf = ssl_object.getpeercert(binary_form=True)
         chain = [leaf] if leaf else []
-    if not chain:
-        return
-    earliest, expiry = _expiries(tuple(chain))
+    return _expiries(tuple(chain)) if chain else (None, None)
+
+
+def _note_expiry(probe: Progress, expiries: tuple[float | None, float | None]) -> None:
+    """probe.cert_expiry / probe.leaf_expiry: the earliest over the probe's hops."""
+    earliest, expiry = expiries
     if earliest is not None:
         probe.cert_expiry = min(earliest, probe.cert_expiry or earliest)
     if expiry is not None:
         probe.leaf_expiry = min(expiry, probe.leaf_expiry or expiry)
 
 
+async def _dialled(loop: asyncio.AbstractEventLoop, wire: Wire, hop: Hop, hosts: list[str],
+                   port: int, probe: Progress, tls: ssl.SSLContext | None, proxy: Proxy | None,
+                   ) -> asyncio.BaseTransport:
+    """A transport over the socket dial() won (several addresses raced), through `proxy` if
+    any: its CONNECT tunnel for TLS, else the request line in absolute form."""
+    sock = await dial(loop, hosts, port)
+    try:
+        probe.close_phase("connect", time.perf_counter())
+        if proxy is not None and tls is not None:
+            probe.stage = "tunnel"
+            await tunnel(loop, sock, proxy, host_port(hop.host, hop.port))
+            probe.close_phase("tunnel", time.perf_counter())
+        elif proxy is not None:  # plain HTTP: the request line in absolute form
+            wire.via = (b"http://" + host_port(hop.host, hop.port).encode(), proxy.authorization)
+        transport, _ = await loop.create_connection(wire, sock=sock)
+    except BaseException:
+        sock.close()
+        raise
+    return transport
+
+
 async def connect(
     loop: asyncio.AbstractEventLoop, wire: Wire, hop: Hop, tls: ssl.SSLContext | None,
     probe: Progress, handshake_timeout: float, proxy: Proxy | None = None,
+    handshake: Handshake | None = None,
 ) -> None:
     """Resolve (unless an IP literal), connect (every address, Happy Eyeballs: _http_dial), via
     `proxy` if any (its address resolved and connected; a CONNECT tunnel for TLS), and start
     TLS, timing each; OSError / ssl.SSLError escape for the classifier, `probe.stage` telling
-    how far it got and `probe.where` with whom (the proxy until the tunnel is open)."""
+    how far it got and `probe.where` with whom (the proxy until the tunnel is open). With
+    `handshake`, TLS offers the target's last verified session (_tls_sessions)."""
     host, port, literal = (proxy.host, proxy.port, proxy.literal) if proxy else (
         hop.host, hop.port, hop.literal)
     probe.where = proxy.where if proxy else hop.where
@@ -249,31 +277,38 @@ async def connect(
         plan = wire.plan
         hosts = by_protocol(hosts, plan.ip_protocol, plan.ip_fallback, host)
     probe.stage = "connect"
-    sock = await dial(loop, hosts, port)
-    try:
+    if len(hosts) == 1 and proxy is None:
+        # One address and nothing to say before the request: the loop makes and connects the
+        # socket itself, without a Python socket object and a second wrapping step.
+        transport, _ = await loop.create_connection(wire, hosts[0], port)
         probe.close_phase("connect", time.perf_counter())
-        if proxy is not None and tls is not None:
-            probe.stage = "tunnel"
-            await tunnel(loop, sock, proxy, host_port(hop.host, hop.port))
-            probe.close_phase("tunnel", time.perf_counter())
-        elif proxy is not None:  # plain HTTP: the request line in absolute form
-            wire.via = (b"http://" + host_port(hop.host, hop.port).encode(), proxy.authorization)
-        transport, _ = await loop.create_connection(wire, sock=sock)
-    except BaseException:
-        sock.close()
-        raise
+    else:
+        transport = await _dialled(loop, wire, hop, hosts, port, probe, tls, proxy)
     probe.where = hop.where
     if tls is not None:
         probe.stage = "tls"
-        transport = await loop.start_tls(
-            transport, wire, tls, server_hostname=wire.plan.sni(hop),
-            ssl_handshake_timeout=handshake_timeout,
-        )
+        name = wire.plan.sni(hop)
+        try:
+            transport = await loop.start_tls(
+                transport, wire, tls,
+                server_hostname=handshake.server_hostname(name) if handshake else name,
+                ssl_handshake_timeout=handshake_timeout,
+            )
+        finally:
+            if handshake is not None:
+                handshake.withdraw()
         probe.close_phase("tls", time.perf_counter())
         if transport is None:  # typed Optional by asyncio; treated as a hang-up mid-handshake
             raise ConnectionResetError()
         wire.transport = transport
-        _note_expiry(probe, transport.get_extra_info("ssl_object"))
+        ssl_object = transport.get_extra_info("ssl_object")
+        if handshake is None:
+            _note_expiry(probe, _chain_expiries(ssl_object))
+        else:
+            probe.handshakes.append(handshake)
+            if not handshake.done(ssl_object):
+                handshake.expiries = _chain_expiries(ssl_object)
+            _note_expiry(probe, handshake.expiries)
     probe.stage = "request"
 
 

@@ -87,7 +87,8 @@ async def check(target: Target, ctx: CheckContext) -> Outcome:
         filled = _filled(step, run.values, left)
         run.answered = False
         step_ctx = CheckContext(ctx.credentials, ctx.expect_version,
-                                answer=run.answer if step.extract else None)
+                                answer=run.answer if step.extract else None,
+                                tls_sessions=ctx.tls_sessions, proxy_env=ctx.proxy_env)
         out = await checker_for(filled)(filled, step_ctx)
         if not out.success:
             assert out.failure is not None

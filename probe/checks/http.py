@@ -73,6 +73,8 @@ async def check(target: Target, ctx: CheckContext) -> Outcome:
         else:
             failure, detail = classify(exc, probe, target)
     duration = time.perf_counter() - t0
+    if probe.handshakes:
+        ctx.tls_sessions.settle(target, probe.handshakes, failure is None)
     if probe.foreign:  # nothing read from another host goes out, unless redirect_hosts allows it
         version = None
         if failure in _QUOTING:
@@ -135,10 +137,12 @@ async def _run(
     while True:
         wire = Wire(plan, hop.method == "HEAD", target.body_limit, probe)
         try:
-            proxy = proxy_for(hop.url, target.proxy_url)
+            proxy = proxy_for(hop.url, target.proxy_url, ctx.proxy_env)
             h2p = _http2(wire, hop, proxy) if target.http_version == "2" else None
+            handshake = (ctx.tls_sessions.handshake(target, hop.host, hop.port, tls)
+                         if hop.tls and h2p is None else None)
             await connect(loop, wire, hop, (h2_tls(target) if h2p else tls) if hop.tls else None,
-                          probe, target.timeout + 1, proxy)
+                          probe, target.timeout + 1, proxy, handshake)
             if h2p is not None and hop.tls:
                 negotiated(wire)
             wire.send(h2p.request(request) if h2p is not None else request)

@@ -110,6 +110,8 @@ class TargetDefaults(Strict):
     ca_file: Path | None = None
     tls_server_name: str | None = None  # SNI and the name verified, for the target's own host
     tls_min_version: TlsVersion | None = None
+    # resume the last verified TLS session while it is fresh evidence (probe.checks._tls_sessions)
+    tls_resume: bool = True
     cert_file: Path | None = None  # a client certificate (mTLS), PEM; its key too, or key_file
     key_file: Path | None = None
     # blackbox's preferred_ip_protocol / ip_protocol_fallback: which family's addresses are
