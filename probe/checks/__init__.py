@@ -89,9 +89,15 @@ def ssl_context(verify: bool, ca_file: Path | None, min_version: str | None = No
 
 def tls_context(target: Target) -> ssl.SSLContext:
     """The target's SSLContext (see ssl_context); OSError / ssl.SSLError if a file of it
-    cannot be loaded, which the checks name with tls_files()."""
-    return ssl_context(target.tls_verify, target.ca_file, target.tls_min_version,
-                       target.cert_file, target.key_file)
+    cannot be loaded, which the checks name with tls_files(). Remembered per Target object
+    once loaded, as every probe asks (hashing the settings' paths for ssl_context's cache is
+    not free); a file that fails is tried again on the next probe."""
+    ctx = recall(_TLS_CONTEXTS, target)
+    if ctx is None:
+        ctx = keep(_TLS_CONTEXTS, target, ssl_context(
+            target.tls_verify, target.ca_file, target.tls_min_version, target.cert_file,
+            target.key_file))
+    return ctx
 
 
 def tls_files(target: Target) -> str:
@@ -141,6 +147,9 @@ def keep(store: PerObject[_V], obj: object, value: _V, stamp: object = None) -> 
 
     store[key] = (weakref.ref(obj, forget), stamp, value)
     return value
+
+
+_TLS_CONTEXTS: PerObject[ssl.SSLContext] = {}
 
 
 # --- what every check's details share ---------------------------------------------------------
