@@ -8,7 +8,7 @@ chunk extensions, header floods, 50 MB bodies, drips, slowloris, resets, ping fl
 WebSocket messages, ...) is one target, probed every --interval with --timeout, next to
 --healthy healthy HTTP and as many healthy WebSocket targets probed every second. How it runs is
 bench/soak.py's (whose helpers it uses): the fault servers in a child process, the daemon
-(`probe.daemon.Daemon`, on uvloop with `probe run`'s GC settings) in this one, so RSS
+(`probe.daemon.run.Daemon`, on uvloop with `probe run`'s GC settings) in this one, so RSS
 (VmRSS), open fds and the event loop's lag are the prober's own.
 
 Loop lag is measured two ways: a sampler task that sleeps 50 ms and records how late it wakes
@@ -17,7 +17,7 @@ probe_scheduler_lag_seconds p99 per sample window. Printed every --sample-every:
 tasks, loop lag max and p99, scheduler lag p99, probes; at the end start / end / max of each and
 whether a healthy target ever failed, and each faulty target's classes. With --neighbour N a
 child process also opens N idle connections to the daemon's own port every third sample period
-and holds them for one (the daemon's server limits: probe/listener.py).
+and holds them for one (the daemon's server limits: probe/daemon/listener.py).
 
 Verdict (exit 1 on any): a healthy target failed; RSS grew by more than 25 % + 20 MB from the
 first sample after warm-up (the first 10 % of the run) to the last; fds grew by more than 20;
@@ -47,7 +47,7 @@ from faults import HTTP_EXPECTED, WS_EXPECTED  # noqa: E402
 from soak import open_fds, rss_mb, start_servers, stop_servers  # noqa: E402
 
 from probe.config import load_config  # noqa: E402
-from probe.daemon import Daemon, settle_gc  # noqa: E402
+from probe.daemon.run import Daemon, settle_gc  # noqa: E402
 from probe.logging import configure  # noqa: E402
 from probe.loop import run_loop  # noqa: E402
 

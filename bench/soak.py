@@ -5,7 +5,7 @@
 What runs where, and why:
 - The fault servers (tests/faults: healthy HTTP/WebSocket plus one server per fault) run in a
   child process, so every number measured here is the prober's alone.
-- The prober is the real `probe.daemon.Daemon` (scheduler, checks, metrics, readiness, history
+- The prober is the real `probe.daemon.run.Daemon` (scheduler, checks, metrics, readiness, history
   and its aiohttp server) run in this process on uvloop, exactly as `probe run` runs it. In-process
   rather than `probe run` as a subprocess because the asyncio task count can only be read from
   inside; RSS (VmRSS of /proc/self/status) and open fds (/proc/self/fd) are read the same way
@@ -52,7 +52,7 @@ from _soak_metrics import Scrape, lag_p99, misclassified, parse, probes_total  #
 from faults import HTTP_EXPECTED, WS_EXPECTED  # noqa: E402
 
 from probe.config import Config, load_config, parse_duration  # noqa: E402
-from probe.daemon import Daemon, run_loop  # noqa: E402
+from probe.daemon.run import Daemon, run_loop  # noqa: E402
 from probe.logging import configure  # noqa: E402
 
 # Faults that make sense over and over (every one ends within the probe timeout).

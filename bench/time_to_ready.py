@@ -27,10 +27,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from probe import scheduler  # noqa: E402
 from probe.checkcmd import run_check  # noqa: E402
 from probe.config import Config, parse_config  # noqa: E402
-from probe.daemon import Daemon  # noqa: E402
+from probe.daemon import scheduler  # noqa: E402
+from probe.daemon.run import Daemon  # noqa: E402
 from probe.logging import configure  # noqa: E402
 from probe.twin import Twin  # noqa: E402
 

@@ -28,13 +28,13 @@ from probe.checks import CheckContext
 from probe.cli import EXIT_NOT_READY, EXIT_READY, EXIT_USAGE, config_path
 from probe.config import Config, Target, load_config, no_version_path
 from probe.credentials import Credentials
+from probe.daemon.scheduler import fast_budget, load_check, next_probe, probe_once
+from probe.daemon.statelog import log_probe
 from probe.logging import configure
 from probe.loop import run_loop
 from probe.readiness import Readiness, Verdict
 from probe.report import Progress, emit
-from probe.scheduler import fast_budget, load_check, next_probe, probe_once
 from probe.selection import select_config
-from probe.statelog import log_probe
 
 TICK = 1.0  # how often the progress line is refreshed while nothing changes
 SHOW = 0.25  # in one round, the progress line is refreshed at most this often

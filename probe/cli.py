@@ -186,7 +186,7 @@ def _validate(args: argparse.Namespace) -> int:
 
 
 _COMMANDS = {
-    "run": "probe.daemon",
+    "run": "probe.daemon.run",
     "check": "probe.checkcmd",
     "gate": "probe.gate",
     "gate --prometheus": "probe.gate.prometheus",

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from probe.config import Config, parse_config
-from probe.daemon import Daemon, serve
+from probe.daemon.run import Daemon, serve
 from probe.logging import configure
 from probe.loop import run_loop
 from probe.twin import Twin

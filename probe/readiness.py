@@ -25,7 +25,7 @@ clock only, so it is decided when asked (verdict(now), ready_flags(now)), never 
 result that ends it is a transition from `stale`.
 
 A reload restarts every target whose definition changed (any field, or the credential block it
-uses; probe.reload.diff_configs) at `pending` with no results: what was proven of the old
+uses; probe.daemon.reload.diff_configs) at `pending` with no results: what was proven of the old
 definition says nothing of the new one. Only unchanged targets keep their record.
 
 The gate is ready when every critical target is ready. With no critical target at all the gate is
@@ -48,9 +48,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from probe.config import Config, Target
+from probe.daemon.reload import Changes, diff_configs
 from probe.latency_window import LatencyWindows
 from probe.outcome import Failure, Outcome
-from probe.reload import Changes, diff_configs
 from probe.verdict import STATES, State, TargetVerdict, Transition, Verdict
 from probe.version_match import version_matches
 

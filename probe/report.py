@@ -38,7 +38,7 @@ _XML_INVALID = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff]")
 def public_url(url: str) -> str:
     """scheme://host[:port]/path: no userinfo, query or fragment (where tokens hide).
 
-    Here (not in server.py) so `probe gate` can show URLs without importing the daemon's server.
+    Here (not in daemon/server.py) so `probe gate` can show URLs without importing the server.
     """
     p = urlsplit(url)
     host = p.hostname or ""

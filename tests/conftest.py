@@ -21,7 +21,7 @@ from faults.fixtures import StartFaultServer
 from helpers import ProbeRun, StartDaemon, running_twin
 
 from probe.config import Config
-from probe.daemon import Daemon
+from probe.daemon.run import Daemon
 from probe.twin import Twin
 
 

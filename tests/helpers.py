@@ -31,7 +31,7 @@ from aiohttp import web
 from prometheus_client.openmetrics.parser import text_string_to_metric_families as om_parse
 from prometheus_client.parser import text_string_to_metric_families
 
-from probe.daemon import Daemon
+from probe.daemon.run import Daemon
 from probe.metrics import Metrics
 from probe.twin import Twin
 

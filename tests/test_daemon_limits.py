@@ -4,7 +4,7 @@ Measured before these bounds: 1 100 idle connections to a daemon with the usual 
 of 1024 made /livez and /readyz unreachable for an hour (aiohttp's keep-alive default) and failed
 a healthy target with "Too many open files". Now: idle connections close after the keep-alive
 timeout, at most max_connections are open (the oldest idle ones make room for a newcomer), and
-the soft file limit is raised to the hard one at start (probe.listener, probe.loop).
+the soft file limit is raised to the hard one at start (probe.daemon.listener, probe.loop).
 """
 
 from __future__ import annotations
@@ -24,8 +24,8 @@ from faults.fixtures import StartFaultServer
 from helpers import ProbeRun, http_get, run_cli, until
 from prometheus_client.parser import text_string_to_metric_families
 
-from probe.daemon import Daemon
-from probe.listener import ServerLimits
+from probe.daemon.listener import ServerLimits
+from probe.daemon.run import Daemon
 from probe.loop import raise_fd_limit
 
 FLOOD = 1100

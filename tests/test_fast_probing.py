@@ -17,7 +17,7 @@ from helpers import StartDaemon, until
 from helpers import run_cli as run
 
 from probe.config import Config, Target, parse_config
-from probe.scheduler import FAST_INTERVAL, fast_budget, next_probe
+from probe.daemon.scheduler import FAST_INTERVAL, fast_budget, next_probe
 from probe.twin import Twin
 
 pytestmark = [pytest.mark.timeout(60)]

@@ -34,7 +34,7 @@ from helpers import ProbeRun, Samples, samples, until, value
 from probe.checks import CheckContext
 from probe.checks._http_classify import Progress, classify
 from probe.credentials import Credentials
-from probe.daemon import Daemon
+from probe.daemon.run import Daemon
 from probe.outcome import Failure
 
 

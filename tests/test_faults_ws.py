@@ -25,8 +25,8 @@ from helpers import until
 
 from probe.checks import CheckContext
 from probe.config import Target
+from probe.daemon.scheduler import Scheduler
 from probe.outcome import Failure, Outcome
-from probe.scheduler import Scheduler
 
 
 def ws_target(server: FaultServer, **fields: Any) -> Target:

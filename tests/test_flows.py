@@ -20,9 +20,9 @@ from probe.checks import CheckContext, checker_for
 from probe.cli import main
 from probe.config import Config
 from probe.credentials import Credentials
+from probe.daemon.reload import diff_configs
 from probe.metrics import Metrics
 from probe.outcome import Outcome
-from probe.reload import diff_configs
 
 
 class Backend:

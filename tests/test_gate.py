@@ -32,7 +32,7 @@ from helpers import run_cli as run
 
 from probe.cli import main as cli
 from probe.config import Config, parse_config
-from probe.daemon import Daemon
+from probe.daemon.run import Daemon
 from probe.gate import readyz_url
 from probe.twin import Twin
 

@@ -1,4 +1,5 @@
-"""probe.history: bounds (count, span, total across targets), downsampling and state changes."""
+"""probe.daemon.history: bounds (count, span, total across targets), downsampling and state
+changes."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from dataclasses import dataclass
 import pytest
 
 from probe.config import parse_config
-from probe.history import History, _Results
+from probe.daemon.history import History, _Results
 from probe.outcome import Failure, Outcome
 
 

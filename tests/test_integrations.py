@@ -25,7 +25,7 @@ import yaml
 from helpers import StartDaemon
 from test_gate import TOKEN, failing, gate_config, ready
 
-from probe.daemon import Daemon
+from probe.daemon.run import Daemon
 from probe.twin import Twin
 
 pytestmark = [pytest.mark.timeout(90), pytest.mark.twin(version="abc")]

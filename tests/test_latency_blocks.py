@@ -15,10 +15,10 @@ import structlog
 from helpers import run_cli, unnamed
 
 from probe.config import Config, ConfigError, parse_config
+from probe.daemon.statelog import StateLog
 from probe.metrics import TargetSeries
 from probe.outcome import Outcome
 from probe.readiness import Readiness
-from probe.statelog import StateLog
 from probe.twin import Twin
 
 pytestmark = pytest.mark.twin()

@@ -1,6 +1,6 @@
 """A /metrics render must not stall the event loop, and must not trip over the loop's writes.
 
-The render runs in a worker thread (probe/server.py) while the loop records outcomes and
+The render runs in a worker thread (probe/daemon/server.py) while the loop records outcomes and
 reloads add and forget targets. These tests hold a real render open with a gate (an Event the
 render waits on before doing the real work) to see what the loop does meanwhile, and race
 renders against reloads to show that a render never raises.
@@ -23,11 +23,11 @@ from prometheus_client.openmetrics.parser import text_string_to_metric_families 
 from prometheus_client.parser import text_string_to_metric_families as text_parse
 
 from probe.config import Target, parse_config
-from probe.history import History
+from probe.daemon.history import History
+from probe.daemon.server import Runtime, make_app
 from probe.metrics import Metrics
 from probe.outcome import Failure, Outcome
 from probe.readiness import Readiness
-from probe.server import Runtime, make_app
 
 TARGETS = 1500
 

@@ -21,7 +21,7 @@ import pytest
 from helpers import ProbeRun, StartDaemon, free_port, http_get, until
 
 from probe.config import parse_config
-from probe.daemon import Daemon
+from probe.daemon.run import Daemon
 from probe.twin import Twin
 
 INTERVAL, TIMEOUT = 0.4, 0.3

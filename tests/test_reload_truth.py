@@ -25,8 +25,8 @@ import yaml
 from helpers import ProbeRun, StartDaemon, refused_port, until
 
 from probe.config import ConfigError, parse_config
-from probe.daemon import install_signals
-from probe.reload import FileReader, read_settled
+from probe.daemon.reload import FileReader, read_settled
+from probe.daemon.run import install_signals
 from probe.twin import Twin
 
 pytestmark = pytest.mark.timeout(90)

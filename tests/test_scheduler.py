@@ -22,8 +22,8 @@ from helpers import silent_server, until
 
 from probe.checks import Check, CheckContext, checker_for
 from probe.config import Config, Target, parse_config
+from probe.daemon.scheduler import BACKSTOP, Scheduler, load_check, probe_once
 from probe.outcome import Failure, Outcome
-from probe.scheduler import BACKSTOP, Scheduler, load_check, probe_once
 from probe.twin import Twin
 
 MARGIN = 1.0  # seconds of slack for a 2-core CI machine

@@ -269,7 +269,7 @@ async def test_daemon_answers_and_logs_hold_no_secret(
     hostile: Hostile, tmp_path: Path, key_file: tuple[Path, str], env_token: None,
     restore_logging: None,
 ) -> None:
-    from probe import daemon as daemon_mod
+    from probe.daemon import run as daemon_mod
 
     stream = io.StringIO()
     configure("json", "debug", stream)

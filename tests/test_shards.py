@@ -20,7 +20,7 @@ from helpers import ProbeRun, Prometheus, http_get, run_cli, samples, serving, u
 
 from probe.cli import _parser
 from probe.config import ConfigError, parse_config
-from probe.daemon import Daemon
+from probe.daemon.run import Daemon
 from probe.shard import Shard, from_environ, owned, owners, parse, split
 
 ROOT = Path(__file__).resolve().parent.parent

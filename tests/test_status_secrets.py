@@ -148,7 +148,7 @@ def test_gate_token_is_masked_in_every_log_line(restore_logging: None) -> None:
     import structlog
     from faults.fixtures import config_of
 
-    from probe.daemon import Daemon
+    from probe.daemon.run import Daemon
     from probe.logging import configure
 
     daemon = Daemon(config_of([{"name": "t", "url": "http://127.0.0.1:9/"}]), gate_token=GATE)

@@ -178,7 +178,7 @@ class Settings(BaseSettings):
     log_format: Literal["json", "console"] = "json"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     gate_token: SecretStr | None = None
-    keepalive_timeout: float = Field(default=5.0, gt=0)  # the daemon's own server: listener.py
+    keepalive_timeout: float = Field(default=5.0, gt=0)  # the daemon's server: daemon/listener.py
     max_connections: int = Field(default=256, ge=8)
 
     @field_validator("log_level", "log_format", mode="before")

@@ -51,7 +51,7 @@ def _cell(text: str) -> str:
 
 # What the WebSocket check's verdicts depend on, under probe/
 _CHECK_FILES = ("checks", "config/__init__.py", "config/base.py", "config/credentials.py",
-                "credentials.py", "outcome.py", "redact.py")
+                "credentials", "outcome.py", "redact.py")
 
 
 def _stageprobe_version() -> str:

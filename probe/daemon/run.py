@@ -6,8 +6,8 @@ cancelled, then the listener closes; the process exits 0 well within 5 s.
 
 A reload never makes things worse: an invalid new file is logged with all its errors and the
 running config stays. The file is read off the event loop and applied only once two reads agree
-(probe.reload: a FIFO, a hung mount or a half-written file cannot block the loop or open the
-gate). A valid one starts added targets, stops removed ones and removes their series, restarts
+(probe.daemon.reload: a FIFO, a hung mount or a half-written file cannot block the loop or open
+the gate). A valid one starts added targets, stops removed ones and removes their series, restarts
 changed ones (any field, or the credential they use) at `pending`, and keeps the state and
 latency windows of unchanged targets only. Once draining, SIGHUP is ignored: a daemon going
 away must not start new targets.
@@ -33,19 +33,19 @@ from probe import __version__
 from probe.checks import CheckContext
 from probe.config import Config, ConfigError, Settings, Target, load_config, parse_config
 from probe.credentials import Credentials
-from probe.history import History
-from probe.listener import GuardedSite, ServerLimits
+from probe.daemon.history import History
+from probe.daemon.listener import GuardedSite, ServerLimits
+from probe.daemon.reload import FileReader, read_settled
+from probe.daemon.scheduler import Scheduler
+from probe.daemon.server import Runtime, make_app
+from probe.daemon.statelog import StateLog
 from probe.logging import configure
 from probe.loop import run_loop
 from probe.metrics import Metrics
 from probe.outcome import Outcome
 from probe.readiness import Readiness
 from probe.redact import KNOWN, Secrets
-from probe.reload import FileReader, read_settled
-from probe.scheduler import Scheduler
-from probe.server import Runtime, make_app
 from probe.shard import Shard, from_environ, owned
-from probe.statelog import StateLog
 
 log = structlog.get_logger("probe.daemon")
 SHUTDOWN_TIMEOUT = 1.0  # seconds the listener waits for open requests when closing
@@ -71,7 +71,7 @@ class Daemon:
         self, config: Config, *, config_path: Path | None = None, gate_token: str | None = None,
         shard: Shard | None = None, limits: ServerLimits | None = None,
     ) -> None:
-        self.limits = limits or ServerLimits.from_environ()  # the server's, see probe.listener
+        self.limits = limits or ServerLimits.from_environ()  # see probe.daemon.listener
         self.config_path = config_path
         if gate_token:  # masked in every log line, like the targets' secrets
             KNOWN.add(self, Secrets([gate_token]))

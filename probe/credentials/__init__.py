@@ -1,5 +1,5 @@
 """Named credentials for targets: static bearer, minted JWT, OAuth2 client credentials, a login
-at the auth service (the fetched kinds live in probe.credentials_fetch).
+at the auth service (the fetched kinds live in probe.credentials.fetch).
 
 Secrets stay inside this module and the request that carries them. Every error names the
 credential and the reason, never a value: an operator reads `credential oauth: token endpoint
@@ -21,7 +21,7 @@ from cryptography.hazmat.primitives.serialization import load_pem_private_key
 from pydantic import BaseModel, SecretStr
 
 from probe.config import BearerSpec, CredentialSpec, JwtSpec, LoginSpec, Target
-from probe.credentials_fetch import Clock, CredentialError, Login, OAuth2, Provider, margin
+from probe.credentials.fetch import Clock, CredentialError, Login, OAuth2, Provider, margin
 from probe.redact import KNOWN, Secrets
 
 __all__ = ["Attached", "CredentialError", "Credentials", "attach"]

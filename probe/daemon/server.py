@@ -26,12 +26,12 @@ from aiohttp import web
 
 from probe import __version__
 from probe.config import Config, Target
+from probe.daemon.history import History
+from probe.daemon.scheduler import Scheduler
 from probe.exposition import negotiate
-from probe.history import History
 from probe.metrics import Metrics
 from probe.readiness import Readiness
 from probe.report import public_url
-from probe.scheduler import Scheduler
 from probe.statuspage import add_status_routes
 
 RUNTIME = web.AppKey("runtime", object)
