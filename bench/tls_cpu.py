@@ -1,27 +1,31 @@
-"""CPU per HTTPS probe, full handshakes, side by side with blackbox_exporter; plain HTTP beside it.
+"""CPU per HTTPS probe side by side with blackbox_exporter, with and without session tickets;
+plain HTTP beside it.
 
-    python bench/tls_cpu.py [--targets 200] [--rounds 2] [--window 10]
-    python bench/tls_cpu.py --inprocess 2000 [--profile]     # no daemon, no blackbox
+    python bench/tls_cpu.py [--targets 200] [--rounds 2] [--window 10] [--modes plain,tls,tickets]
+    python bench/tls_cpu.py --inprocess 2000 [--tickets] [--no-resume] [--plain] [--profile]
 
 Setup (issue 17's "Performance over TLS"): a private CA (root -> intermediate -> leaf for
-127.0.0.1, made at start-up by tests/faults/certs.make_chain, as a staging PKI would be), one
-Debian nginx serving the leaf and the intermediate with no session cache and no session tickets
-(every probe a full handshake: neither prober resumes sessions anyway), and a second nginx for
-plain HTTP. Both probers trust the root only (`ca_file`; blackbox: `tls_config.ca_file`) and
-verify the chain and the host. For each of plain and TLS, in interleaved rounds, the daemon
-(`probe run`, K targets at 1 s) and blackbox_exporter (module http_2xx, driven at the same rate)
-are measured exactly as bench/cpu_per_probe.py measures them (its `measure`): CPU from
-/proc/PID/stat over the window, the daemon's including one /metrics scrape per 15 s.
+127.0.0.1, made at start-up by tests/faults/certs.make_chain, as a staging PKI would be) and
+three Debian nginx servers: `tls` serves the leaf and the intermediate with no session cache and
+no session tickets it would accept (every probe of every prober a full handshake), `tickets` the
+same with session tickets on, as most servers and load balancers run (the daemon resumes
+sessions, tls_resume's default; blackbox_exporter and the reference do not), and `plain` plain
+HTTP. Every prober trusts the root only (`ca_file`; blackbox: `tls_config.ca_file`) and
+verifies the chain and the host. For each mode, in interleaved rounds, the daemon (`probe run`,
+K targets at 1 s) and blackbox_exporter (module http_2xx, driven at the same rate) are measured
+exactly as bench/cpu_per_probe.py measures them (its `measure`): CPU from /proc/PID/stat over
+the window, the daemon's including one /metrics scrape per 15 s.
 The reference: a GET over a bare asyncio Protocol on uvloop (bench/_load.py --raw; over TLS
-the loop's own create_connection(ssl=)), what the kernel, the loop and OpenSSL's handshake cost
-with no HTTP client at all: the bound any Python prober on this loop approaches.
+the loop's own create_connection(ssl=)), what the kernel, the loop and OpenSSL's full handshake
+cost with no HTTP client at all.
 Printed: each prober's CPU per 1000 probes (median of the rounds, and each round), and the
 daemon/blackbox ratio against issue 17's goals (<= 0.5 over TLS, <= 0.3 plain).
 
---inprocess N: N probes of one TLS target through probe.checks.http.check in this process
-(uvloop, 20 at a time), CPU per probe from process_time; with --profile, cProfile's top
-functions by own time too (where a TLS probe's Python goes: the handshake, the SSL transport,
-the chain's expiry). Cheap and quiet enough for A/B of one change.
+--inprocess N: N probes of one target through probe.checks.http.check in this process
+(uvloop, 20 at a time), CPU per probe from process_time: TLS without tickets by default,
+`--tickets` with them, `--no-resume` with tls_resume: false, `--plain` plain HTTP; with
+--profile, cProfile's top functions by own time too. Cheap and quiet enough for A/B of one
+change (another tree's code: PYTHONPATH=/other/tree).
 """
 
 from __future__ import annotations
