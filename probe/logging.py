@@ -154,12 +154,15 @@ def configure(fmt: str | None = None, level: str = "info", stream: TextIO | None
     logging.getLogger("aiohttp.access").disabled = True
 
 
-def log_transition(transition: Transition) -> None:
-    """One line per state change of a target, with the reason when it is a failure."""
+def log_transition(transition: Transition, stale_for: float | None = None) -> None:
+    """One line per state change of a target, with the reason when it is a failure.
+    `stale_for`: a result ended staleness (old `stale`), this long after the one before it."""
     log = structlog.get_logger("probe.readiness")
     fields: dict[str, Any] = {
         "target": transition.target, "old": transition.old, "new": transition.new,
     }
+    if stale_for is not None:
+        fields["stale_for"] = round(stale_for, 1)
     if transition.failure is not None:
         fields["failure"] = str(transition.failure)
     if transition.detail:
@@ -171,5 +174,9 @@ def log_transition(transition: Transition) -> None:
         why = f"{transition.failure}: {transition.detail}" if transition.detail else (
             str(transition.failure))
         log.warning(f"target {transition.target} is failing: {why}", **fields)
+    elif transition.old == "stale":
+        gap = f", the first in {stale_for:.1f}s" if stale_for is not None else ""
+        log.info(f"target {transition.target} is {transition.new}: a fresh result{gap}",
+                 **fields)
     else:
         log.info(f"target {transition.target} is {transition.new}", **fields)

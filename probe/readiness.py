@@ -253,6 +253,14 @@ class Readiness:
             track.target.critical and _stale(track, now) for track in self._tracks.values())
         return gate, flags
 
+    def fresh_until(self, name: str) -> float | None:
+        """When the target's last result stops counting (it is `stale` after that, until its
+        next result); None for a target unknown or without a result yet."""
+        track = self._tracks.get(name)
+        if track is None or track.last_probe_at is None:
+            return None
+        return track.last_probe_at + track.stale_after
+
     def target(self, name: str, now: float) -> TargetVerdict | None:
         """One target's verdict (None if unknown): cheaper than a whole verdict per result."""
         track = self._tracks.get(name)

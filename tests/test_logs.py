@@ -4,16 +4,23 @@ target's change of cause is logged, and so are the gate's own ready / not-ready 
 
 from __future__ import annotations
 
+import asyncio
 import io
+import re
 import signal
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 import structlog
-from helpers import ProbeRun, run_daemon, until
+from helpers import ProbeRun, http_get, run_daemon, until
 
+from probe.config import parse_config
+from probe.daemon.statelog import StateLog
 from probe.logging import configure
+from probe.outcome import Outcome
+from probe.readiness import Readiness, stale_after
 from probe.twin import Twin
 
 pytestmark = [pytest.mark.timeout(60)]
@@ -57,6 +64,64 @@ targets:
         await logged(daemon, "staging ready", nth=2)
         lines = [line["message"] for line in daemon.logs()]
         assert sum("still failing" in m for m in lines) == 1, "one line per change of cause"
+
+
+async def results(daemon: ProbeRun, target: str) -> float:
+    """How many results `target` has had, from the daemon's /metrics."""
+    got = await http_get(f"{daemon.url}/metrics")
+    found = re.findall(rf'^probe_results_total{{[^}}]*target="{target}"[^}}]*}} (\S+)$',
+                       got[1] if got else "", re.M)
+    return sum(map(float, found))
+
+
+async def test_a_target_that_goes_stale_is_logged_once_and_its_next_result_ends_it(
+        twin: Twin, tmp_path: Path) -> None:
+    """No result is not an event, so only a timer can log that a target went stale. The daemon
+    is frozen (SIGSTOP: a starved container, a paused VM) for longer than 2 x interval + timeout
+    while the twin hangs: on SIGCONT each target, critical or not, gets one WARNING saying it
+    is stale and how old its last result is; the next result (a timeout) ends it in one line,
+    and the results after that log no more staleness."""
+    interval, timeout = 1.0, 0.8
+    limit = 2 * interval + timeout
+    config = f"""
+defaults: {{interval: {interval}s, timeout: {timeout}s, success_threshold: 1,
+            failure_threshold: 1}}
+targets:
+  - {{name: backend-health, url: "{twin.url}/health"}}
+  - {{name: docs, url: "{twin.url}/health", critical: false}}
+"""
+    loop = asyncio.get_running_loop()
+    async with run_daemon(config, tmp_path) as daemon:
+        await logged(daemon, "staging ready")
+        seen = await results(daemon, "backend-health")
+        await until(lambda: _more(results(daemon, "backend-health"), seen), "a fresh result")
+        twin.set_fault(health="hang")
+        daemon.signal(signal.SIGSTOP)
+        try:
+            stopped = loop.time()
+            await until(lambda: loop.time() - stopped > limit + 0.5, "the results to age",
+                        within=limit + 5)
+        finally:
+            daemon.signal(signal.SIGCONT)
+        for name, critical in (("backend-health", True), ("docs", False)):
+            stale = await logged(daemon, f"target {name} is stale: no result for ")
+            assert stale["severity"] == "WARNING" and stale["state"] == "stale", stale
+            assert stale["critical"] is critical and stale["age"] > limit, stale
+            assert f"(stale after {limit:g}s = 2 x interval 1s + timeout 0.8s)" in stale["message"]
+            assert stale["detail"] in stale["message"]
+            ended = await logged(daemon, f"target {name} is failing: timeout")
+            assert ended["old"] == "stale" and ended["stale_for"] > limit, ended
+        after = await results(daemon, "backend-health")
+        await until(lambda: _more(results(daemon, "backend-health"), after + 1),
+                    "two more results", detail=daemon.log_text)
+        lines = [line["message"] for line in daemon.logs()]
+        for name in ("backend-health", "docs"):
+            assert sum(m.startswith(f"target {name} is stale") for m in lines) == 1, lines
+            assert sum(m.startswith(f"target {name} is failing") for m in lines) == 1, lines
+
+
+async def _more(value: Any, than: float) -> bool:
+    return bool(await value > than)
 
 
 class Terminal(io.StringIO):
@@ -104,3 +169,42 @@ async def test_a_failed_reload_says_why_in_message(twin: Twin, tmp_path: Path) -
         daemon.signal(signal.SIGHUP)
         line = await logged(daemon, "config reload failed: targets[0]")
     assert "timout" in line["message"] and line["message"].endswith("the running config stays")
+
+
+async def test_a_stale_timer_re_arms_on_newer_results_and_logs_once(
+        restore_logging: None) -> None:
+    """StateLog's timers on their own, fed by hand: a timer that finds a newer result re-arms
+    for its expiry instead of logging, a stale target is logged once however long it stays
+    stale, a result ends it ("is ready: a fresh result"), and close() leaves no timer."""
+    structlog.reset_defaults()  # a CLI run before this one may have left a WARNING filter
+    config = parse_config("targets:\n  - {name: t, url: 'http://127.0.0.1:1/', interval: 100ms,"
+                          " timeout: 50ms, success_threshold: 1}\n", env={})
+    limit = stale_after(config.targets[0])
+    readiness, states = Readiness(config), StateLog(clock=time.time)
+
+    def result() -> float:
+        outcome = Outcome(target="t", kind="http", success=True, duration=0.01)
+        at = time.time()
+        states.after(outcome, readiness.observe(outcome, at), readiness)
+        return at
+
+    def stale_lines() -> list[dict[str, Any]]:
+        return [e for e in logs if e.get("state") == "stale"]
+
+    with structlog.testing.capture_logs() as logs:
+        first = result()
+        await until(lambda: time.time() > first + limit / 2, "half the limit", every=0.01)
+        second = result()  # the timer armed for `first` finds this one and re-arms
+        [stale] = await until(stale_lines, "the stale line", every=0.01)
+        assert stale["log_level"] == "warning" and stale["target"] == "t"
+        # its age is the second result's: the first's expiry found that one and re-armed
+        assert stale["age"] >= round(limit, 1) and stale["detail"].startswith("no result for")
+        await until(lambda: time.time() > second + 3 * limit, "staleness to last", every=0.01)
+        fresh = result()
+        assert len(stale_lines()) == 1, logs
+        [ended] = [e for e in logs if e.get("old") == "stale"]
+        assert ended["event"].startswith("target t is ready: a fresh result, the first in ")
+        assert ended["stale_for"] == round(fresh - second, 1)
+        states.close()
+        await until(lambda: time.time() > fresh + 2 * limit, "past the limit", every=0.01)
+        assert len(stale_lines()) == 1, "a closed StateLog times nothing"

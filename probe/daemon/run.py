@@ -85,7 +85,9 @@ class Daemon:
             config=config, readiness=Readiness(config), metrics=self.metrics,
             history=self.history, gate_token=gate_token,
         )
-        self.states = StateLog()  # the log lines of state, cause and gate changes
+        # the log lines of state, cause, gate and staleness changes; its clock is the one
+        # _on_outcome gives readiness
+        self.states = StateLog(clock=time.time)
         self.scheduler = Scheduler(config, self.ctx, self._on_outcome, self.metrics.observe_lag,
                                    undecided=self.runtime.readiness.undecided)
         self.runtime.scheduler = self.scheduler
@@ -153,6 +155,7 @@ class Daemon:
             if pending is not None:
                 pending.cancel()
         await self.scheduler.stop()
+        self.states.close()  # no target goes stale for want of the probes just stopped
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
