@@ -124,6 +124,8 @@ LATENCY_TARGET = Family("probe_latency_target_seconds", "gauge",
                         "configured latency bound by measure and quantile (0.5|0.95|0.99)")
 TARGET_CRITICAL = Family("probe_target_critical", "gauge",
                          "1 if the target gates readiness (critical: true)")
+LAST_RESULT = Family("probe_target_last_result_timestamp_seconds", "gauge",
+                     "unix time of the target's last probe result")
 
 
 def render(
@@ -202,5 +204,6 @@ _GAUGES = tuple(
         (WS_CLOSE, "ws_close", count),
         (WS_UPGRADED, "ws_upgraded", num),
         (WS_REGEX, "ws_regex", num),
+        (LAST_RESULT, "last_result", num),
     )
 )

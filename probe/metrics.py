@@ -11,8 +11,8 @@ demo can run several daemons in one process) and are appended to the same exposi
 Label values are bounded: `target` is the target's name, the others come from closed sets
 (Failure, phase names, measures), never from an error message.
 
-Which series, and why (a probed HTTP target: 44 lines, was 70; WebSocket with messages: 49,
-was 90):
+Which series, and why (a probed plain HTTP target: 51 lines with probe_target_ready, was 70;
+WebSocket with messages: 50, was 90):
 - probe_failures_total is pre-initialised to 0 for each failure the target's KIND can report,
   so `rate()` and `increase()` see a 0 -> 1 step instead of a series appearing out of nowhere.
   An HTTP target never reports ws_*, a WebSocket one never http_status or version_mismatch, and
@@ -32,6 +32,10 @@ was 90):
   aggregates across replicas, which summary quantiles cannot.
 - The last-probe gauges (probe_success, probe_duration_seconds, status, phases) appear with a
   target's first result: before it, "absent" is honest where a 0 would claim a failure.
+- probe_target_last_result_timestamp_seconds (unix time of the last result) is what tells a
+  `stale` target (probe_target_ready 0 for want of results: probe.readiness) from a failing one
+  where only the metrics are seen: `probe gate --prometheus -c FILE` compares its age with the
+  file's 2 x interval + timeout.
 - Phases a probe did not reach are set to 0 (as blackbox_exporter does for an http:// URL's tls),
   so a failed probe never shows the previous probe's timings.
 - WebSocket targets also carry blackbox_exporter's WebSocket prober gauges,
@@ -42,6 +46,7 @@ was 90):
 
 from __future__ import annotations
 
+import time
 from bisect import bisect_left
 from collections.abc import Iterable
 
@@ -56,6 +61,7 @@ from probe.exposition import (
     HTTP_FACTS,
     HTTP_PHASE,
     HTTP_STATUS,
+    LAST_RESULT,
     LATENCY,
     LATENCY_TARGET,
     RESULTS,
@@ -140,8 +146,9 @@ class TargetSeries:
 
     __slots__ = (
         "bound_lines", "cert_expiry", "critical_line", "duration", "failures", "hists",
-        "http_facts", "http_lines", "http_status", "kind", "labels", "leaf_expiry", "measures",
-        "name", "p_cert_expiry", "p_duration", "p_http_status", "p_leaf_expiry", "p_phases",
+        "http_facts", "http_lines", "http_status", "kind", "labels", "last_result",
+        "leaf_expiry", "measures", "name", "p_cert_expiry", "p_duration", "p_http_status",
+        "p_last_result", "p_leaf_expiry", "p_phases",
         "p_ready", "p_success", "p_ws_close", "p_ws_regex", "p_ws_status", "p_ws_upgraded",
         "phase_names", "phases", "ready", "results", "success", "with_messages", "ws_close",
         "ws_regex", "ws_status", "ws_upgraded",
@@ -163,6 +170,7 @@ class TargetSeries:
         self.cert_expiry: float | None = None
         self.leaf_expiry: float | None = None
         self.ready: float | None = None
+        self.last_result = 0.0  # shown with the other last-probe gauges, from the first result
         # a flow has no phases of its own: its steps' times are latency measures
         self.phase_names = WS_PHASES if ws else () if self.kind == "flow" else HTTP_PHASES
         self.phases: list[float] = [0.0] * len(self.phase_names)
@@ -176,6 +184,7 @@ class TargetSeries:
         self.p_cert_expiry = prefix(SSL_EXPIRY.name, lbl)
         self.p_leaf_expiry = prefix(SSL_LEAF_EXPIRY.name, lbl)
         self.p_ready = prefix(TARGET_READY.name, lbl)
+        self.p_last_result = prefix(LAST_RESULT.name, lbl)
         # blackbox_exporter's HTTP series: no lines until an HTTP probe reports them
         self.http_facts: HttpFacts | None = None
         self.http_lines = NO_HTTP_LINES
@@ -214,6 +223,7 @@ class TargetSeries:
             self.hists = {m: h for m, h in self.hists.items() if m in self.measures}
 
     def record(self, outcome: Outcome) -> None:
+        self.last_result = time.time()  # the clock Readiness judges staleness by, at delivery
         self.duration = outcome.duration
         if self.kind == "http":
             self.http_status = outcome.status_code or 0

@@ -7,8 +7,10 @@ import asyncio
 import re
 import shutil
 import threading
+import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -93,6 +95,27 @@ def test_redundant_replicas_are_ready_only_if_every_fresh_one_is() -> None:
     assert v.ready, "one fresh replica left of two, and it says ready"
 
 
+def test_with_a_file_a_target_without_recent_results_is_stale_not_failing() -> None:
+    """probe_target_ready is 0 for both: the age of the newest result of the not-ready series
+    against the file's 2 x interval + timeout tells them apart, as the daemon would."""
+    expected = [Expected("a", "http", True, 25.0), Expected("b", "http", True, 25.0)]
+    o = Observed(targets={"a": [(0.0, "")], "b": [(0.0, "")]},
+                 causes={"b": ("timeout", 3.0)}, result_age={"a": 41.2, "b": 4.0})
+    v = verdict(o, expected)
+    a, b = v.targets
+    assert not v.ready and not a.ready and not b.ready
+    assert (a.state, a.failure, a.detail) == ("stale", None, "no result for 41s (stale after 25s)")
+    assert "stale: no result for 41s (stale after 25s)" in render_text(v)
+    assert (b.state, b.failure) == ("failing", "timeout"), "recent results: failing, as before"
+    # two replicas that say not ready, the newer result 30 s old: stale in both
+    o = Observed(targets={"a": [(0.0, "0/2"), (0.0, "1/2")]}, result_age={"a": 30.0})
+    assert verdict(o, expected[:1]).targets[0].detail == (
+        "no result for 30s in 2 of 2 replicas (stale after 25s)")
+    # without the file's limit (no -c, or an Expected without it) the gate cannot tell
+    o = Observed(targets={"a": [(0.0, "")]}, result_age={"a": 41.2})
+    assert verdict(o, [Expected("a", "http", True)]).targets[0].state == "failing"
+
+
 def test_queries_scope_every_metric_and_keep_only_fresh_samples() -> None:
     q = queries('{job="stageprobe"}', 30)
     for promql in q.values():
@@ -132,6 +155,7 @@ class Replica:
         self.thread.start()
         self.address = f"127.0.0.1:{self.server.server_address[1]}"
         self.state: dict[str, float] | None = None  # None: no probe_* series at all
+        self.last_result: dict[str, float] = {}  # target -> unix time of its last result
 
     def render(self) -> str:
         if self.state is None:
@@ -142,6 +166,9 @@ class Replica:
                  "# TYPE probe_target_ready gauge"]
         lines += [f'probe_target_ready{{target="{k}"}} {v}' for k, v in self.state.items()
                   if k != "gate"]
+        lines += ["# TYPE probe_target_last_result_timestamp_seconds gauge"]
+        lines += [f'probe_target_last_result_timestamp_seconds{{target="{k}"}} {v}'
+                  for k, v in self.last_result.items()]
         lines += ["# TYPE probe_target_critical gauge",
                   'probe_target_critical{target="backend-health"} 1']
         lines += ["# TYPE probe_failures_total counter",
@@ -233,6 +260,38 @@ async def test_prometheus_one_replica_failing_names_the_cause(
     replicas[1].failing = False
     assert await gate == 0
     assert "READY" in capsys.readouterr().out
+
+
+async def test_prometheus_names_a_stale_target_stale(
+        prom: tuple[Prometheus, list[Replica]], capsys: pytest.CaptureFixture[str],
+        tmp_path: Path) -> None:
+    """Both replicas say backend-health is not ready; its newest result is 60 s old against the
+    file's 2 x 10s + 5s, so it is stale; docs' result is a second old, so it is failing."""
+    p, replicas = prom
+    config = tmp_path / "probe.yaml"
+    config.write_text("defaults: {interval: 10s, timeout: 5s}\ntargets:\n"
+                      "  - {name: backend-health, url: 'http://127.0.0.1:1/health'}\n"
+                      "  - {name: docs, url: 'http://127.0.0.1:1/docs'}\n")
+    try:
+        for r in replicas:
+            r.failing = False
+            r.state = {"gate": 0, "backend-health": 0, "docs": 0}
+            r.last_result = {"backend-health": time.time() - 60, "docs": time.time() - 1}
+
+        async def scraped() -> bool:
+            return len(await p.values("probe_target_last_result_timestamp_seconds")) == 4
+
+        await until(scraped, "both replicas' last-result series", within=30, every=0.1)
+        assert await run("gate", "--prometheus", p.url, "-c", str(config)) == 1
+        out = capsys.readouterr().out
+        health = [x for x in out.splitlines() if x.startswith("FAIL backend-health")]
+        assert health and re.search(
+            r"stale: no result for \d+s in 2 of 2 replicas \(stale after 25s\)", health[0]), out
+        docs = [x for x in out.splitlines() if x.startswith("FAIL docs")]
+        assert docs and "not ready in 2 of 2 replicas" in docs[0] and "stale" not in docs[0], out
+    finally:
+        for r in replicas:
+            r.last_result = {}
 
 
 async def test_prometheus_unreachable(capsys: pytest.CaptureFixture[str]) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import shutil
+import time
 from pathlib import Path
 from typing import Any
 
@@ -53,9 +54,13 @@ async def probe_once(metrics: Metrics, target: Target, ctx: CheckContext | None 
 async def test_success_values(twin: Twin) -> None:
     m = Metrics()
     target = http_target(f"{twin.url}/health", version_path="version")
+    before = time.time()
+    assert value(samples(m), "probe_target_last_result_timestamp_seconds", target="t") is None
     outcome = await probe_once(m, target)
     assert outcome.success, outcome
     s = samples(m)
+    last = value(s, "probe_target_last_result_timestamp_seconds", target="t")
+    assert last is not None and before <= last <= time.time()
     assert value(s, "probe_success", target="t") == 1
     assert value(s, "probe_http_status_code", target="t") == 200
     assert 0 < value(s, "probe_duration_seconds", target="t") < 1  # type: ignore[operator]
@@ -72,10 +77,10 @@ async def test_success_values(twin: Twin) -> None:
     assert outcome.latency.get("ttfb") is not None  # measured, but no latency target judges it
     assert value(s, "probe_latency_seconds_count", target="t", measure="ttfb") is None
     # the series budget of a probed plain-http target (docs/performance.md counts on it):
-    # 3 last-probe gauges, 6 of blackbox_exporter's probe_http_* / probe_failed_due_to_regex
-    # (no probe_tls_version_info on plain http), 5 phases, 20 histogram lines, 2 results,
-    # 12 failures, critical
-    assert len(of_target(s, "t")) == 49, sorted(map(str, of_target(s, "t")))
+    # 4 last-probe gauges (the last result's time one of them), 6 of blackbox_exporter's
+    # probe_http_* / probe_failed_due_to_regex (no probe_tls_version_info on plain http),
+    # 5 phases, 20 histogram lines, 2 results, 12 failures, critical
+    assert len(of_target(s, "t")) == 50, sorted(map(str, of_target(s, "t")))
     assert value(s, "probe_build_info", version=__version__) == 1
     assert value(s, "probe_ssl_earliest_cert_expiry", target="t") is None  # plain http
     assert not any(name.startswith("probe_websocket") for name, _ in s)

@@ -28,8 +28,15 @@ What it trusts, and why:
 The cause of a not-ready target is its most frequent failure class over the last 5 minutes
 (`increase(probe_failures_total[5m])`). Which targets are critical comes from the file, else
 from `probe_target_critical` (critical if so in any replica); without either, a target that is
-not ready while every replica's gate is ready must be non-critical. Metrics carry only ready or
-not, so a target that is not ready shows as `failing`.
+not ready while every replica's gate is ready must be non-critical.
+
+probe_target_ready is 0 alike for a failing target and a `stale` one (no result for 2 x interval
++ timeout: the daemon's probes do not come back, a starved or overloaded prober). With `-c`, the
+file gives each target's interval and timeout, so a not-ready target whose newest result
+(`probe_target_last_result_timestamp_seconds`, among its replicas that say not ready) is older
+than that is `stale` (`stale: no result for 41s (stale after 25s)`), as the daemon itself
+would say; otherwise it shows as `failing`. Without `-c` the limit is unknown, and every
+not-ready target shows as `failing`.
 """
 
 from __future__ import annotations
@@ -50,7 +57,7 @@ import aiohttp
 from probe.cli import EXIT_USAGE
 from probe.config import Config, ConfigError, load_config
 from probe.gate import Fetch, classify, conclude, get, query_url, synthetic
-from probe.readiness import TargetVerdict, Verdict
+from probe.readiness import State, TargetVerdict, Verdict, stale_after
 from probe.report import public_url
 from probe.shard import owners
 
@@ -77,6 +84,7 @@ class Expected:
     name: str
     kind: str
     critical: bool
+    stale_after: float | None = None  # seconds: 2 x interval + timeout (readiness.stale_after)
 
 
 @dataclass
@@ -90,6 +98,8 @@ class Observed:
     critical: dict[str, bool] = field(default_factory=dict)
     shards: set[tuple[int, int, int]] = field(default_factory=set)  # (index, count, replicas)
     last_seen: dict[str, float] = field(default_factory=dict)  # target -> seconds since newest
+    # target -> seconds since the newest result among its fresh series that say not ready
+    result_age: dict[str, float] = field(default_factory=dict)
 
 
 def ago(seconds: float) -> str:
@@ -111,8 +121,8 @@ def _fleet(shards: set[tuple[int, int, int]]) -> tuple[int, int] | None:
 
 
 def _not_ready(name: str, kind: str, critical: bool, failure: str | None,
-               detail: str) -> TargetVerdict:
-    return TargetVerdict(name=name, kind=kind, critical=critical, ready=False, state="failing",
+               detail: str, state: State = "failing") -> TargetVerdict:
+    return TargetVerdict(name=name, kind=kind, critical=critical, ready=False, state=state,
                          failure=failure, detail=detail, status_code=None, close_code=None,
                          version=None, latency_ms={})
 
@@ -129,13 +139,19 @@ def _no_data(name: str, obs: Observed, fleet: tuple[int, int] | None) -> str:
 
 
 def _judge(name: str, kind: str, critical: bool, values: list[tuple[float, str]],
-           obs: Observed) -> TargetVerdict:
+           obs: Observed, limit: float | None = None) -> TargetVerdict:
+    """`limit`: the target's stale_after, when the file gives it."""
     down = [shard for v, shard in values if not v >= 1]
     if not down:
         return TargetVerdict(name=name, kind=kind, critical=critical, ready=True, state="ready",
                              failure=None, detail="", status_code=None, close_code=None,
                              version=None, latency_ms={})
     n = len(values)
+    age = obs.result_age.get(name)
+    if limit is not None and age is not None and age > limit:
+        where = f" in {len(down)} of {n} replicas" if n > 1 else ""
+        return _not_ready(name, kind, critical, None,
+                          f"no result for {ago(age)}{where} (stale after {limit:g}s)", "stale")
     detail = f"not ready in {len(down)} of {n} replica{'s' if n > 1 else ''}"
     if any(down):
         detail += f" (shard {', '.join(sorted(s for s in down if s))})"
@@ -150,7 +166,7 @@ def verdict(obs: Observed, expected: list[Expected] | None = None) -> Verdict:
     """Readiness of the fleet from what Prometheus answered (pure, so it is easy to test)."""
     fleet = _fleet(obs.shards)
     if expected is not None:
-        out = [_judge(e.name, e.kind, e.critical, obs.targets[e.name], obs)
+        out = [_judge(e.name, e.kind, e.critical, obs.targets[e.name], obs, e.stale_after)
                if obs.targets.get(e.name) else
                _not_ready(e.name, e.kind, e.critical, None, _no_data(e.name, obs, fleet))
                for e in expected]
@@ -227,6 +243,7 @@ def queries(selector: str, max_age: float) -> dict[str, str]:
         return f"{m} and (time() - timestamp({m})) < {max_age:g}"
 
     step = max(1, min(15, int(max_age // 4)))
+    ready = f"probe_target_ready{selector}"
     return {
         "gates": fresh("probe_gate_ready"),
         "ready": fresh("probe_target_ready"),
@@ -236,6 +253,10 @@ def queries(selector: str, max_age: float) -> dict[str, str]:
                    f"[{FAILURE_WINDOW}])) > 0"),
         "last_seen": (f"time() - max by (target) (max_over_time(timestamp("
                       f"probe_target_ready{selector})[{LAST_SEEN_WINDOW}s:{step}s]))"),
+        # joined on every label (the replica's), so each age is that of a not-ready series
+        "result_age": (f"min by (target) ((time() - probe_target_last_result_timestamp_seconds"
+                       f"{selector}) and ({ready} == 0) and (time() - timestamp({ready})) < "
+                       f"{max_age:g})"),
     }
 
 
@@ -253,7 +274,8 @@ def prometheus_fetcher(url: str, token: str | None, selector: str = "",
         async def q(name: str) -> list[dict[str, Any]]:
             return await _query(session, api, headers, budget, promql[name])
 
-        names = ["shards", "ready", "causes"] + ([] if expected else ["gates", "critical"])
+        names = ["shards", "ready", "causes"] + (["result_age"] if expected else
+                                                  ["gates", "critical"])
         answers = dict(zip(names, await asyncio.gather(*(q(n) for n in names)), strict=True))
         obs = Observed()
         shard_of: dict[frozenset[tuple[str, Any]], str] = {}
@@ -278,6 +300,10 @@ def prometheus_fetcher(url: str, token: str | None, selector: str = "",
             if isinstance(name, str) and isinstance(failure, str) and count > obs.causes.get(
                     name, ("", 0.0))[1]:
                 obs.causes[name] = (failure, count)
+        for s in answers.get("result_age", []):
+            name = (s.get("metric") or {}).get("target")
+            if isinstance(name, str):
+                obs.result_age[name] = _value(s)
         obs.gates = [_value(s) for s in answers.get("gates", [])]
         for s in answers.get("critical", []):
             name = (s.get("metric") or {}).get("target")
@@ -313,7 +339,7 @@ def expected_targets(path: Path) -> list[Expected]:
         if not unset or len(unset) != len(err.errors):
             raise
         config = load_config(path, {**os.environ, **dict.fromkeys(unset, STAND_IN)})
-    return [Expected(t.name, t.kind, t.critical) for t in config.targets]
+    return [Expected(t.name, t.kind, t.critical, stale_after(t)) for t in config.targets]
 
 
 def main(args: argparse.Namespace) -> int:
