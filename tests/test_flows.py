@@ -42,14 +42,21 @@ class Backend:
         app.router.add_post("/api/threads", self.create)
         app.router.add_get("/ws", self.ws)
         app.router.add_get("/version", self.version)
+        app.router.add_get("/api/threads/{id}", self.read)
+        self.read_id: str | None = None  # what GET /api/threads/ID answers as its id, else ID
 
     async def create(self, request: web.Request) -> web.Response:
         self.created.append(await request.json())
         self.auth.append(request.headers.get("Authorization"))
         if self.create_status != 201:
             return web.Response(status=self.create_status, text="thread store down")
-        return web.json_response({"id": self.thread_id, "n": 7}, status=201,
+        return web.json_response({"id": self.thread_id, "n": 7, "title": "probe+1"}, status=201,
                                  headers={"X-Thread-Id": self.thread_id})
+
+    async def read(self, request: web.Request) -> web.Response:
+        tid = self.read_id or request.match_info["id"]
+        return web.json_response({"id": tid, "n": 7, "title": "probe+1"},
+                                 headers={"X-Thread-Id": tid})
 
     async def version(self, _: web.Request) -> web.Response:
         return web.json_response({"version": "abc1234"})
@@ -253,6 +260,66 @@ def test_an_unknown_placeholder_is_rejected_by_validate_with_its_place(
     err = capsys.readouterr().err
     assert ("targets[3].steps[1].url: {{thread_id}} is not extracted by an earlier step"
             in unnamed([err])[0]), err
+
+
+def read_back(base: str) -> dict[str, Any]:
+    """A flow that creates a thread and reads it back, expecting its own id in the answer."""
+    target = flow(base)
+    target["steps"][1] = {
+        "name": "read-thread", "url": f"{base}/api/threads/{{{{thread_id}}}}",
+        "expect": {"json": {"id": "{{thread_id}}", "n": "{{n}}"},
+                   "body_regex": '"id": "{{thread_id}}"',
+                   "headers": {"X-Thread-Id": "{{header_id}}"}}}
+    return target
+
+
+async def test_extracted_values_fill_an_http_steps_expectations() -> None:
+    async with backend() as (b, base):
+        ok = await run(read_back(base))
+        b.read_id = str(uuid.uuid4())  # the read answers another thread than the one made
+        wrong = await run(read_back(base))
+    assert ok.success, ok.detail
+    assert not wrong.success and wrong.failure is not None
+    assert wrong.failure.value == "assertion", wrong.detail
+    assert wrong.detail.startswith("step read-thread: "), wrong.detail
+    assert b.thread_id not in wrong.detail and b.thread_id[9:13] not in wrong.detail  # masked
+
+
+async def test_an_extracted_value_is_matched_literally_in_a_regex() -> None:
+    """The title `probe+1` has regex syntax in it: unescaped, `probe+1` would not match the
+    text `probe+1` (it matches `probeee1`)."""
+    async with backend() as (_b, base):
+        target = flow(base)
+        target["steps"][0]["extract"]["title"] = "json.title"
+        target["steps"][1] = {"name": "read-thread",
+                              "url": f"{base}/api/threads/{{{{thread_id}}}}",
+                              "expect": {"body_regex": '"title": "{{title}}"'}}
+        out = await run(target)
+    assert out.success, out.detail
+
+
+async def test_an_extracted_value_fills_a_messages_regex() -> None:
+    async with backend() as (_b, base):
+        target = flow(base)
+        target["steps"][1]["messages"][0]["until"] = {"regex": '"thread": "{{thread_id}}"'}
+        ok = await run(target)
+        target["steps"][1]["messages"][0]["until"] = {"regex": '"thread": "{{n}}"'}
+        target["steps"][1]["messages"][0]["timeout"] = "300ms"
+        missed = await run(target)
+    assert ok.success, ok.detail
+    assert missed.failure is not None and missed.failure.value == "ws_no_reply", missed.detail
+
+
+def test_an_unknown_placeholder_in_an_expectation_is_rejected_by_validate(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    target = read_back("http://127.0.0.1:9")
+    target["steps"][1]["expect"]["json"]["title"] = "{{nowhere}}"
+    f = tmp_path / "flow.yaml"
+    f.write_text(json.dumps({"targets": [target]}))
+    assert main(["validate", "-c", str(f)]) == 2
+    err = capsys.readouterr().err
+    assert ("targets[0].steps[1].expect.json.title: {{nowhere}} is not extracted by an earlier"
+            " step" in unnamed([err])[0]), err
 
 
 def test_a_reload_restarts_a_flow_whose_steps_credential_changed() -> None:

@@ -32,7 +32,7 @@ from probe.checks import CheckContext, checker_for, scrub
 from probe.checks._http_expect import MISSING, resolve
 from probe.config import MEASURES, FlowStep, Match, Step, Target
 from probe.config.base import fmt
-from probe.config.steps import fill, fill_url, has_placeholder, text
+from probe.config.steps import fill, fill_regex, fill_url, has_placeholder, text
 from probe.outcome import Failure, Outcome
 from probe.redact import KNOWN, NONE, Secrets
 
@@ -125,6 +125,12 @@ def _filled(step: FlowStep, values: dict[str, Any], left: float) -> FlowStep:
             update["json_body"] = fill(step.json_body, values)
         if has_placeholder(step.body):
             update["body"] = text(fill(step.body, values))
+        expect = step.expect
+        if has_placeholder([expect.json_, expect.body_regex, expect.headers]):
+            update["expect"] = expect.model_copy(update={
+                "json_": fill(expect.json_, values),
+                "body_regex": expect.body_regex and fill_regex(expect.body_regex, values),
+                "headers": {k: fill_regex(v, values) for k, v in expect.headers.items()}})
         if any(map(_message_has_placeholder, step.messages)):
             update["messages"] = [_message(m, values) for m in step.messages]
     return step.model_copy(update=update) if update else step
@@ -132,7 +138,7 @@ def _filled(step: FlowStep, values: dict[str, Any], left: float) -> FlowStep:
 
 def _message_has_placeholder(m: Step) -> bool:
     return has_placeholder(m.send) or any(
-        w is not None and has_placeholder(w.json_) for w in (m.expect, m.until))
+        w is not None and has_placeholder([w.json_, w.regex]) for w in (m.expect, m.until))
 
 
 def _message(m: Step, values: dict[str, Any]) -> Step:
@@ -141,7 +147,8 @@ def _message(m: Step, values: dict[str, Any]) -> Step:
         send = text(fill(send, values)) if isinstance(send, str) else fill(send, values)
 
     def match(w: Match | None) -> Match | None:
-        return None if w is None else w.model_copy(update={"json_": fill(w.json_, values)})
+        return None if w is None else w.model_copy(update={
+            "json_": fill(w.json_, values), "regex": w.regex and fill_regex(w.regex, values)})
 
     return m.model_copy(update={"send": send, "expect": match(m.expect),
                                 "until": match(m.until)})

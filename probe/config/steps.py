@@ -31,6 +31,7 @@ class _Steppable(Protocol):
     json_body: Any
     body: str | None
     messages: list[Any]
+    expect: Any
 
 
 def check_extract(extract: dict[str, str]) -> dict[str, str]:
@@ -113,12 +114,17 @@ def step_placeholders(step: _Steppable) -> Iterator[tuple[str, str]]:
         yield from _found(f"headers.{key}", value)
     yield from _found("json_body", step.json_body)
     yield from _found("body", step.body)
+    expect = step.expect
+    yield from _found("expect.json", expect.json_)
+    yield from _found("expect.body_regex", expect.body_regex)
+    yield from _found("expect.headers", expect.headers)
     for j, m in enumerate(step.messages):
         yield from _found(f"messages[{j}].send", m.send)
         for wait in ("expect", "until"):
             match = getattr(m, wait)
             if match is not None:
                 yield from _found(f"messages[{j}].{wait}.json", match.json_)
+                yield from _found(f"messages[{j}].{wait}.regex", match.regex)
 
 
 def _found(where: str, node: Any) -> Iterator[tuple[str, str]]:
@@ -157,6 +163,18 @@ def fill_url(url: str, values: Mapping[str, Any]) -> str:
     """A URL with its placeholders filled, each value percent-encoded (an id with a `/` or
     `&` in it stays one path segment or query value)."""
     return PLACEHOLDER.sub(lambda m: quote(text(values[m.group(1)]), safe=URL_SAFE), url)
+
+
+def fill_regex(pattern: str, values: Mapping[str, Any]) -> str:
+    """A regex with its placeholders filled by the values' text, escaped: an id is matched as
+    written (a `.` or `+` in it matches only itself). Only what is special outside a character
+    class is escaped (re.escape also escapes `-`, which would split a UUID in a detail into
+    fragments the secret masking no longer recognises)."""
+    return PLACEHOLDER.sub(lambda m: _SPECIAL.sub(r"\\\g<0>", text(values[m.group(1)])),
+                           pattern)
+
+
+_SPECIAL = re.compile(r"[.^$*+?{}\[\]\\|()]")
 
 
 def text(value: Any) -> str:
