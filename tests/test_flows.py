@@ -44,6 +44,7 @@ class Backend:
         app.router.add_get("/version", self.version)
         app.router.add_get("/api/threads/{id}", self.read)
         self.read_id: str | None = None  # what GET /api/threads/ID answers as its id, else ID
+        self.read_sessions: list[str | None] = []  # the X-Session header of each read
 
     async def create(self, request: web.Request) -> web.Response:
         self.created.append(await request.json())
@@ -54,6 +55,7 @@ class Backend:
                                  headers={"X-Thread-Id": self.thread_id})
 
     async def read(self, request: web.Request) -> web.Response:
+        self.read_sessions.append(request.headers.get("X-Session"))
         tid = self.read_id or request.match_info["id"]
         return web.json_response({"id": tid, "n": 7, "title": "probe+1"},
                                  headers={"X-Thread-Id": tid})
@@ -63,6 +65,7 @@ class Backend:
 
     async def ws(self, request: web.Request) -> web.WebSocketResponse:
         ws = web.WebSocketResponse()
+        ws.headers["X-Session"] = f"session-{self.thread_id}"
         await ws.prepare(request)
         self.auth.append(request.headers.get("Authorization"))
         self.ws_queries.append(request.query.get("thread"))
@@ -308,6 +311,28 @@ async def test_an_extracted_value_fills_a_messages_regex() -> None:
         missed = await run(target)
     assert ok.success, ok.detail
     assert missed.failure is not None and missed.failure.value == "ws_no_reply", missed.detail
+
+
+async def test_a_websocket_step_extracts_from_its_matched_message_and_upgrade() -> None:
+    async with backend() as (b, base):
+        target = flow(base)
+        target["steps"][1]["extract"] = {"reply": "json.thread", "session": "header:X-Session"}
+        target["steps"].append({
+            "name": "read-thread", "url": f"{base}/api/threads/{{{{reply}}}}",
+            "headers": {"X-Session": "{{session}}"},
+            "expect": {"headers": {"X-Thread-Id": "{{thread_id}}"}}})
+        ok = await run(target)
+        target["steps"][1]["extract"] = {"reply": "json.nowhere"}
+        target["steps"][2]["headers"] = {}
+        missing = await run(target)
+        target["steps"][1]["messages"][0] = {"send": {"type": "hi"}}  # nothing awaited: no match
+        target["steps"][1]["extract"] = {"reply": "json.thread"}
+        unmatched = await run(target)
+    assert ok.success, ok.detail
+    assert b.read_sessions == [f"session-{b.thread_id}"]  # from the 101's header, via {{session}}
+    assert missing.detail == "step chat: extract reply: json.nowhere not found in the answer"
+    assert unmatched.detail.startswith("step chat: extract reply: no message of the session"), (
+        unmatched.detail)
 
 
 def test_an_unknown_placeholder_in_an_expectation_is_rejected_by_validate(

@@ -94,6 +94,7 @@ class Session:
     received: int = 0
     rtts: list[float] = field(default_factory=list)
     named: dict[str, float] = field(default_factory=dict)  # each named step's time: a measure
+    matched: str | bytes | None = None  # the last message a step's expect/until matched
     steps_time: float = 0.0
     close_code: int | None = None
     ws: BoundedConnection | None = None  # once the upgrade succeeded

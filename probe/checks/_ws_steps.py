@@ -132,6 +132,7 @@ async def _exchange(
             s.received += 1
             why = mismatch(wait, message)
             if why is None:
+                s.matched = message  # a flow step's `extract` reads it
                 break
             if step.expect is not None:
                 raise Fail(Failure.ASSERTION, f"step {label(target, i)}: {why}", status=101)

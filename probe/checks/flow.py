@@ -14,7 +14,8 @@ hold rules of a session, secret scrubbing) applies to a step exactly as to a tar
   name (its check's `total`), both without the linger a WebSocket session has after its steps
   (see _ws_steps: the probe's wait, not the server's); a named WebSocket step inside a step is
   a measure under its own name.
-- `extract` reads a successful HTTP answer (`json.PATH` from the JSON body, `header:NAME`);
+- `extract` reads a successful HTTP answer (`json.PATH` from the JSON body, `header:NAME`), or
+  a WebSocket session (the last message a step matched as the body, the 101's headers);
   extracted values are secrets for the rest of the probe: every later detail is masked with
   them (probe.redact, so an id echoed in a body or clipped in a reason is masked too), and the
   log processor knows them while the probe runs. Values shorter than redact.MIN_SECRET
@@ -170,6 +171,8 @@ def _extract(step: FlowStep, run: _Probe) -> dict[str, Any] | str:
         if doc is MISSING:
             if not run.answered:
                 return f"extract {name}: no answer was read"
+            if not run.body and step.kind == "websocket":
+                return f"extract {name}: no message of the session matched a step ({where})"
             try:
                 doc = json.loads(run.body)
             except (ValueError, RecursionError):

@@ -49,6 +49,7 @@ from websockets.typing import Origin, Subprotocol
 from websockets.uri import parse_uri
 
 from probe.checks import (
+    Answer,
     CheckContext,
     Fail,
     PerObject,
@@ -305,6 +306,8 @@ async def check(target: Target, ctx: CheckContext) -> Outcome:
     if rtts:
         latency["rtt"] = rtts[0] if len(rtts) == 1 else statistics.median(rtts)
     closes = [s.close_code for s in sessions if s.close_code is not None]
+    if ctx.answer is not None:  # a flow step's `extract`: the upgrade's headers, the last match
+        _answer(ctx.answer, sessions[0])
     return Outcome(
         target=target.name,
         kind="websocket",
@@ -328,3 +331,16 @@ def _phases(phases: dict[str, float], sessions: list[Session]) -> None:
     ):
         if values:
             phases[name] = max(values)
+
+
+def _answer(answer: Answer, s: Session) -> None:
+    """Hand a flow step's extract what a session answered: the 101's header lines, and as the
+    body the last message a step matched (none matched: no body, so `json.` paths say so)."""
+    response = getattr(s.ws, "response", None)
+    headers = [(k.encode("latin-1", "replace"), v.encode("latin-1", "replace"))
+               for k, v in response.headers.raw_items()] if response is not None else []
+    message = s.matched
+    if message is None:
+        answer(headers, b"")
+        return
+    answer(headers, message.encode() if isinstance(message, str) else message)

@@ -315,8 +315,8 @@ class FlowStep(Target):
 
     @model_validator(mode="after")
     def _extract_http(self) -> FlowStep:
-        if self.extract and self.kind != "http":
-            raise ValueError("extract is for http(s) steps: values come from an HTTP answer")
+        if self.extract and self.kind not in ("http", "websocket"):
+            raise ValueError("extract is for http(s) and ws(s) steps: values come from an answer")
         return self
 
     @property
