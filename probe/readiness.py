@@ -58,9 +58,9 @@ __all__ = ["STATES", "Readiness", "State", "TargetVerdict", "Transition", "Verdi
 
 
 def stale_after(target: Target) -> float:
-    """Seconds after its last result at which a target's evidence is too old to count: two
-    missed results plus the time a probe may take."""
-    return 2 * target.interval + target.timeout
+    """Seconds after its last result at which a target's evidence is too old to count
+    (Target.stale_after: two missed results plus the time a probe may take)."""
+    return target.stale_after
 
 
 @dataclass

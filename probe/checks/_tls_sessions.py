@@ -9,7 +9,7 @@ real client meets. Each probe keeps a fresh TCP connection (see probe.checks.htt
 Why bounded: on a resumed handshake the server sends no certificate, so a chain that broke
 since (expired, replaced by one for another name, signed by another CA, while the server or its
 load balancer still accepts the old ticket) would go unseen. So a target resumes only a session
-whose chain was verified by a full handshake less than `stale_after(target)` ago (two missed
+whose chain was verified by a full handshake less than `target.stale_after` ago (two missed
 results plus the time a probe may take: the same age past which a probe's result no longer
 counts for readiness), and only after a probe that succeeded; a failed probe, a reloaded target,
 an expired memory or a server that declines the ticket make the next handshake a full one. The
@@ -34,7 +34,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from probe.config import Target
-from probe.readiness import stale_after
 
 # id(server_hostname string) -> (that string, the session to offer); see the module docstring
 _OFFERS: dict[int, tuple[str, ssl.SSLSession]] = {}
@@ -148,7 +147,7 @@ class TlsSessions:
         memory = self._known.get(key)
         if memory is not None:
             if (memory.target is not target or memory.ctx is not ctx
-                    or self._clock() - memory.verified_at >= stale_after(target)):
+                    or self._clock() - memory.verified_at >= target.stale_after):
                 del self._known[key]
                 memory = None
         return Handshake(key, ctx, self._clock, memory)

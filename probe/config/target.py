@@ -176,6 +176,13 @@ class Target(TargetDefaults):
         return {**data, "steps": steps}
 
     @property
+    def stale_after(self) -> float:
+        """Seconds after its last result at which a target's evidence is too old to count: two
+        missed results plus the time a probe may take (readiness's `stale`; also how long a
+        verified TLS session may be resumed, probe.checks._tls_sessions)."""
+        return 2 * self.interval + self.timeout
+
+    @property
     def latencies(self) -> tuple[LatencyTarget, ...]:
         """Every latency block of the target, in the file's order."""
         lat = self.latency
