@@ -4,7 +4,8 @@ Why resume at all: a full handshake is most of an HTTPS probe's CPU (the ECDHE k
 the chain's signatures, OpenSSL's bookkeeping), on the prober and on the staging server alike;
 a resumed one (TLS 1.3 PSK with (EC)DHE, or a TLS 1.2 session) skips the certificate and its
 verification. Browsers and most HTTP clients resume too, so a resumed probe still meets what a
-real client meets. Each probe keeps a fresh TCP connection (see probe.checks.http).
+real client meets. Each probe keeps a fresh TCP connection (see probe.checks.http). Used by
+the HTTP/1.1 check (every hop) and the WebSocket check (every session of a wss target).
 
 Why bounded: on a resumed handshake the server sends no certificate, so a chain that broke
 since (expired, replaced by one for another name, signed by another CA, while the server or its

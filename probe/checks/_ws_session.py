@@ -36,6 +36,7 @@ from websockets.typing import Origin, Subprotocol
 from websockets.uri import WebSocketURI
 
 from probe.checks import USER_AGENT, Fail, by_protocol, clip, host_port, tls_context
+from probe.checks._tls_sessions import Handshake, TlsSessions
 from probe.checks._trace import HEADER, traceparent
 from probe.checks._ws_conn import BoundedConnection, BoundedProtocol
 from probe.config import Target
@@ -99,6 +100,8 @@ class Session:
     close_code: int | None = None
     ws: BoundedConnection | None = None  # once the upgrade succeeded
     trace_id: str | None = None  # the probe's trace: a traceparent on the upgrade (_trace)
+    tls_sessions: TlsSessions | None = None  # the daemon's TLS session memory (wss)
+    tls: Handshake | None = None  # this session's TLS handshake, once started
 
 
 # --- opening ---------------------------------------------------------------------------------
@@ -179,11 +182,20 @@ async def open_session(
     try:
         if context is not None:
             s.stage = "tls"
-            tls = await asyncio.get_running_loop().start_tls(
-                transport, conn, context,  # type: ignore[arg-type]
-                server_hostname=target.tls_server_name or plan.host,
-            )
+            name = target.tls_server_name or plan.host
+            hs = s.tls = (s.tls_sessions.handshake(target, plan.host, plan.port, context)
+                          if s.tls_sessions is not None else None)
+            try:
+                tls = await asyncio.get_running_loop().start_tls(
+                    transport, conn, context,  # type: ignore[arg-type]
+                    server_hostname=hs.server_hostname(name) if hs is not None else name,
+                )
+            finally:
+                if hs is not None:
+                    hs.withdraw()
             assert tls is not None
+            if hs is not None:
+                hs.done(tls.get_extra_info("ssl_object"))
             transport = tls
             conn.connection_made(tls)
         s.stage = "upgrade"

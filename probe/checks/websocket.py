@@ -261,12 +261,15 @@ async def check(target: Target, ctx: CheckContext) -> Outcome:
     start = time.perf_counter()
     deadline = loop.time() + target.timeout
     trace_id = None if configured(target.headers) else new_trace_id()  # one for all sessions
-    sessions = [Session(i, trace_id=trace_id) for i in range(1, target.connections + 1)]
+    sessions = [Session(i, trace_id=trace_id, tls_sessions=ctx.tls_sessions)
+                for i in range(1, target.connections + 1)]
     phases: dict[str, float] = {}
     secrets = [target_secrets(target, ctx.credentials)]
     placed: list[Attached] = []
+    ok = False
     try:
         await _probe(target, ctx, sessions, phases, secrets, deadline, placed)
+        ok = True
     except Fail as fail:
         if fail.failure is Failure.WS_AUTH and placed:  # a fetched token is obtained anew
             ctx.credentials.invalidate(target.credential, placed[0].token)
@@ -295,6 +298,10 @@ async def check(target: Target, ctx: CheckContext) -> Outcome:
             trace_id=trace_id,
             started_at=started_at,
         )
+    finally:  # wss: keep each session's TLS session for the next probe, or forget it
+        handshakes = [s.tls for s in sessions if s.tls is not None]
+        if handshakes:
+            ctx.tls_sessions.settle(target, handshakes, ok)
     duration = time.perf_counter() - start
     _phases(phases, sessions)
     latency = {"total": duration - max(s.lingered for s in sessions),
