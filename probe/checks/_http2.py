@@ -1,12 +1,13 @@
 """HTTP/2 for the HTTP check (`http_version: "2"`): over TLS with ALPN h2, or h2c with prior
 knowledge on http:// (Cloud Run's end-to-end HTTP/2), with the `h2` sans-I/O library.
 
-Why a parser stand-in rather than a second exchange: the Wire (its bounds, its body limit and
-decoder, redirects, cookies, the facts blackbox's series read) stays the one path; H2Parser
-takes httptools' place inside it, turns the HTTP/1.1 request bytes the Plan built into one
-HTTP/2 stream, and replays the response as llhttp's callbacks (message begin, headers, headers
-complete, body, message complete). Whatever h2 must answer (SETTINGS ack, WINDOW_UPDATE for the
-body it read) is written back at once. A reset stream or a GOAWAY before the end is
+Why a parser stand-in rather than a second exchange: the ResponseReader (its bounds, its body
+limit and decoder, redirects, cookies, the facts blackbox's series read) stays the one path;
+H2Parser takes httptools' place inside it (`over_h2`), turns the HTTP/1.1 request bytes the Plan
+built into one HTTP/2 stream, and replays the response as llhttp's callbacks (message begin,
+headers, headers complete, body, message complete). Sans-I/O like the reader: whatever h2 must
+answer (SETTINGS ack, WINDOW_UPDATE for the body it read) waits in `data_to_send`, which the
+Wire writes back as soon as each feed returns. A reset stream or a GOAWAY before the end is
 `disconnected`, invalid framing `protocol`.
 """
 
@@ -28,6 +29,7 @@ from probe.config import Target
 from probe.outcome import Failure
 
 if TYPE_CHECKING:
+    from probe.checks._http_response import ResponseReader
     from probe.checks._http_wire import Wire
 
 STREAM = 1
@@ -63,12 +65,12 @@ def negotiated(wire: Wire) -> None:
 
 class H2Parser:
     """httptools' HttpResponseParser interface (feed_data, get_status_code, get_http_version)
-    over one HTTP/2 client stream, driving `wire`'s callbacks."""
+    over one HTTP/2 client stream, driving `reader`'s callbacks."""
 
-    __slots__ = ("conn", "scheme", "sent", "status", "wire")
+    __slots__ = ("conn", "reader", "scheme", "sent", "status")
 
-    def __init__(self, wire: Wire, scheme: bytes) -> None:
-        self.wire, self.scheme, self.status = wire, scheme, 0
+    def __init__(self, reader: ResponseReader, scheme: bytes) -> None:
+        self.reader, self.scheme, self.status = reader, scheme, 0
         self.sent = False  # until the request goes out, h2's answers wait in its buffer
         self.conn = h2.connection.H2Connection(h2.config.H2Configuration(
             client_side=True, header_encoding=None))
@@ -108,42 +110,42 @@ class H2Parser:
         return conn.data_to_send()
 
     def feed_data(self, data: bytes) -> None:
-        wire = self.wire
         try:
             for event in self.conn.receive_data(data):
                 self._event(event)
         except h2.exceptions.ProtocolError as exc:
             why = clip(str(exc) or type(exc).__name__, 80)
-            wire._fail(Fail(Failure.PROTOCOL, f"not valid HTTP/2: {why}"))
+            self.reader.fail(Fail(Failure.PROTOCOL, f"not valid HTTP/2: {why}"))
         except Fail as exc:  # a callback's (body too large, a bad coding) or a reset stream
-            wire._fail(exc)
-        # Not before the request: a server's SETTINGS can come in the very turn the TLS
-        # handshake ends, while `wire.transport` is still the TCP transport under it.
-        out = self.conn.data_to_send() if self.sent else b""
-        if out and wire.transport is not None and not wire.transport.is_closing():
-            wire.transport.write(out)
+            self.reader.fail(exc)
+
+    def data_to_send(self) -> bytes:
+        """What h2 must answer to what was fed. Nothing before the request: a server's SETTINGS
+        can come in the very turn the TLS handshake ends, while the Wire's transport is still
+        the TCP transport under it; h2 keeps it for the next call."""
+        return self.conn.data_to_send() if self.sent else b""
 
     def _event(self, event: h2.events.Event) -> None:
-        wire = self.wire
+        reader = self.reader
         if isinstance(event, h2.events.ResponseReceived):
             fields = dict(event.headers or [])
             self.status = int(fields.get(b":status", b"0"))
-            wire.on_message_begin()
+            reader.on_message_begin()
             for name, value in event.headers or []:
                 if not name.startswith(b":"):
-                    wire.on_header(name, value)
-            wire.on_headers_complete()
+                    reader.on_header(name, value)
+            reader.on_headers_complete()
         elif isinstance(event, h2.events.DataReceived):
             self.conn.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
-            wire.on_chunk_header()  # each frame's 9 bytes of framing, as a chunk's size line
+            reader.on_chunk_header()  # each frame's 9 bytes of framing, as a chunk's size line
             if event.data:
-                wire.on_body(event.data)
+                reader.on_body(event.data)
         elif isinstance(event, h2.events.StreamEnded):
-            wire.on_message_complete()
+            reader.on_message_complete()
         elif isinstance(event, h2.events.StreamReset):
             raise Fail(Failure.DISCONNECTED, "HTTP/2 stream reset by the server"
                                              f" ({_code(event.error_code)})")
-        elif isinstance(event, h2.events.ConnectionTerminated) and not wire.done:
+        elif isinstance(event, h2.events.ConnectionTerminated) and not reader.done:
             raise Fail(Failure.DISCONNECTED, "HTTP/2 connection ended by the server (GOAWAY"
                                              f" {_code(event.error_code)})")
 

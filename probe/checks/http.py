@@ -2,9 +2,10 @@
 
 Why a fresh connection per probe (`Connection: close`): a pooled keep-alive connection would
 hide DNS, connect and TLS time, and would hide a server that stopped accepting new connections.
-The transport is our own small HTTP/1.1 client (_http_wire: an asyncio Protocol with httptools'
-llhttp parser), because aiohttp's client machinery cost ~30% of a probe's CPU; the request's
-bytes are built once per target (_http_request, via the Plan).
+The transport is our own small HTTP/1.1 client (_http_wire: a thin asyncio Protocol driving
+_http_response's sans-I/O reader over httptools' llhttp parser), because aiohttp's client
+machinery cost ~30% of a probe's CPU; the request's bytes are built once per target
+(_http_request, via the Plan).
 
 Phases follow blackbox_exporter and are summed over redirect hops: resolve (DNS, none for an IP
 literal), connect (TCP), tls (handshake), processing (request sent -> response headers),
@@ -29,6 +30,7 @@ from probe.checks._http_cookies import Jar
 from probe.checks._http_dial import connect, h2_only, proxy_for
 from probe.checks._http_expect import Plan, answer_failure, evaluate, plan_for, regex_failed
 from probe.checks._http_request import BadRedirect, Hop, redirect_hop
+from probe.checks._http_response import ResponseReader
 from probe.checks._http_wire import Wire
 from probe.checks._trace import new_trace_id, traceparent
 from probe.config import Target
@@ -136,6 +138,7 @@ async def _run(
     jar = Jar()  # this probe's cookies: set on a redirect hop, sent on the next ones
     while True:
         wire = Wire(plan, hop.method == "HEAD", target.body_limit, probe)
+        reader = wire.reader  # the response, as far as it came
         try:
             proxy = proxy_for(hop.url, target.proxy_url, ctx.proxy_env)
             h2p = _http2(wire, hop, proxy) if target.http_version == "2" else None
@@ -151,20 +154,20 @@ async def _run(
             except Fail as exc:  # hung up on an HTTP/1.1 request unanswered: HTTP/2 only?
                 if (exc.failure is Failure.DISCONNECTED and hop.tls and proxy is None
                         and h2p is None
-                        and not wire.received and await h2_only(loop, hop)):
+                        and not reader.received and await h2_only(loop, hop)):
                     raise Fail(Failure.PROTOCOL, f"{hop.where} refuses HTTP/1.1: it speaks"
                                                  " HTTP/2 only (TLS ALPN h2); set http_version:"
                                                  " \"2\"") from None
                 raise
-            status = wire.status
+            status = reader.status
             seen.answered(wire, hop.tls, redirects)
-            if wire.follow:
+            if reader.follow:
                 redirects += 1
                 if redirects > plan.max_redirects:
                     raise Fail(Failure.HTTP_STATUS,
                                f"more than {plan.max_redirects} redirects, last HTTP {status}")
-                location = wire.location.decode("utf-8", "surrogateescape")
-                jar.store(hop.url, wire.set_cookies())
+                location = reader.location.decode("utf-8", "surrogateescape")
+                jar.store(hop.url, reader.set_cookies())
                 try:
                     hop = redirect_hop(hop, status, location, plan.headers, plan.hop.origin)
                 except BadRedirect as exc:
@@ -177,7 +180,7 @@ async def _run(
                                       None, trace_id and traceparent(trace_id))
                 continue
             if not plan.status_ok(status):
-                detail = _status_detail(plan, wire, probe.foreign)
+                detail = _status_detail(plan, reader, probe.foreign)
                 if status in (401, 403) and target.credential is not None and same_origin:
                     ctx.credentials.invalidate(target.credential, placed.token)
                     detail += f"; credential {placed.source} was sent"
@@ -186,11 +189,11 @@ async def _run(
             if why is not None:
                 return None, Failure.ASSERTION, why
             await wire.rest()
-            probe.close_phase("transfer", wire.t_done)
-            seen.body = wire.decoded if wire.decoder is not None else wire.body_raw
+            probe.close_phase("transfer", reader.t_done)
+            seen.body = reader.decoded if reader.decoder is not None else reader.body_raw
             if ctx.answer is not None:  # a flow step's `extract` reads the answer
-                ctx.answer(wire.headers, wire.body_bytes())
-            return evaluate(plan, wire.header_map(), wire.body_bytes(), wire.charset(),
+                ctx.answer(reader.headers, reader.body_bytes())
+            return evaluate(plan, reader.header_map(), reader.body_bytes(), reader.charset(),
                             ctx.expect_version)
         finally:
             wire.close()
@@ -209,9 +212,10 @@ class _Seen:
     def answered(self, wire: Wire, tls: bool, redirects: int) -> None:
         """A response head came (of a redirect hop or the final answer): the latest wins."""
         self.tls, self.redirects = tls, redirects
-        self.length = -1 if wire.length is None else wire.length
-        if wire.parser is not None:
-            self.http_version = wire.parser.get_http_version()
+        reader = wire.reader
+        self.length = -1 if reader.length is None else reader.length
+        if reader.parser is not None:
+            self.http_version = reader.parser.get_http_version()
         ssl_object = wire.transport.get_extra_info("ssl_object") if wire.transport else None
         version = ssl_object.version() if ssl_object is not None else None
         # "TLSv1.3" -> "TLS 1.3", blackbox_exporter's label value
@@ -229,7 +233,8 @@ def _http2(wire: Wire, hop: Hop, proxy: object) -> H2Parser:
     """The HTTP/2 stand-in for the wire's parser (h2c cannot go through an HTTP proxy)."""
     if proxy is not None and not hop.tls:
         raise Fail(Failure.PROTOCOL, "http_version 2 on http:// (h2c) cannot go through a proxy")
-    wire.parser = h2p = H2Parser(wire, b"https" if hop.tls else b"http")
+    h2p = H2Parser(wire.reader, b"https" if hop.tls else b"http")
+    wire.reader.over_h2(h2p)
     return h2p
 
 
@@ -243,9 +248,9 @@ def _cookie(headers: dict[str, str] | None, jar: Jar, hop: Hop) -> dict[str, str
 _QUOTING = frozenset({Failure.ASSERTION, Failure.VERSION_MISMATCH, Failure.PROTOCOL})
 
 
-def _status_detail(plan: Plan, wire: Wire, foreign: bool) -> str:
-    status = wire.status
-    location = wire.location.decode("latin-1") if 300 <= status < 400 and not foreign else ""
+def _status_detail(plan: Plan, reader: ResponseReader, foreign: bool) -> str:
+    status = reader.status
+    location = reader.location.decode("latin-1") if 300 <= status < 400 and not foreign else ""
     if location:
         where = clip(location.split("?", 1)[0], 60)
         return (
