@@ -3,6 +3,7 @@ plain HTTP beside it.
 
     python bench/tls_cpu.py [--targets 200] [--rounds 2] [--window 10] [--modes plain,tls,tickets]
     python bench/tls_cpu.py --inprocess 2000 [--tickets] [--no-resume] [--plain] [--profile]
+    python bench/tls_cpu.py --session-copy 2000
 
 Setup (issue 17's "Performance over TLS"): a private CA (root -> intermediate -> leaf for
 127.0.0.1, made at start-up by tests/faults/certs.make_chain, as a staging PKI would be) and
@@ -26,6 +27,11 @@ daemon/blackbox ratio against issue 17's goals (<= 0.5 over TLS, <= 0.3 plain).
 `--tickets` with them, `--no-resume` with tls_resume: false, `--plain` plain HTTP; with
 --profile, cProfile's top functions by own time too. Cheap and quiet enough for A/B of one
 change (another tree's code: PYTHONPATH=/other/tree).
+
+--session-copy N: what CPython's session handling costs on this OpenSSL, the part of a resumed
+probe no code of ours can shorten: N `wrap_bio(session=)` (the offer) and N reads of
+`SSLObject.session`, each a copy through DER, against N `wrap_bio` without a session, the
+baseline of the same run.
 """
 
 from __future__ import annotations
@@ -37,6 +43,7 @@ import pstats
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # faults.certs
@@ -169,6 +176,49 @@ def inprocess(n: int, profile: bool, tickets: bool, resume: bool, plain: bool) -
         print(text)
 
 
+def session_copy(n: int) -> None:
+    import socket
+    import ssl
+
+    with Procs() as procs:
+        chain = make_chain(procs.tmp / "pki", intermediate_days=30, leaf_days=60)
+        port = nginx(procs, tls=(chain.server.cert, chain.server.key), tickets=True)
+        ctx = ssl.create_default_context(cafile=str(chain.ca_file))
+
+        def handshake(session: ssl.SSLSession | None = None) -> ssl.SSLSocket:
+            tls = ctx.wrap_socket(socket.create_connection(("127.0.0.1", port), timeout=10),
+                                  server_hostname="127.0.0.1", session=session)
+            tls.sendall(b"GET /t HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+            tls.recv(4096)  # the answer, and TLS 1.3's ticket before it
+            return tls
+
+        first = handshake()
+        session = first.session
+        first.close()
+        resumed = handshake(session)
+        if session is None or not resumed.session_reused:
+            raise SystemExit("the tickets server did not resume the session")
+
+        def per_call(fn: Callable[[], object]) -> float:
+            c0 = time.process_time()
+            for _ in range(n):
+                fn()
+            return (time.process_time() - c0) / n * 1e6
+
+        def bio(**kw: object) -> object:
+            return ctx.wrap_bio(ssl.MemoryBIO(), ssl.MemoryBIO(), server_hostname="127.0.0.1",
+                                **kw)  # type: ignore[arg-type]
+
+        base = per_call(bio)
+        offer = per_call(lambda: bio(session=session))
+        read = per_call(lambda: resumed.session)
+        resumed.close()
+    print(f"{ssl.OPENSSL_VERSION}, {n} calls each, CPU us per call:")
+    print(f"  wrap_bio, no session (baseline): {base:.1f}")
+    print(f"  wrap_bio(session=) (an offer):   {offer:.1f}  ({offer / base:.0f}x the baseline)")
+    print(f"  SSLObject.session (a read):      {read:.1f}  ({read / base:.0f}x the baseline)")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--targets", type=int, default=200, help="probes per second (K targets)")
@@ -186,9 +236,14 @@ def main() -> None:
                    help="with --inprocess: a plain HTTP target instead")
     p.add_argument("--no-resume", action="store_true",
                    help="with --inprocess: the target has tls_resume: false")
+    p.add_argument("--session-copy", type=int, default=0, metavar="N",
+                   help="only CPython's session copy cost: N offers, N reads, N plain wrap_bio")
     p.add_argument("--json", type=Path, default=None, help="also write the results here")
     a = p.parse_args()
     print(f"machine: {machine()}; load average {other_load():.2f}; tree {ROOT}")
+    if a.session_copy:
+        session_copy(a.session_copy)
+        return
     if a.inprocess:
         inprocess(a.inprocess, a.profile, a.tickets, not a.no_resume, a.plain)
         return
