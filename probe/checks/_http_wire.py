@@ -114,11 +114,9 @@ class Wire(asyncio.Protocol):
         return None  # let the transport close; connection_lost decides what the EOF meant
 
     def connection_lost(self, exc: Exception | None) -> None:
-        reader = self.reader
-        if not (reader.done or reader.error is not None):  # else the end changes nothing
-            reader.eof(exc)
-            if self.waiter is not None:
-                self._wake()
+        self.reader.eof(exc)  # after the end of the message or a failure it changes nothing
+        if self.waiter is not None:
+            self._wake()
 
     def _wake(self) -> None:
         """Resolve the waiter once the reader has got as far as it waits for."""
