@@ -28,10 +28,10 @@ daemon/blackbox ratio against issue 17's goals (<= 0.5 over TLS, <= 0.3 plain).
 --profile, cProfile's top functions by own time too. Cheap and quiet enough for A/B of one
 change (another tree's code: PYTHONPATH=/other/tree).
 
---session-copy N: what CPython's session handling costs on this OpenSSL, the part of a resumed
-probe no code of ours can shorten: N `wrap_bio(session=)` (the offer) and N reads of
-`SSLObject.session`, each a copy through DER, against N `wrap_bio` without a session, the
-baseline of the same run.
+--session-copy N: what CPython's session handling costs on this OpenSSL: N `wrap_bio(session=)`
+(CPython's offer) and N reads of `SSLObject.session`, each a copy through DER, and N offers
+and reads through probe.checks._tls_native (SSL_SESSION_dup, what the probes use), against
+N `wrap_bio` without a session, the baseline of the same run.
 """
 
 from __future__ import annotations
@@ -180,6 +180,8 @@ def session_copy(n: int) -> None:
     import socket
     import ssl
 
+    from probe.checks._tls_native import _load
+
     with Procs() as procs:
         chain = make_chain(procs.tmp / "pki", intermediate_days=30, leaf_days=60)
         port = nginx(procs, tls=(chain.server.cert, chain.server.key), tickets=True)
@@ -209,14 +211,25 @@ def session_copy(n: int) -> None:
             return ctx.wrap_bio(ssl.MemoryBIO(), ssl.MemoryBIO(), server_hostname="127.0.0.1",
                                 **kw)  # type: ignore[arg-type]
 
+        native = _load()  # an SSLSocket's _sslobj has the layout of an SSLObject's
+        held = native.read(resumed, ctx) if native is not None else None
+        if native is None or held is None:
+            raise SystemExit("the native path does not hold on this interpreter")
+
         base = per_call(bio)
         offer = per_call(lambda: bio(session=session))
+        fast = per_call(lambda: native.offer(bio(), held, ctx))
         read = per_call(lambda: resumed.session)
+        fast_read = per_call(lambda: native.read(resumed, ctx))
         resumed.close()
     print(f"{ssl.OPENSSL_VERSION}, {n} calls each, CPU us per call:")
     print(f"  wrap_bio, no session (baseline): {base:.1f}")
     print(f"  wrap_bio(session=) (an offer):   {offer:.1f}  ({offer / base:.0f}x the baseline)")
+    print(f"  wrap_bio + a native offer:       {fast:.1f}  ({fast / base:.1f}x the baseline;"
+          " probe.checks._tls_native, what the probes use)")
     print(f"  SSLObject.session (a read):      {read:.1f}  ({read / base:.0f}x the baseline)")
+    print(f"  a native read:                   {fast_read:.1f}  ({fast_read / base:.1f}x the"
+          " baseline)")
 
 
 def main() -> None:

@@ -22,7 +22,8 @@ shared between targets, so the session travels with the one argument that is per
 `server_hostname` string. Each offer uses a string object of its own (equal to the name, so SNI
 and the verified name are unchanged), and the context's wrap_bio looks the offer up by that
 object's identity. An offer that wrap_bio never took (the handshake was cancelled before it
-started) is withdrawn by the probe.
+started) is withdrawn by the probe. Sessions are read and offered through _tls_native (OpenSSL's
+own copy, not CPython's round trip through DER, where that holds).
 """
 
 from __future__ import annotations
@@ -34,14 +35,16 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from probe.checks import _tls_native
 from probe.config import Target
 
 # id(server_hostname string) -> (that string, the session to offer); see the module docstring
-_OFFERS: dict[int, tuple[str, ssl.SSLSession]] = {}
+_OFFERS: dict[int, tuple[str, object]] = {}
 # Full handshakes without an offer after 1, 2+ declined offers in a row. A declined offer costs
-# more than a plain full handshake (CPython copies the session through DER both to read it and
-# to offer it: ~0.1 ms each with OpenSSL 3.0), and a server that declines twice (load-balanced
-# replicas without a shared ticket key, a server whose tickets never resume) mostly keeps on.
+# more than a plain full handshake (a bigger ClientHello, and the new session is read for the
+# next offer: ~0.13 ms where CPython's copy through DER is used), and a server that declines twice
+# (load-balanced replicas without a shared ticket key, a server whose tickets never resume)
+# mostly keeps on.
 _SKIP_AFTER_DECLINES = (0, 3, 255)
 
 
@@ -54,10 +57,11 @@ def resumable(ctx: ssl.SSLContext) -> ssl.SSLContext:
                           server_side: bool = False, server_hostname: str | None = None,
                           session: ssl.SSLSession | None = None) -> ssl.SSLObject:
         offer = _OFFERS.pop(id(server_hostname), None) if server_hostname else None
-        if offer is not None and offer[0] is server_hostname and session is None:
-            session = offer[1]
-        return wrap_bio(incoming, outgoing, server_side=server_side,
+        conn = wrap_bio(incoming, outgoing, server_side=server_side,
                         server_hostname=server_hostname, session=session)
+        if offer is not None and offer[0] is server_hostname and session is None:
+            _tls_native.SESSIONS.offer(conn, offer[1], ctx)
+        return conn
 
     ctx.wrap_bio = wrap_bio_offering  # type: ignore[method-assign]
     return ctx
@@ -69,7 +73,7 @@ class _Memory:
 
     target: Target  # the definition it was made for: a reloaded target starts over
     ctx: ssl.SSLContext  # a session resumes only with the context that made it
-    session: ssl.SSLSession | None  # None while offers are skipped
+    session: object | None  # from _tls_native.SESSIONS.read; None while offers are skipped
     verified_at: float  # time.monotonic() of the full handshake that verified the chain
     cert_expiry: float | None
     leaf_expiry: float | None
@@ -175,9 +179,9 @@ class TlsSessions:
                 skip = _SKIP_AFTER_DECLINES[min(declined, len(_SKIP_AFTER_DECLINES) - 1)]
             elif old is not None:  # a handshake without an offer (skipped): no news
                 declined, skip = old.declined, old.skip
-            # Reading a session costs what offering one does (CPython copies it through DER:
-            # ~0.12 ms with OpenSSL 3.0), so only when the next handshake will offer it.
-            session = _resumable(hs.ssl_object) if skip == 0 else None
+            # Read only when the next handshake will offer it (see _tls_native for its cost).
+            session = (_tls_native.SESSIONS.read(hs.ssl_object, hs.ctx)
+                       if skip == 0 and hs.ssl_object is not None else None)
             if session is None and skip == 0:
                 self._known.pop(hs.key, None)
                 continue
@@ -187,14 +191,3 @@ class TlsSessions:
             while len(self._known) > self._limit:
                 self._known.popitem(last=False)
 
-
-def _resumable(ssl_object: Any) -> ssl.SSLSession | None:
-    """The connection's session if a later handshake can resume it: TLS 1.3 needs a ticket from
-    the server (offering a ticketless session costs a handshake ~0.5 ms more and resumes
-    nothing); TLS 1.2 also resumes by session id from the server's cache."""
-    session = ssl_object.session if ssl_object is not None else None
-    if session is None:
-        return None
-    if session.has_ticket or (ssl_object.version() != "TLSv1.3" and session.id):
-        return session
-    return None
