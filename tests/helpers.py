@@ -381,3 +381,43 @@ def unnamed(errors: list[str]) -> list[str]:
     """Config error lines without the target names after their places (`targets[3] (chat-ws)`
     -> `targets[3]`), for tests about the places and wording themselves."""
     return [re.sub(r"(targets\[\d+\]) \([^)]*\)", r"\1", e) for e in errors]
+
+
+@dataclass
+class TlsServer:
+    port: int
+    ctx: ssl.SSLContext
+    resumed: list[bool] = field(default_factory=list)  # per handshake, the server's view
+    status: int = 200
+
+
+@contextlib.asynccontextmanager
+async def tls_server(ctx: ssl.SSLContext | Callable[[], ssl.SSLContext]) -> AsyncIterator[
+        TlsServer]:
+    """An HTTPS server answering 200 to anything; `ctx` a context (session tickets under one
+    key: resumable) or a factory called per connection (a new ticket key each time: every
+    offered ticket declined, like load-balanced servers that share no keys)."""
+    fixed = ctx if isinstance(ctx, ssl.SSLContext) else None
+    state = TlsServer(0, fixed or ctx())  # type: ignore[operator]
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            if fixed is None:
+                await writer.start_tls(ctx())  # type: ignore[operator]
+            state.resumed.append(writer.get_extra_info("ssl_object").session_reused)
+            await reader.readuntil(b"\r\n\r\n")
+            writer.write(b"HTTP/1.1 %d X\r\nContent-Length: 3\r\nConnection: close\r\n\r\nok\n"
+                         % state.status)
+            await writer.drain()
+        except (ConnectionError, asyncio.IncompleteReadError, ssl.SSLError):
+            pass
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(answer, "127.0.0.1", 0, ssl=fixed)
+    state.port = server.sockets[0].getsockname()[1]
+    try:
+        yield state
+    finally:
+        server.close()
+        await server.wait_closed()

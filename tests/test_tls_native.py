@@ -10,11 +10,10 @@ import asyncio
 import os
 import ssl
 import sys
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 
 import pytest
 from faults import TestCerts
+from helpers import tls_server
 
 from probe.checks import CheckContext, _tls_native
 from probe.checks._tls_native import Held, Native, Public, Sessions, _load
@@ -38,31 +37,11 @@ cpython = pytest.mark.skipif(not _shared_libssl(),
                              reason="the native path needs CPython with a shared libssl")
 
 
-@asynccontextmanager
-async def server(certs: TestCerts, tickets: int = 2) -> AsyncIterator[tuple[int, list[bool]]]:
-    """An HTTPS server answering 200, with `tickets` session tickets per handshake; yields
-    (port, resumed per handshake as the server saw it)."""
-    resumed: list[bool] = []
+def server_ctx(certs: TestCerts, tickets: int = 2) -> ssl.SSLContext:
+    """The test server's context, sending `tickets` session tickets per handshake."""
     ctx = certs.ok.server_context()
     ctx.num_tickets = tickets
-
-    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            resumed.append(writer.get_extra_info("ssl_object").session_reused)
-            await reader.readuntil(b"\r\n\r\n")
-            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nConnection: close\r\n\r\nok\n")
-            await writer.drain()
-        except (ConnectionError, asyncio.IncompleteReadError, ssl.SSLError):
-            pass
-        finally:
-            writer.close()
-
-    srv = await asyncio.start_server(answer, "127.0.0.1", 0, ssl=ctx)
-    try:
-        yield srv.sockets[0].getsockname()[1], resumed
-    finally:
-        srv.close()
-        await srv.wait_closed()
+    return ctx
 
 
 async def handshake(port: int, ctx: ssl.SSLContext) -> tuple[ssl.SSLObject, asyncio.StreamWriter]:
@@ -97,7 +76,8 @@ def target(port: int, certs: TestCerts) -> Target:
 async def test_a_read_and_an_offer_are_copies_of_their_own_and_resume(
         test_certs: TestCerts) -> None:
     ctx, lib = client(test_certs), native()
-    async with server(test_certs) as (port, resumed):
+    async with tls_server(server_ctx(test_certs)) as srv:
+        port, resumed = srv.port, srv.resumed
         conn, writer = await handshake(port, ctx)
         assert lib.holds(conn, ctx)
         held = lib.read(conn, ctx)
@@ -124,7 +104,8 @@ async def test_a_read_and_an_offer_are_copies_of_their_own_and_resume(
 async def test_a_ticketless_session_is_not_kept(test_certs: TestCerts) -> None:
     """TLS 1.3 without a ticket resumes nothing: not read, so nothing is offered."""
     ctx, lib = client(test_certs), native()
-    async with server(test_certs, tickets=0) as (port, _):
+    async with tls_server(server_ctx(test_certs, tickets=0)) as srv:
+        port = srv.port
         conn, writer = await handshake(port, ctx)
         assert lib.read(conn, ctx) is None
         assert Public().read(conn, ctx) is None  # the public path agrees
@@ -134,7 +115,8 @@ async def test_a_ticketless_session_is_not_kept(test_certs: TestCerts) -> None:
 @cpython
 async def test_a_session_of_another_context_is_refused(test_certs: TestCerts) -> None:
     ctx, other, lib = client(test_certs), client(test_certs), native()
-    async with server(test_certs) as (port, _):
+    async with tls_server(server_ctx(test_certs)) as srv:
+        port = srv.port
         conn, writer = await handshake(port, ctx)
         held = lib.read(conn, ctx)
         assert lib.read(conn, other) is None  # asked with the wrong context: nothing read
@@ -149,7 +131,8 @@ async def test_reads_and_offers_leak_nothing(test_certs: TestCerts) -> None:
     """Each read and each offer makes a copy; one reference too many would keep every copy
     (~1 KiB with its ticket) alive: 40000 of each would hold tens of MiB."""
     ctx, lib = client(test_certs), native()
-    async with server(test_certs) as (port, _):
+    async with tls_server(server_ctx(test_certs)) as srv:
+        port = srv.port
         conn, writer = await handshake(port, ctx)
 
         def rss() -> int:
@@ -171,29 +154,20 @@ async def test_reads_and_offers_leak_nothing(test_certs: TestCerts) -> None:
     assert grown < 8 << 20
 
 
-async def test_where_the_layout_does_not_hold_the_public_path_still_resumes(
-        test_certs: TestCerts, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Another interpreter's layout (here: the context field looked for one pointer off):
-    the native path is not chosen, and CPython's own copies resume as before."""
-    monkeypatch.setattr(_tls_native, "_SOCK_CTX", _tls_native._SOCK_CTX + 8)
-    sessions = Sessions()
+@pytest.mark.parametrize("why", ["layout", "no symbols"])
+async def test_without_the_native_path_the_public_path_still_resumes(
+        why: str, test_certs: TestCerts, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Another interpreter's layout (here: the context field looked for one pointer off), or an
+    _ssl that exports no OpenSSL symbols (a static build): CPython's own copies resume."""
+    if why == "layout":
+        monkeypatch.setattr(_tls_native, "_SOCK_CTX", _tls_native._SOCK_CTX + 8)
+        sessions = Sessions()
+    else:
+        sessions = Sessions(load=lambda: None)
     monkeypatch.setattr(_tls_native, "SESSIONS", sessions)
-    async with server(test_certs) as (port, resumed):
-        ctx, t = CheckContext(), target(port, test_certs)
+    async with tls_server(server_ctx(test_certs)) as srv:
+        ctx, t = CheckContext(), target(srv.port, test_certs)
         for _ in range(3):
             assert (await http_check(t, ctx)).success
-    assert resumed == [False, True, True]
-    assert isinstance(sessions.access, Public)
-
-
-async def test_without_openssl_symbols_the_public_path_still_resumes(
-        test_certs: TestCerts, monkeypatch: pytest.MonkeyPatch) -> None:
-    """An _ssl that exports no OpenSSL symbols (a static build): CPython's copies."""
-    sessions = Sessions(load=lambda: None)
-    monkeypatch.setattr(_tls_native, "SESSIONS", sessions)
-    async with server(test_certs) as (port, resumed):
-        ctx, t = CheckContext(), target(port, test_certs)
-        for _ in range(3):
-            assert (await http_check(t, ctx)).success
-    assert resumed == [False, True, True]
+    assert srv.resumed == [False, True, True]
     assert isinstance(sessions.access, Public)

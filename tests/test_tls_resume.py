@@ -6,12 +6,9 @@ concurrency. The servers tell from their side whether a handshake resumed."""
 from __future__ import annotations
 
 import asyncio
-import ssl
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
 
 from faults import TestCerts
+from helpers import tls_server
 
 from probe.checks import CheckContext
 from probe.checks._tls_sessions import _OFFERS, TlsSessions
@@ -19,46 +16,6 @@ from probe.checks.http import check as http_check
 from probe.checks.websocket import check as ws_check
 from probe.config import Target
 from probe.outcome import Failure
-
-
-@dataclass
-class TlsServer:
-    port: int
-    ctx: ssl.SSLContext
-    resumed: list[bool] = field(default_factory=list)  # per handshake, the server's view
-    status: int = 200
-
-
-@asynccontextmanager
-async def tls_server(ctx: ssl.SSLContext | Callable[[], ssl.SSLContext]) -> AsyncIterator[
-        TlsServer]:
-    """An HTTPS server answering 200 to anything; `ctx` a context (session tickets under one
-    key: resumable) or a factory called per connection (a new ticket key each time: every
-    offered ticket declined, like load-balanced servers that share no keys)."""
-    fixed = ctx if isinstance(ctx, ssl.SSLContext) else None
-    state = TlsServer(0, fixed or ctx())  # type: ignore[operator]
-
-    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            if fixed is None:
-                await writer.start_tls(ctx())  # type: ignore[operator]
-            state.resumed.append(writer.get_extra_info("ssl_object").session_reused)
-            await reader.readuntil(b"\r\n\r\n")
-            writer.write(b"HTTP/1.1 %d X\r\nContent-Length: 3\r\nConnection: close\r\n\r\nok\n"
-                         % state.status)
-            await writer.drain()
-        except (ConnectionError, asyncio.IncompleteReadError, ssl.SSLError):
-            pass
-        finally:
-            writer.close()
-
-    server = await asyncio.start_server(answer, "127.0.0.1", 0, ssl=fixed)
-    state.port = server.sockets[0].getsockname()[1]
-    try:
-        yield state
-    finally:
-        server.close()
-        await server.wait_closed()
 
 
 def target(port: int, certs: TestCerts, **extra: object) -> Target:
